@@ -1,0 +1,1 @@
+"""The recording proxy: runs as the Fargate task and as `tapegate up`."""

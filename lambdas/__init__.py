@@ -1,0 +1,1 @@
+"""AWS Lambda entry points: thin handlers over code in `tapegate`."""

@@ -1,0 +1,99 @@
+"""Keys for the embedded default: files in the data dir, created on first use, mode 0600.
+
+    <data_dir>/keys/signing.key     Ed25519 seed of this gateway (hex)         private
+    <data_dir>/keys/signing.pub     its public key (hex)
+    <data_dir>/keys/auditor.key     X25519 private key of the local auditor    private
+    <data_dir>/keys/auditor.pub     its public key (hex)
+    <data_dir>/keys/trusted/*.pub   further Ed25519 public keys to accept (rotation)
+
+In AWS the signing seed lives in Secrets Manager and the public key in SSM; only the adapters
+differ, the key ids and the Keyring do not.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nacl.public import PrivateKey, PublicKey
+from nacl.signing import SigningKey, VerifyKey
+
+from tapegate.tape.seal import key_id
+
+
+class KeyFileError(ValueError):
+    """A key file that exists but cannot be used."""
+
+
+def _read_hex(path: Path, size: int) -> bytes:
+    text = path.read_text().strip()
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise KeyFileError(f"{path}: not hex") from None
+    if len(raw) != size:
+        raise KeyFileError(f"{path}: expected {size} bytes, found {len(raw)}")
+    return raw
+
+
+def _write_private(path: Path, raw: bytes) -> None:
+    """Create a private key file with mode 0600 from the start (no window where it is readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(raw.hex() + "\n")
+
+
+def _write_public(path: Path, raw: bytes) -> None:
+    path.write_text(raw.hex() + "\n")
+
+
+class Keyring(dict[bytes, VerifyKey]):
+    """Trusted Ed25519 public keys by key id: what a verifier needs, and nothing else."""
+
+    @classmethod
+    def of(cls, *keys: VerifyKey | bytes) -> Keyring:
+        ring = cls()
+        for key in keys:
+            vk = key if isinstance(key, VerifyKey) else VerifyKey(bytes(key))
+            ring[key_id(bytes(vk))] = vk
+        return ring
+
+    @classmethod
+    def from_files(cls, paths: list[Path]) -> Keyring:
+        return cls.of(*(VerifyKey(_read_hex(p, 32)) for p in paths))
+
+
+class LocalKeyStore:
+    """The data dir's keys. Each accessor creates its key the first time it is asked for."""
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(data_dir) / "keys"
+
+    def signing_key(self) -> SigningKey:
+        path = self.dir / "signing.key"
+        if not path.exists():
+            key = SigningKey.generate()
+            _write_private(path, bytes(key))
+            _write_public(self.dir / "signing.pub", bytes(key.verify_key))
+            return key
+        return SigningKey(_read_hex(path, 32))
+
+    def auditor_key(self) -> PrivateKey:
+        path = self.dir / "auditor.key"
+        if not path.exists():
+            key = PrivateKey.generate()
+            _write_private(path, bytes(key))
+            _write_public(self.dir / "auditor.pub", bytes(key.public_key))
+            return key
+        return PrivateKey(_read_hex(path, 32))
+
+    def auditor_public_keys(self) -> list[PublicKey]:
+        self.auditor_key()  # make sure the local auditor exists
+        return [PublicKey(_read_hex(self.dir / "auditor.pub", 32))]
+
+    def trusted(self) -> Keyring:
+        """This gateway's own public key plus any in keys/trusted/ (older or other gateways)."""
+        self.signing_key()
+        paths = [self.dir / "signing.pub", *sorted((self.dir / "trusted").glob("*.pub"))]
+        return Keyring.from_files(paths)

@@ -1,0 +1,271 @@
+"""The byte layout of one sealed chunk record, and splitting a delivery object into records.
+
+docs/FORMAT.md is the specification; this module is its reference encoder/decoder. It does no
+cryptography beyond hashing: sealing and checking signatures live in `seal`.
+
+    offset  size  field
+    0       4     magic            b"TGCK"
+    4       2     version          u16 = 1
+    6       2     flags            u16, bit 0 = final chunk
+    8       4     record_len       u32, whole record including the signature
+    12      16    session_id       UUID bytes
+    28      8     seq              u64
+    36      8     sealed_ns        u64, unix ns when the chunk was sealed
+    44      32    prev_digest      SHA-256 digest of chunk seq-1 (zeros for seq 0)
+    76      8     key_id           id of the Ed25519 signing key
+    84      4     payload_len      u32
+    88      4     meta_len         u32
+    92      4     index_len        u32, 13 bytes per frame
+    96      payload_len           payload: XChaCha20-Poly1305 ciphertext of the frame bytes
+            meta_len              meta: UTF-8 JSON object (events, session header, end)
+            index_len             frame index: ts_ns u64, direction u8, length u32 per frame
+            64                    signature
+All integers are big-endian. The payload comes first so that the gateway can encrypt the frame
+bytes in place, in the buffer they were collected in, and append the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+MAGIC = b"TGCK"
+VERSION = 1
+FLAG_FINAL = 0x0001
+KNOWN_FLAGS = FLAG_FINAL
+
+FIXED = struct.Struct(">4sHHI16sQQ32s8sIII")
+FIXED_LEN = FIXED.size  # 96
+INDEX_ENTRY = struct.Struct(">QBI")
+SIGNATURE_LEN = 64
+DIGEST_LEN = 32
+ZERO_DIGEST = bytes(DIGEST_LEN)
+AEAD_TAG_LEN = 16
+
+MAX_RECORD_BYTES = 900 * 1024  # Firehose takes 1,000 KiB per record; keep a margin.
+MIN_RECORD_BYTES = FIXED_LEN + 2 + SIGNATURE_LEN  # the smallest meta is "{}"
+
+
+class TapeFormatError(ValueError):
+    """A record that cannot be decoded. The message says what is wrong, and where."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRef:
+    """A frame as the index describes it: when, which way, how long. The bytes are sealed."""
+
+    ts_ns: int
+    direction: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One decoded (not yet verified) chunk record."""
+
+    raw: bytes
+    session_id: uuid.UUID
+    seq: int
+    sealed_ns: int
+    final: bool
+    prev_digest: bytes
+    key_id: bytes
+    meta: dict[str, Any]
+    frames: tuple[FrameRef, ...]
+    payload_len: int
+    digest: bytes  # SHA-256 of the body: what the next chunk's prev_digest must equal
+
+    @property
+    def body(self) -> memoryview:
+        """Everything the signature covers: the record without its last 64 bytes."""
+        return memoryview(self.raw)[:-SIGNATURE_LEN]
+
+    @property
+    def signature(self) -> bytes:
+        return self.raw[-SIGNATURE_LEN:]
+
+    @property
+    def payload(self) -> memoryview:
+        return memoryview(self.raw)[FIXED_LEN : FIXED_LEN + self.payload_len]
+
+    @property
+    def associated_data(self) -> bytes:
+        """The bytes the payload's AEAD tag also authenticates: the fixed header."""
+        return self.raw[:FIXED_LEN]
+
+
+def encode_meta(
+    event_json: list[bytes],
+    session: dict[str, Any] | None = None,
+    end: dict[str, Any] | None = None,
+) -> bytes:
+    """The meta object. Events arrive already serialised (the writer sizes them as they come)."""
+    parts = [b'{"events":[', b",".join(event_json), b"]"]
+    if session is not None:
+        parts += [b',"session":', dump_json(session)]
+    if end is not None:
+        parts += [b',"end":', dump_json(end)]
+    parts.append(b"}")
+    return b"".join(parts)
+
+
+def dump_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_index(frames: list[tuple[int, int, int]]) -> bytes:
+    pack = INDEX_ENTRY.pack
+    return b"".join(pack(ts, direction, length) for ts, direction, length in frames)
+
+
+def record_length(payload_len: int, meta_len: int, index_len: int) -> int:
+    return FIXED_LEN + payload_len + meta_len + index_len + SIGNATURE_LEN
+
+
+def encode_fixed(
+    *,
+    session_id: uuid.UUID,
+    seq: int,
+    sealed_ns: int,
+    final: bool,
+    prev_digest: bytes,
+    key_id: bytes,
+    payload_len: int,
+    meta_len: int,
+    index_len: int,
+) -> bytes:
+    """The 96-byte fixed header (also the AEAD's associated data)."""
+    record_len = record_length(payload_len, meta_len, index_len)
+    if record_len > MAX_RECORD_BYTES:
+        raise TapeFormatError(f"record of {record_len} bytes exceeds {MAX_RECORD_BYTES}")
+    return FIXED.pack(
+        MAGIC,
+        VERSION,
+        FLAG_FINAL if final else 0,
+        record_len,
+        session_id.bytes,
+        seq,
+        sealed_ns,
+        prev_digest,
+        key_id,
+        payload_len,
+        meta_len,
+        index_len,
+    )
+
+
+def decode_record(raw: bytes) -> Record:
+    """Parse one record. Raises TapeFormatError, never anything else, for bad bytes."""
+    if len(raw) < MIN_RECORD_BYTES:
+        raise TapeFormatError(f"record of {len(raw)} bytes is shorter than the minimum")
+    (
+        magic,
+        version,
+        flags,
+        record_len,
+        sid,
+        seq,
+        sealed_ns,
+        prev_digest,
+        key_id,
+        payload_len,
+        meta_len,
+        index_len,
+    ) = FIXED.unpack_from(raw)
+    if magic != MAGIC:
+        raise TapeFormatError(f"bad magic {magic!r}")
+    if version != VERSION:
+        raise TapeFormatError(f"unsupported version {version}")
+    if flags & ~KNOWN_FLAGS:
+        raise TapeFormatError(f"unknown flags {flags:#06x}")
+    if record_len != len(raw):
+        raise TapeFormatError(f"record_len {record_len} but {len(raw)} bytes given")
+    if record_length(payload_len, meta_len, index_len) != record_len:
+        raise TapeFormatError("section lengths do not add up to record_len")
+    if index_len % INDEX_ENTRY.size:
+        raise TapeFormatError(f"index_len {index_len} is not a multiple of {INDEX_ENTRY.size}")
+    meta_start = FIXED_LEN + payload_len
+    meta_end = meta_start + meta_len
+    try:
+        meta = json.loads(raw[meta_start:meta_end].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise TapeFormatError(f"meta is not UTF-8 JSON: {exc}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("events"), list):
+        raise TapeFormatError("meta is not an object with an events list")
+    final = bool(flags & FLAG_FINAL)
+    if final != ("end" in meta):
+        raise TapeFormatError("final flag and meta.end disagree")
+    if (seq == 0) != ("session" in meta):
+        raise TapeFormatError("meta.session must be present in chunk 0 and only there")
+    index_end = meta_end + index_len
+    frames = tuple(FrameRef(*entry) for entry in INDEX_ENTRY.iter_unpack(raw[meta_end:index_end]))
+    for ref in frames:
+        if ref.direction not in (0, 1):
+            raise TapeFormatError(f"frame direction {ref.direction} is neither 0 nor 1")
+    plain_len = sum(ref.length for ref in frames)
+    expected_payload = plain_len + AEAD_TAG_LEN if frames else 0
+    if payload_len != expected_payload:
+        raise TapeFormatError(
+            f"payload_len {payload_len} does not match {len(frames)} frames of {plain_len} bytes"
+        )
+    raw = bytes(raw)
+    return Record(
+        raw=raw,
+        session_id=uuid.UUID(bytes=sid),
+        seq=seq,
+        sealed_ns=sealed_ns,
+        final=final,
+        prev_digest=prev_digest,
+        key_id=key_id,
+        meta=meta,
+        frames=frames,
+        payload_len=payload_len,
+        digest=hashlib.sha256(memoryview(raw)[:-SIGNATURE_LEN]).digest(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SplitError:
+    offset: int
+    reason: str
+
+
+def split_records(data: bytes) -> tuple[list[bytes], list[SplitError]]:
+    """Cut a delivery object (records concatenated with no delimiter, as Firehose writes them).
+
+    A damaged length field would make every later record unreadable, so after an error the
+    splitter resynchronises at the next magic that starts a plausible record. Never raises.
+    """
+    records: list[bytes] = []
+    errors: list[SplitError] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        if end - pos < 12:
+            errors.append(SplitError(pos, f"{end - pos} trailing bytes, too short for a record"))
+            break
+        length = int.from_bytes(data[pos + 8 : pos + 12], "big")
+        plausible = (
+            data[pos : pos + 4] == MAGIC
+            and MIN_RECORD_BYTES <= length <= MAX_RECORD_BYTES
+            and pos + length <= end
+        )
+        if plausible:
+            records.append(bytes(data[pos : pos + length]))
+            pos += length
+            continue
+        if data[pos : pos + 4] != MAGIC:
+            reason = "no record magic"
+        elif pos + length > end and MIN_RECORD_BYTES <= length <= MAX_RECORD_BYTES:
+            reason = f"record of {length} bytes runs past the end ({end - pos} left)"
+        else:
+            reason = f"implausible record length {length}"
+        errors.append(SplitError(pos, reason))
+        nxt = data.find(MAGIC, pos + 1)
+        if nxt < 0:
+            break
+        pos = nxt
+    return records, errors
