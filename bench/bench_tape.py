@@ -40,6 +40,15 @@ from tapegate.tape import (
 from tapegate.tape.writer import seal_chunk
 
 SIZES = [4 * 1024, 64 * 1024, 256 * 1024]
+NOTES = """
+Small chunks are bound by the fixed cost per chunk (one Ed25519 signature to seal, one check to
+verify, a JSON meta), which is why the writer cuts at 256 KiB by default and small chunks only
+happen when the 1 s age bound fires on a quiet session. Sealing went from 24% to 35% of SHA-256
+at 256 KiB when the payload moved ahead of the meta in the record and began to be encrypted in
+place, in the buffer the frames are collected in, instead of through PyNaCl's public wrapper
+(which allocates and copies the ciphertext). The remaining copy is `bytes(record)` at the end,
+kept so that records handed around are immutable.
+"""
 FRAME = 16 * 1024  # a typical socket read
 QUERY = {"sql": "SELECT id, email FROM customers WHERE id = $1"}
 
@@ -127,7 +136,7 @@ def main() -> None:
     verdict = "met" if goal >= 0.30 else "NOT met"
     lines.append("")
     lines.append(f"Goal (seal 256 KiB chunks at >= 30% of SHA-256): {verdict}, {goal:.0%}.")
-    table = "\n".join(lines)
+    table = "\n".join(lines) + "\n" + NOTES
     print(table)
     if not args.no_write:
         write_section(
