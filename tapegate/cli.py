@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tapegate.config import Config, ConfigError, load_config
 from tapegate.keys import KeyFileError, Keyring, LocalKeyStore
 from tapegate.tape import Verdict, decode_record, split_records, verify_session
 from tapegate.tape.codec import TapeFormatError
@@ -55,10 +56,99 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     verify.set_defaults(func=cmd_verify)
 
+    up = sub.add_parser(
+        "up",
+        help="run the gateway in the foreground",
+        description="Run the gateway until SIGTERM/SIGINT. Prints a line containing 'ready' "
+        "and the listen addresses once it accepts connections.",
+    )
+    _config_arg(up)
+    up.set_defaults(func=cmd_up)
+
+    token = sub.add_parser(
+        "token",
+        help="print a token from the embedded dev issuer",
+        description="Print a token from the embedded dev issuer (identity.issuer: dev), and "
+        "nothing else on stdout.",
+    )
+    token.add_argument("--sub", required=True, help="the subject (who the token names)")
+    token.add_argument("--group", action="append", default=[], help="a group; repeatable")
+    token.add_argument("--ttl", default="1h", help="lifetime, e.g. 90s, 15m, 1h (default 1h)")
+    token.add_argument("--email")
+    _config_arg(token)
+    token.set_defaults(func=cmd_token)
+
     demo = sub.add_parser("demo", help="record, seal and verify a synthetic session")
     demo.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file (default: $TAPEGATE_CONFIG, else ./tapegate.yaml, else built-in)",
+    )
+
+
+def _load(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        raise UsageError(f"config error: {exc}") from None
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in '90s', '15m', '1h', '2d' or a bare number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        value = int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
+    except ValueError:
+        raise UsageError(f"--ttl {text!r}: use a number with s, m, h or d") from None
+    if value <= 0:
+        raise UsageError("--ttl must be positive")
+    return value
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if not config.identity.is_dev:
+        raise UsageError(
+            f"the configured issuer is {config.identity.issuer}: get tokens from it; "
+            "tapegate token only mints for the embedded dev issuer"
+        )
+    from gateway_task.dev_issuer import mint_token
+
+    ttl = parse_duration(args.ttl)
+    print(mint_token(config.data_dir, config.identity, args.sub, args.group, ttl, args.email))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from gateway_task.server import serve
+
+    config = _load(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def ready(addresses: dict[str, str]) -> None:
+        listed = " ".join(f"{k}={v}" for k, v in addresses.items())
+        print(f"tapegate ready: {listed} (config: {config.source})", flush=True)
+
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    try:
+        run(serve(config, ready))
+    except OSError as exc:
+        raise UsageError(f"cannot start: {exc.strerror or exc}") from None
+    return 0
 
 
 def _trusted(args: argparse.Namespace) -> Keyring:

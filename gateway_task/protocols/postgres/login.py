@@ -1,0 +1,114 @@
+"""The gateway's own login to the upstream server, as a sans-IO state machine.
+
+Feed it what the server says; send what it returns; stop when `done` (or on LoginError). It
+speaks SCRAM-SHA-256 (through scramp), md5 and cleartext, and collects what the client will need
+afterwards: ParameterStatus values, the upstream's BackendKeyData (kept for cancels, never shown to
+the client) and the transaction status of the first ReadyForQuery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from scramp import ScramClient, ScramException
+
+from gateway_task.protocols.postgres import messages as m
+
+
+class LoginError(Exception):
+    """The upstream refused or broke the login. `fields` holds its ErrorResponse, if any."""
+
+    def __init__(self, text: str, fields: dict[str, str] | None = None) -> None:
+        super().__init__(text)
+        self.fields = fields or {}
+
+
+@dataclass
+class UpstreamLogin:
+    user: str
+    database: str
+    password: str
+    application_name: str = "tapegate"
+    params: dict[str, str] = field(default_factory=dict)  # ParameterStatus, in arrival order
+    backend_key: tuple[int, int] | None = None
+    status: bytes = b"I"
+    done: bool = False
+    method: str | None = None
+
+    def __post_init__(self) -> None:
+        self._reader = m.MessageReader(max_bytes=1 << 20)
+        self._scram: ScramClient | None = None
+
+    def startup(self) -> bytes:
+        return m.StartupMessage(
+            {
+                "user": self.user,
+                "database": self.database,
+                "application_name": self.application_name,
+            }
+        ).encode()
+
+    def receive(self, data: bytes) -> bytes:
+        """Consume server bytes; return bytes to send back (possibly empty)."""
+        self._reader.feed(data)
+        out = bytearray()
+        for tag, body, _ in self._reader.messages():
+            if self.done:
+                raise LoginError("upstream sent data after ReadyForQuery during login")
+            out += self._on_message(tag, body)
+        return bytes(out)
+
+    def _on_message(self, tag: int, body: bytes) -> bytes:
+        if tag == ord("R"):
+            code, rest = m.decode_auth(body)
+            return self._on_auth(code, rest)
+        if tag == ord("E"):
+            fields = m.decode_fields(body)
+            raise LoginError(fields.get("M", "upstream refused the login"), fields)
+        if tag == ord("S"):
+            name, value = m.decode_parameter_status(body)
+            self.params[name] = value
+        elif tag == ord("K"):
+            self.backend_key = m.decode_backend_key_data(body)
+        elif tag == ord("Z"):
+            self.status = body[:1] or b"I"
+            self.done = True
+        elif tag == ord("v"):
+            pass  # NegotiateProtocolVersion: the server speaks an older minor; 3.0 is fine
+        elif tag != ord("N"):
+            raise LoginError(f"unexpected message {chr(tag)!r} from upstream during login")
+        return b""
+
+    def _on_auth(self, code: int, rest: bytes) -> bytes:
+        if code == m.AUTH_OK:
+            return b""
+        if code == m.AUTH_CLEARTEXT:
+            self.method = "cleartext"
+            return m.password_message(self.password.encode())
+        if code == m.AUTH_MD5:
+            self.method = "md5"
+            inner = hashlib.md5((self.password + self.user).encode()).hexdigest()
+            outer = hashlib.md5(inner.encode() + rest[:4]).hexdigest()
+            return m.password_message(b"md5" + outer.encode())
+        if code == m.AUTH_SASL:
+            mechanisms = [x.decode() for x in rest.split(b"\0") if x]
+            if "SCRAM-SHA-256" not in mechanisms:
+                raise LoginError(f"upstream offers no supported SASL mechanism: {mechanisms}")
+            self.method = "scram-sha-256"
+            self._scram = ScramClient(["SCRAM-SHA-256"], self.user, self.password)
+            first = self._scram.get_client_first().encode()
+            return m.sasl_initial_response("SCRAM-SHA-256", first)
+        if code == m.AUTH_SASL_CONTINUE and self._scram is not None:
+            try:
+                self._scram.set_server_first(rest.decode())
+                return m.sasl_response(self._scram.get_client_final().encode())
+            except ScramException as exc:
+                raise LoginError(f"SCRAM exchange failed: {exc}") from None
+        if code == m.AUTH_SASL_FINAL and self._scram is not None:
+            try:
+                self._scram.set_server_final(rest.decode())
+            except ScramException as exc:
+                raise LoginError(f"upstream failed SCRAM server verification: {exc}") from None
+            return b""
+        raise LoginError(f"upstream asks for an unsupported authentication method ({code})")

@@ -1,0 +1,355 @@
+"""PostgreSQL wire messages (protocol 3.0): framing, and encode/decode for the ones the gateway
+reads or writes. No I/O here: bytes in, typed values out, and back.
+
+Most relayed messages are never decoded at all: the relay only needs their type byte and length
+(see `MessageReader`). The types below are the ones whose contents the gateway looks at.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+PROTOCOL_3 = 196608  # 3.0
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
+
+MAX_STARTUP_BYTES = 10_000  # what PostgreSQL itself accepts for a startup packet
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+_I32 = struct.Struct(">i")
+_U32 = struct.Struct(">I")
+_I16 = struct.Struct(">h")
+
+
+class ProtocolError(ValueError):
+    """Bytes that break the protocol. The message is safe to show to the peer."""
+
+
+# -- framing -------------------------------------------------------------------------------------
+
+
+class MessageReader:
+    """Splits a stream into (type, body) messages. Feed bytes; take complete messages.
+
+    Holds back an incomplete message until its last byte arrives. A declared length below 4 or
+    above `max_bytes` is a ProtocolError: nothing is buffered without bound.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self._buf = bytearray()
+        self._max = max_bytes
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def messages(self) -> Iterator[tuple[int, bytes, bytes]]:
+        """Yield (type, body, whole message bytes) for each complete message buffered."""
+        buf = self._buf
+        pos = 0
+        n = len(buf)
+        try:
+            while n - pos >= 5:
+                length = _U32.unpack_from(buf, pos + 1)[0]
+                if length < 4 or length > self._max:
+                    raise ProtocolError(
+                        f"message {chr(buf[pos])!r} declares length {length}, "
+                        f"outside 4..{self._max}"
+                    )
+                end = pos + 1 + length
+                if end > n:
+                    break
+                whole = bytes(buf[pos:end])
+                yield buf[pos], whole[5:], whole
+                pos = end
+        finally:
+            del buf[:pos]
+
+
+def read_startup(buf: bytes | bytearray) -> tuple[int, bytes] | None:
+    """Parse one untyped startup-phase packet from the start of `buf`.
+
+    Returns (packet length, body) when complete, None when more bytes are needed.
+    """
+    if len(buf) < 4:
+        return None
+    length = _U32.unpack_from(buf, 0)[0]
+    if length < 8 or length > MAX_STARTUP_BYTES:
+        raise ProtocolError(f"invalid startup packet length {length}")
+    if len(buf) < length:
+        return None
+    return length, bytes(buf[4:length])
+
+
+# -- startup phase (frontend) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SSLRequest:
+    def encode(self) -> bytes:
+        return struct.pack(">II", 8, SSL_REQUEST)
+
+
+@dataclass(frozen=True)
+class GSSENCRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    pid: int
+    secret: int
+
+    def encode(self) -> bytes:
+        return struct.pack(">IIii", 16, CANCEL_REQUEST, self.pid, self.secret)
+
+
+@dataclass(frozen=True)
+class StartupMessage:
+    params: dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        body = _I32.pack(PROTOCOL_3)
+        for k, v in self.params.items():
+            body += k.encode() + b"\0" + v.encode() + b"\0"
+        body += b"\0"
+        return _U32.pack(len(body) + 4) + body
+
+
+StartupPacket = SSLRequest | GSSENCRequest | CancelRequest | StartupMessage
+
+
+def decode_startup(body: bytes) -> StartupPacket:
+    if len(body) < 4:
+        raise ProtocolError("startup packet too short")
+    code = _I32.unpack_from(body, 0)[0]
+    if code == SSL_REQUEST and len(body) == 4:
+        return SSLRequest()
+    if code == GSSENC_REQUEST and len(body) == 4:
+        return GSSENCRequest()
+    if code == CANCEL_REQUEST and len(body) == 12:
+        pid, secret = struct.unpack_from(">ii", body, 4)
+        return CancelRequest(pid, secret)
+    if code != PROTOCOL_3:
+        major, minor = code >> 16, code & 0xFFFF
+        raise ProtocolError(f"unsupported frontend protocol {major}.{minor}: 3.0 is required")
+    parts = body[4:].split(b"\0")
+    # The list ends with a lone terminator (two empty strings after the split).
+    if len(parts) < 2 or parts[-1] != b"" or parts[-2] != b"" or len(parts) % 2:
+        raise ProtocolError("malformed startup parameters")
+    params: dict[str, str] = {}
+    try:
+        for i in range(0, len(parts) - 2, 2):
+            params[parts[i].decode()] = parts[i + 1].decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("startup parameters are not UTF-8") from None
+    return StartupMessage(params)
+
+
+# -- building messages ----------------------------------------------------------------------
+
+
+def message(tag: bytes, body: bytes = b"") -> bytes:
+    return tag + _U32.pack(len(body) + 4) + body
+
+
+def cstr(text: str) -> bytes:
+    return text.encode() + b"\0"
+
+
+def auth_request(code: int, extra: bytes = b"") -> bytes:
+    return message(b"R", _I32.pack(code) + extra)
+
+
+AUTH_OK = 0
+AUTH_CLEARTEXT = 3
+AUTH_MD5 = 5
+AUTH_SASL = 10
+AUTH_SASL_CONTINUE = 11
+AUTH_SASL_FINAL = 12
+
+
+def parameter_status(name: str, value: str) -> bytes:
+    return message(b"S", cstr(name) + cstr(value))
+
+
+def backend_key_data(pid: int, secret: int) -> bytes:
+    return message(b"K", struct.pack(">ii", pid, secret))
+
+
+def ready_for_query(status: bytes = b"I") -> bytes:
+    return message(b"Z", status)
+
+
+def password_message(secret: bytes) -> bytes:
+    return message(b"p", secret + b"\0")
+
+
+def sasl_initial_response(mechanism: str, data: bytes) -> bytes:
+    return message(b"p", cstr(mechanism) + _I32.pack(len(data)) + data)
+
+
+def sasl_response(data: bytes) -> bytes:
+    return message(b"p", data)
+
+
+SYNC = message(b"S")
+TERMINATE = message(b"X")
+
+
+def error_response(
+    sqlstate: str, text: str, *, severity: str = "FATAL", hint: str | None = None
+) -> bytes:
+    """ErrorResponse (or, with tag N, a notice): what psql shows as `FATAL:  <text>`."""
+    fields = [b"S" + cstr(severity), b"V" + cstr(severity), b"C" + cstr(sqlstate)]
+    fields.append(b"M" + cstr(text))
+    if hint:
+        fields.append(b"H" + cstr(hint))
+    return message(b"E", b"".join(fields) + b"\0")
+
+
+# -- decoding the messages the gateway reads ----------------------------------------------------
+
+
+def _cstr_at(body: bytes, pos: int) -> tuple[str, int]:
+    end = body.find(b"\0", pos)
+    if end < 0:
+        raise ProtocolError("unterminated string")
+    return body[pos:end].decode("utf-8", "replace"), end + 1
+
+
+def decode_fields(body: bytes) -> dict[str, str]:
+    """ErrorResponse / NoticeResponse fields by their one-letter code."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(body) and body[pos] != 0:
+        code = chr(body[pos])
+        value, pos = _cstr_at(body, pos + 1)
+        out[code] = value
+    return out
+
+
+def decode_query(body: bytes) -> str:
+    text, _ = _cstr_at(body, 0)
+    return text
+
+
+@dataclass(frozen=True)
+class Parse:
+    statement: str
+    sql: str
+    param_types: tuple[int, ...]
+
+
+def decode_parse(body: bytes) -> Parse:
+    name, pos = _cstr_at(body, 0)
+    sql, pos = _cstr_at(body, pos)
+    if len(body) < pos + 2:
+        raise ProtocolError("Parse message truncated")
+    (n,) = _I16.unpack_from(body, pos)
+    if n < 0 or len(body) < pos + 2 + 4 * n:
+        raise ProtocolError("Parse parameter types truncated")
+    types = struct.unpack_from(f">{n}I", body, pos + 2)
+    return Parse(name, sql, types)
+
+
+@dataclass(frozen=True)
+class Bind:
+    portal: str
+    statement: str
+    params: tuple[bytes | None, ...]
+    formats: tuple[int, ...]  # per parameter: 0 text, 1 binary
+
+
+def decode_bind(body: bytes) -> Bind:
+    portal, pos = _cstr_at(body, 0)
+    statement, pos = _cstr_at(body, pos)
+    try:
+        (nf,) = _I16.unpack_from(body, pos)
+        fmt_codes = struct.unpack_from(f">{nf}h", body, pos + 2)
+        pos += 2 + 2 * nf
+        (np_,) = _I16.unpack_from(body, pos)
+        pos += 2
+        params: list[bytes | None] = []
+        for _ in range(np_):
+            (size,) = _I32.unpack_from(body, pos)
+            pos += 4
+            if size == -1:
+                params.append(None)
+                continue
+            if size < 0 or pos + size > len(body):
+                raise ProtocolError("Bind parameter runs past the message")
+            params.append(body[pos : pos + size])
+            pos += size
+    except struct.error:
+        raise ProtocolError("Bind message truncated") from None
+    if nf == 0:
+        formats = (0,) * np_
+    elif nf == 1:
+        formats = (fmt_codes[0],) * np_
+    elif nf == np_:
+        formats = tuple(fmt_codes)
+    else:
+        raise ProtocolError("Bind format codes do not match the parameters")
+    return Bind(portal, statement, tuple(params), formats)
+
+
+def decode_execute(body: bytes) -> tuple[str, int]:
+    portal, pos = _cstr_at(body, 0)
+    if len(body) < pos + 4:
+        raise ProtocolError("Execute message truncated")
+    return portal, _I32.unpack_from(body, pos)[0]
+
+
+def decode_row_description(body: bytes) -> list[str]:
+    (n,) = _I16.unpack_from(body, 0)
+    pos, names = 2, []
+    for _ in range(n):
+        name, pos = _cstr_at(body, pos)
+        names.append(name)
+        pos += 18
+    return names
+
+
+def decode_command_complete(body: bytes) -> str:
+    tag, _ = _cstr_at(body, 0)
+    return tag
+
+
+def decode_notification(body: bytes) -> tuple[int, str, str]:
+    (pid,) = _I32.unpack_from(body, 0)
+    channel, pos = _cstr_at(body, 4)
+    payload, _ = _cstr_at(body, pos)
+    return pid, channel, payload
+
+
+def decode_parameter_status(body: bytes) -> tuple[str, str]:
+    name, pos = _cstr_at(body, 0)
+    value, _ = _cstr_at(body, pos)
+    return name, value
+
+
+def decode_backend_key_data(body: bytes) -> tuple[int, int]:
+    if len(body) != 8:
+        raise ProtocolError("BackendKeyData of unexpected length")
+    pid, secret = struct.unpack(">ii", body)
+    return pid, secret
+
+
+def decode_auth(body: bytes) -> tuple[int, bytes]:
+    if len(body) < 4:
+        raise ProtocolError("Authentication message truncated")
+    return _I32.unpack_from(body, 0)[0], body[4:]
+
+
+def decode_password(body: bytes) -> bytes:
+    """The cleartext password message body: the secret, NUL-terminated."""
+    if not body.endswith(b"\0"):
+        raise ProtocolError("password message is not NUL-terminated")
+    return body[:-1]

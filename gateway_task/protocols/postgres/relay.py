@@ -1,0 +1,347 @@
+"""The relay phase of a PostgreSQL session, sans-IO: bytes in, bytes to forward and events out.
+
+Client → server: whole messages are parsed (so guardrails see complete SQL) and forwarded
+unchanged, except a denied Query or Parse. A denied message never reaches the upstream; in its
+place the relay sends a Sync, and the ErrorResponse for the client is slipped in right before the
+ReadyForQuery that Sync produces. That keeps the client's view in order even when it pipelines,
+and keeps the transaction status honest (it is the upstream's own).
+
+Server → client: bytes are passed on as they arrive, never held for a whole message (a 50 MB
+row streams), while a scanner follows message boundaries to count rows and read the few message
+types that make events: RowDescription, CommandComplete, ErrorResponse, notices, ReadyForQuery.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway_task.protocols.postgres import messages as m
+from gateway_task.protocols.postgres.sql import first_words, statement_kinds
+from tapegate.tape import Direction, Event
+
+C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
+_U32 = struct.Struct(">I")
+# Server messages whose bodies the scanner keeps (bounded) to turn into events.
+_READ_BODY = frozenset(b"TCEINAZGHWs")
+_MAX_KEPT_BODY = 64 * 1024
+_MAX_NAMED = 10_000  # prepared statements / portals remembered for events
+
+
+@dataclass
+class RelayLimits:
+    sql_cap: int = 8192
+    param_cap: int = 1024
+    max_message_bytes: int = m.DEFAULT_MAX_MESSAGE_BYTES
+
+
+@dataclass
+class _Request:
+    """Something the server will answer: a simple Query, an Execute, or a Sync."""
+
+    kind: str  # query | execute | sync
+    started_ns: int
+    sql: str | None = None
+    rows: int = 0
+    columns: list[str] = field(default_factory=list)
+
+
+# A guard takes SQL and returns a description of the rule that denies it, or None.
+Guard = Callable[[str, list[str]], str | None]
+
+
+class PgRelay:
+    def __init__(self, guard: Guard, limits: RelayLimits | None = None) -> None:
+        self.limits = limits or RelayLimits()
+        self._guard = guard
+        self._client = m.MessageReader(self.limits.max_message_bytes)
+        self._discarding = False  # after a denied Parse: drop messages until Sync
+        self._pending_denial: bytes | None = None
+        self._syncs_sent = 0  # Query / Sync / FunctionCall forwarded: each earns a ReadyForQuery
+        self._rfq_seen = 0
+        self._inject: dict[int, bytes] = {}  # ReadyForQuery number → bytes to send before it
+        self._requests: deque[_Request] = deque()
+        self._statements: dict[str, str] = {}
+        self._portals: dict[str, str] = {}
+        # server-side scanner state
+        self._s_carry = b""  # an incomplete message header held back (at most 4 bytes)
+        self._s_type = 0
+        self._s_left = 0
+        self._s_body: bytearray | None = None
+        self.terminated = False  # the client sent Terminate
+        self.status = b"I"
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when the client has received whole messages only: an error may be sent now."""
+        return not self._s_left and not self._s_carry
+
+    @property
+    def idle(self) -> bool:
+        """Nothing asked of the server is still unanswered, and no client bytes are waiting."""
+        return not self._requests and not self._client.buffered and self.at_boundary
+
+    # -- client → server -------------------------------------------------------------------
+
+    def from_client(self, data: bytes, ts: int) -> tuple[bytes, list[Event]]:
+        """Bytes to forward upstream and the events they make. Raises m.ProtocolError."""
+        self._client.feed(data)
+        forward = bytearray()
+        events: list[Event] = []
+        for tag, body, whole in self._client.messages():
+            if self._discarding:
+                if tag == ord("S"):
+                    # The Sync that ends the batch carries the denied Parse's error.
+                    self._discarding = False
+                    forward += whole
+                    self._sync_sent(ts, "sync", inject=self._pending_denial)
+                    self._pending_denial = None
+                continue
+            forward += self._client_message(tag, body, whole, ts, events)
+        return bytes(forward), events
+
+    def _client_message(
+        self, tag: int, body: bytes, whole: bytes, ts: int, events: list[Event]
+    ) -> bytes:
+        if tag == ord("Q"):
+            sql = m.decode_query(body)
+            kinds = statement_kinds(sql)
+            denied = self._guard(sql, kinds)
+            if denied:
+                events.append(self._blocked(ts, sql, kinds, denied))
+                self._sync_sent(ts, "sync", inject=_denied_error(denied))
+                return m.SYNC
+            events.append(Event(ts, "query", C2S, self._sql_attrs(sql, kinds)))
+            self._sync_sent(ts, "query", sql)
+            return whole
+        if tag == ord("P"):
+            parse = m.decode_parse(body)
+            kinds = statement_kinds(parse.sql)
+            denied = self._guard(parse.sql, kinds)
+            if denied:
+                events.append(self._blocked(ts, parse.sql, kinds, denied, parse.statement))
+                self._discarding = True
+                self._pending_denial = _denied_error(denied)
+                return b""
+            self._remember(self._statements, parse.statement, parse.sql)
+            attrs = {"statement": parse.statement, **self._sql_attrs(parse.sql, kinds)}
+            events.append(Event(ts, "parse", C2S, attrs))
+            return whole
+        if tag == ord("B"):
+            bind = m.decode_bind(body)
+            self._remember(self._portals, bind.portal, bind.statement)
+            events.append(Event(ts, "bind", C2S, self._bind_attrs(bind)))
+            return whole
+        if tag == ord("E"):
+            portal, max_rows = m.decode_execute(body)
+            sql = self._statements.get(self._portals.get(portal, ""), None)
+            events.append(
+                Event(ts, "execute", C2S, {"portal": portal, "max_rows": max_rows, "sql": sql})
+            )
+            self._requests.append(_Request("execute", ts, sql))
+            return whole
+        if tag == ord("S"):
+            self._sync_sent(ts, "sync")
+            return whole
+        if tag == ord("F"):
+            events.append(Event(ts, "function_call", C2S, {}))
+            self._sync_sent(ts, "query", "<function call>")
+            return whole
+        if tag == ord("X"):
+            self.terminated = True
+            events.append(Event(ts, "terminate", C2S, {}))
+            return whole
+        if tag == ord("f"):
+            events.append(
+                Event(
+                    ts, "copy_fail", C2S, {"message": body.rstrip(b"\0").decode("utf-8", "replace")}
+                )
+            )
+        return whole
+
+    def _sync_sent(
+        self, ts: int, kind: str, sql: str | None = None, inject: bytes | None = None
+    ) -> None:
+        self._syncs_sent += 1
+        if inject is not None:
+            self._inject[self._syncs_sent] = inject
+        self._requests.append(_Request(kind, ts, sql))
+
+    def _blocked(
+        self, ts: int, sql: str, kinds: list[str], rule: str, statement: str | None = None
+    ) -> Event:
+        attrs = {**self._sql_attrs(sql, kinds), "rule": rule}
+        if statement is not None:
+            attrs["statement"] = statement
+        return Event(ts, "blocked", C2S, attrs)
+
+    def _sql_attrs(self, sql: str, kinds: list[str]) -> dict[str, Any]:
+        cap = self.limits.sql_cap
+        attrs: dict[str, Any] = {"sql": sql[:cap], "kinds": first_words(kinds)}
+        if len(sql) > cap:
+            attrs["sql_truncated"] = True
+            attrs["sql_length"] = len(sql)
+        return attrs
+
+    def _bind_attrs(self, bind: m.Bind) -> dict[str, Any]:
+        cap = self.limits.param_cap
+        params: list[Any] = []
+        for value, fmt in zip(bind.params, bind.formats, strict=True):
+            if value is None:
+                params.append(None)
+            elif fmt == 0:
+                text = value[:cap].decode("utf-8", "replace")
+                params.append(text if len(value) <= cap else {"text": text, "length": len(value)})
+            else:
+                params.append({"binary": value[:cap].hex(), "length": len(value)})
+        return {"portal": bind.portal, "statement": bind.statement, "params": params}
+
+    @staticmethod
+    def _remember(table: dict[str, str], key: str, value: str) -> None:
+        table.pop(key, None)
+        table[key] = value
+        if len(table) > _MAX_NAMED:
+            del table[next(iter(table))]
+
+    # -- server → client -------------------------------------------------------------------
+
+    def from_server(self, data: bytes, ts: int) -> tuple[list[bytes], list[Event]]:
+        """Segments to write to the client, in order, and the events the bytes make."""
+        if self._s_carry:
+            data = self._s_carry + data
+            self._s_carry = b""
+        out: list[bytes] = []
+        events: list[Event] = []
+        pos, seg, n = 0, 0, len(data)
+        while pos < n:
+            if self._s_left:
+                take = min(self._s_left, n - pos)
+                if self._s_body is not None and len(self._s_body) < _MAX_KEPT_BODY:
+                    self._s_body += data[pos : pos + take]
+                pos += take
+                self._s_left -= take
+                if not self._s_left:
+                    self._server_message(ts, events)
+                continue
+            if n - pos < 5:
+                self._s_carry = data[pos:]
+                break
+            tag = data[pos]
+            length = _U32.unpack_from(data, pos + 1)[0]
+            if length < 4:
+                raise m.ProtocolError(f"upstream sent message {chr(tag)!r} with length {length}")
+            if tag == 0x5A:  # 'Z' ReadyForQuery: maybe a denial goes first
+                self._rfq_seen += 1
+                injected = self._inject.pop(self._rfq_seen, None)
+                if injected is not None:
+                    out.append(data[seg:pos])
+                    out.append(injected)
+                    seg = pos
+            elif tag in (0x44, 0x64) and self._requests:  # 'D' DataRow, 'd' CopyData
+                self._requests[0].rows += 1
+            self._s_type = tag
+            self._s_left = length - 4
+            self._s_body = bytearray() if tag in _READ_BODY else None
+            pos += 5
+            if not self._s_left:
+                self._server_message(ts, events)
+        end = n - len(self._s_carry)
+        if end > seg:
+            out.append(data[seg:end])
+        return out, events
+
+    def _server_message(self, ts: int, events: list[Event]) -> None:
+        tag = self._s_type
+        body = bytes(self._s_body) if self._s_body is not None else b""
+        self._s_body = None
+        head = self._head()
+        if tag == ord("T"):
+            if head is not None:
+                head.columns = _safe(m.decode_row_description, body, [])
+        elif tag in (ord("C"), ord("I"), ord("s")):
+            tag_text = {ord("C"): None, ord("I"): "EMPTY", ord("s"): "SUSPENDED"}[tag]
+            tag_text = tag_text or _safe(m.decode_command_complete, body, "")
+            if head is not None:
+                events.append(self._result(ts, head, tag_text))
+                if head.kind == "execute":
+                    self._requests.remove(head)
+                else:
+                    head.rows, head.columns, head.started_ns = 0, [], ts
+            else:
+                events.append(Event(ts, "result", S2C, {"tag": tag_text}))
+        elif tag == ord("E"):
+            fields = _safe(m.decode_fields, body, {})
+            attrs = {
+                "sqlstate": fields.get("C"),
+                "severity": fields.get("V") or fields.get("S"),
+                "message": fields.get("M"),
+            }
+            if head is not None:
+                attrs["duration_ns"] = ts - head.started_ns
+                attrs["sql"] = head.sql
+            events.append(Event(ts, "error", S2C, attrs))
+            # Extended protocol: after an error the server skips to the next Sync.
+            while self._requests and self._requests[0].kind == "execute":
+                self._requests.popleft()
+        elif tag == ord("N"):
+            fields = _safe(m.decode_fields, body, {})
+            events.append(
+                Event(ts, "notice", S2C, {"severity": fields.get("V") or fields.get("S"),
+                                          "sqlstate": fields.get("C"), "message": fields.get("M")})
+            )  # fmt: skip
+        elif tag == ord("A"):
+            _pid, channel, payload = _safe(m.decode_notification, body, (0, "", ""))
+            events.append(
+                Event(ts, "notification", S2C, {"channel": channel, "payload": payload[:1024]})
+            )
+        elif tag == ord("Z"):
+            self.status = body[:1] or b"I"
+            while self._requests:
+                done = self._requests.popleft()
+                if done.kind != "execute":
+                    break
+        elif tag in (ord("G"), ord("H"), ord("W")):
+            direction = {ord("G"): "in", ord("H"): "out", ord("W"): "both"}[tag]
+            events.append(Event(ts, "copy", S2C, {"direction": direction}))
+
+    def _head(self) -> _Request | None:
+        for req in self._requests:
+            if req.kind != "sync":
+                return req
+            return None
+        return None
+
+    def _result(self, ts: int, req: _Request, tag: str) -> Event:
+        return Event(
+            ts,
+            "result",
+            S2C,
+            {
+                "tag": tag,
+                "rows": req.rows,
+                "columns": req.columns[:100],
+                "duration_ns": ts - req.started_ns,
+                "sql": req.sql[: self.limits.sql_cap] if req.sql else None,
+            },
+        )
+
+
+def _denied_error(rule: str) -> bytes:
+    return m.error_response(
+        "42501",
+        f"statement blocked by tapegate guardrail ({rule})",
+        severity="ERROR",
+        hint="This target's policy denies such statements; the attempt was recorded. "
+        "Ask the target's owner if you need it.",
+    )
+
+
+def _safe(fn: Callable[[bytes], Any], body: bytes, default: Any) -> Any:
+    """Decode an upstream message for an event; a malformed one makes no event, not a crash."""
+    try:
+        return fn(body)
+    except (m.ProtocolError, struct.error, ValueError, IndexError):
+        return default

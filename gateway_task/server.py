@@ -1,0 +1,566 @@
+"""Listeners, connection lifecycle and shutdown: the only module that touches sockets.
+
+Each PostgreSQL client connection goes: startup (TLS, GSSENC refusal, cancel) → cleartext
+password = OIDC token → policy → upstream login with the target's credential → relay, recorded
+both ways → final chunk. Protocol decisions are made by the sans-IO code in `protocols/`; this
+module moves bytes and keeps time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway_task import policy
+from gateway_task.identity import OidcVerifier, TokenError
+from gateway_task.protocols.postgres import messages as m
+from gateway_task.protocols.postgres.login import LoginError, UpstreamLogin
+from gateway_task.protocols.postgres.relay import PgRelay, RelayLimits
+from gateway_task.recorder import Recorder, RecordingUnavailable
+from gateway_task.secrets import CredentialError, target_password
+from gateway_task.sinks import Sink
+from gateway_task.sinks.local import LocalFolderSink
+from gateway_task.tls import server_context, upstream_context
+from tapegate.config import Config, Target
+from tapegate.keys import LocalKeyStore
+from tapegate.tape import Direction, Event, Identity, SessionHeader, TapeWriter
+
+log = logging.getLogger("tapegate.gateway")
+
+C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
+READ_SIZE = 256 * 1024
+STARTUP_TIMEOUT_S = 30.0
+UPSTREAM_TIMEOUT_S = 10.0
+TICK_S = 0.1
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.hint = code, message, hint
+
+
+@dataclass(eq=False)
+class PgSession:
+    """One client connection, once it has a recorder."""
+
+    recorder: Recorder
+    target: Target
+    upstream_addr: tuple[str, int]
+    upstream_key: tuple[int, int] | None
+    tasks: list[asyncio.Task[str]] = field(default_factory=list)
+    relay: PgRelay | None = None
+    end_reason: str | None = None
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        sink: Sink | None = None,
+        verifier: OidcVerifier | None = None,
+    ) -> None:
+        self.config = config
+        keys = LocalKeyStore(config.data_dir)
+        self.signer = keys.signing_key()
+        self.auditors = keys.auditor_public_keys()
+        self.sink: Sink = sink or LocalFolderSink(
+            config.delivery_dir, config.sink.flush_bytes, config.sink.flush_ms
+        )
+        self.verifier = verifier or OidcVerifier(config.identity)
+        self.tls = server_context(config.tls, config.data_dir)
+        self.sessions: set[PgSession] = set()
+        self.cancel_keys: dict[tuple[int, int], PgSession] = {}
+        self.addresses: dict[str, str] = {}
+        self._servers: list[asyncio.AbstractServer] = []
+        self._connections: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._dev_issuer = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        if self.config.identity.is_dev:
+            from gateway_task.dev_issuer import DevIssuerServer
+
+            self._dev_issuer = DevIssuerServer(
+                self.config.data_dir, self.config.identity.dev_listen
+            )
+            self._dev_issuer.start()
+            self.addresses["dev_issuer"] = self.config.identity.issuer_url
+        listen = self.config.listen_postgres
+        if listen is not None:
+            server = await asyncio.start_server(self._accept, listen.host, listen.port)
+            host, port = server.sockets[0].getsockname()[:2]
+            self.addresses["postgres"] = f"{host}:{port}"
+            self._servers.append(server)
+        self._ticker = asyncio.create_task(self._tick_forever())
+
+    async def stop(self, drain_s: float = 5.0) -> None:
+        """Stop accepting, let busy sessions finish for up to drain_s, close the rest."""
+        self._stopping = True
+        for server in self._servers:
+            server.close()
+        deadline = time.monotonic() + drain_s
+        while any(s.relay is not None and not s.relay.idle for s in self.sessions):
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.end_reason = session.end_reason or "gateway_shutdown"
+            for task in session.tasks:
+                task.cancel()
+        if self._connections:
+            await asyncio.wait(self._connections, timeout=drain_s + 5)
+        if self._ticker:
+            self._ticker.cancel()
+        self.sink.close()
+        if self._dev_issuer is not None:
+            self._dev_issuer.stop()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.time_ns()
+            for session in list(self.sessions):
+                try:
+                    session.recorder.tick(now)
+                except RecordingUnavailable:
+                    session.end_reason = "recording_failed"
+                    for task in session.tasks:
+                        task.cancel()
+            self.sink.tick()
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(self._connection(reader, writer))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await PgConnection(self, reader, writer).run()
+        except Exception:  # a bug in one session must not take others down
+            log.exception("session failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+class PgConnection:
+    def __init__(
+        self, gw: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.gw = gw
+        self.reader, self.writer = reader, writer
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.client_addr = f"{peer[0]}:{peer[1]}"
+        self.tls = False
+        self.params: dict[str, str] = {}
+        self.started_ns = time.time_ns()
+
+    async def run(self) -> None:
+        try:
+            startup = await asyncio.wait_for(self._startup(), STARTUP_TIMEOUT_S)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            return
+        except m.ProtocolError as exc:
+            await self._send(m.error_response("08P01", f"protocol violation: {exc}"))
+            return
+        if startup is None:
+            return
+        self.params = startup.params
+        try:
+            identity, target = await asyncio.wait_for(self._authenticate(), STARTUP_TIMEOUT_S)
+        except _Refused as refusal:
+            self._record_refusal(refusal)
+            await self._send(m.error_response(refusal.code, refusal.message, hint=refusal.hint))
+            return
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            return
+        await self._session(identity, target)
+
+    # -- startup phase -------------------------------------------------------------------------
+
+    async def _startup(self) -> m.StartupMessage | None:
+        while True:
+            head = await self.reader.readexactly(4)
+            length = int.from_bytes(head, "big")
+            if length < 8 or length > m.MAX_STARTUP_BYTES:
+                raise m.ProtocolError(f"invalid startup packet length {length}")
+            packet = m.decode_startup(await self.reader.readexactly(length - 4))
+            if isinstance(packet, m.SSLRequest):
+                if self.tls:
+                    raise m.ProtocolError("SSLRequest inside TLS")
+                self.writer.write(b"S")
+                await self.writer.drain()
+                await self.writer.start_tls(self.gw.tls)
+                self.tls = True
+            elif isinstance(packet, m.GSSENCRequest):
+                self.writer.write(b"N")
+                await self.writer.drain()
+            elif isinstance(packet, m.CancelRequest):
+                await self._cancel(packet)
+                return None
+            else:
+                return packet
+
+    async def _cancel(self, req: m.CancelRequest) -> None:
+        session = self.gw.cancel_keys.get((req.pid, req.secret))
+        if session is None or session.upstream_key is None:
+            return  # like PostgreSQL: an unknown key gets no answer
+        session.recorder.event(
+            Event(time.time_ns(), "cancel_request", C2S, {"from": self.client_addr})
+        )
+        host, port = session.upstream_addr
+        with contextlib.suppress(OSError, TimeoutError):
+            _, w = await asyncio.wait_for(asyncio.open_connection(host, port), UPSTREAM_TIMEOUT_S)
+            w.write(m.CancelRequest(*session.upstream_key).encode())
+            await w.drain()
+            w.close()
+
+    async def _authenticate(self) -> tuple[Identity, Target]:
+        cfg = self.gw.config
+        if not self.tls and cfg.tls.mode == "required":
+            raise _Refused(
+                "28000",
+                "this gateway requires TLS: connect with sslmode=require (or verify-full)",
+                "Your token travels as the password, so the gateway never takes it in clear text.",
+            )
+        found = policy.find_target(cfg, self.params.get("database"), "postgres")
+        if isinstance(found, policy.Refusal):
+            raise _Refused(found.code, found.message, found.hint)
+        target = found
+        self.writer.write(m.auth_request(m.AUTH_CLEARTEXT))
+        await self.writer.drain()
+        head = await self.reader.readexactly(5)
+        length = int.from_bytes(head[1:], "big")
+        if head[:1] != b"p" or not 5 <= length <= 20_000:
+            raise _Refused("08P01", "expected a password message carrying the OIDC token")
+        token_bytes = await self.reader.readexactly(length - 4)
+        try:
+            token = m.decode_password(token_bytes).decode()
+        except (m.ProtocolError, UnicodeDecodeError):
+            raise _Refused("28000", "the password must be your OIDC token") from None
+        try:
+            identity = await self.gw.verifier.verify(token)
+        except TokenError as exc:
+            raise _Refused(
+                "28000",
+                f"authentication failed: {exc}",
+                "Fetch a fresh token from your identity provider "
+                "(locally: tapegate token --sub NAME --group GROUP) and use it as the password.",
+            ) from None
+        finally:
+            del token
+        self.identity = identity
+        refusal = policy.admit(target, identity)
+        if refusal is not None:
+            raise _Refused(refusal.code, refusal.message, refusal.hint)
+        return identity, target
+
+    # -- recording --------------------------------------------------------------------------
+
+    def _new_recorder(self, identity: Identity, target_name: str) -> Recorder:
+        rec = self.gw.config.recording
+        header = SessionHeader(
+            identity=identity,
+            target=target_name,
+            protocol="postgres",
+            client_addr=self.client_addr,
+            gateway=self.gw.config.gateway_name,
+            started_ns=self.started_ns,
+        )
+        writer = TapeWriter(
+            header,
+            self.gw.signer,
+            self.gw.auditors,
+            max_chunk_bytes=rec.max_chunk_bytes,
+            max_age_ns=rec.max_age_ms * 1_000_000,
+        )
+        recorder = Recorder(writer, self.gw.sink)
+        startup = {
+            "user": self.params.get("user"),
+            "database": self.params.get("database"),
+            "application_name": self.params.get("application_name"),
+            "tls": self.tls,
+        }
+        writer.add_event(Event(self.started_ns, "startup", C2S, startup))
+        return recorder
+
+    def _record_refusal(self, refusal: _Refused) -> None:
+        identity = getattr(self, "identity", None) or Identity(
+            issuer=self.gw.config.identity.issuer_url, subject="(unverified)"
+        )
+        target = self.params.get("database") or "(none)"
+        try:
+            recorder = self._new_recorder(identity, target)
+            now = time.time_ns()
+            recorder.event(
+                Event(now, "auth", None, {"result": "refused", "sqlstate": refusal.code,
+                                          "reason": refusal.message})
+            )  # fmt: skip
+            recorder.close("refused")
+        except RecordingUnavailable:
+            log.error("could not record a refused connection from %s", self.client_addr)
+        log.info("refused %s (%s): %s", self.client_addr, refusal.code, refusal.message)
+
+    # -- the session ------------------------------------------------------------------------
+
+    async def _session(self, identity: Identity, target: Target) -> None:
+        recorder = self._new_recorder(identity, target.name)
+        now = time.time_ns()
+        recorder.event(
+            Event(now, "auth", None, {"result": "ok", "method": "oidc", "subject": identity.subject,
+                                      "groups": list(identity.groups)})
+        )  # fmt: skip
+        session = PgSession(recorder, target, (target.upstream.host, target.upstream.port), None)
+        gw = self.gw
+        gw.sessions.add(session)
+        up_writer: asyncio.StreamWriter | None = None
+        try:
+            try:
+                up_reader, up_writer, login = await asyncio.wait_for(
+                    self._upstream(target), UPSTREAM_TIMEOUT_S
+                )
+            except _Refused as refusal:
+                recorder.event(
+                    Event(time.time_ns(), "upstream_error", None, {"reason": refusal.message})
+                )
+                await self._send_recorded(
+                    recorder, m.error_response(refusal.code, refusal.message, hint=refusal.hint)
+                )
+                session.end_reason = "upstream_unavailable"
+                return
+            session.upstream_key = login.backend_key
+            pid, secret = self._cancel_key()
+            gw.cancel_keys[(pid, secret)] = session
+            hello = bytearray(m.auth_request(m.AUTH_OK))
+            for name, value in login.params.items():
+                hello += m.parameter_status(name, value)
+            hello += m.backend_key_data(pid, secret)
+            hello += m.ready_for_query(login.status)
+            recorder.frame(S2C, bytes(hello), time.time_ns())
+            self.writer.write(hello)
+            await self.writer.drain()
+            relay = PgRelay(
+                policy.guard_for(target),
+                RelayLimits(gw.config.recording.sql_cap, gw.config.recording.param_cap),
+            )
+            session.relay = relay
+            session.end_reason = await self._relay(session, relay, up_reader, up_writer)
+        except RecordingUnavailable as exc:
+            session.end_reason = "recording_failed"
+            log.error("session %s: recording unavailable: %s", recorder.session_id, exc)
+            await self._send(
+                m.error_response(
+                    "58030",
+                    "tapegate cannot record this session, so it is closed: nothing runs unrecorded",
+                    hint=str(exc),
+                )
+            )
+        finally:
+            gw.sessions.discard(session)
+            for key, s in list(gw.cancel_keys.items()):
+                if s is session:
+                    del gw.cancel_keys[key]
+            if up_writer is not None:
+                up_writer.close()
+            reason = session.end_reason or "error"
+            recorder.close(reason)
+            log.info("session %s closed: %s", recorder.session_id, reason)
+
+    def _cancel_key(self) -> tuple[int, int]:
+        while True:
+            key = (secrets.randbelow(2**31 - 1) + 1, secrets.randbits(32) - 2**31)
+            if key not in self.gw.cancel_keys:
+                return key
+
+    async def _upstream(
+        self, target: Target
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, UpstreamLogin]:
+        try:
+            password = target_password(target)
+        except CredentialError as exc:
+            log.error("target %s: %s", target.name, exc)
+            raise _Refused(
+                "08006", f"the gateway has no usable credential for target {target.name!r}"
+            ) from None
+        host, port = target.upstream.host, target.upstream.port
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError as exc:
+            raise _Refused(
+                "08006",
+                f"target {target.name!r} is unreachable from the gateway ({exc.strerror})",
+            ) from None
+        try:
+            ctx = upstream_context(target.upstream_tls, target.upstream_ca_file)
+            if ctx is not None:
+                writer.write(m.SSLRequest().encode())
+                await writer.drain()
+                answer = await reader.readexactly(1)
+                if answer == b"S":
+                    server_name = host if target.upstream_tls == "verify-full" else None
+                    await writer.start_tls(ctx, server_hostname=server_name)
+                elif target.upstream_tls in ("require", "verify-full"):
+                    raise _Refused("08006", f"target {target.name!r} does not offer TLS")
+            login = UpstreamLogin(
+                user=target.username,
+                database=target.database,
+                password=password,
+                application_name=self.params.get("application_name") or "tapegate",
+            )
+            writer.write(login.startup())
+            await writer.drain()
+            while not login.done:
+                data = await reader.read(65536)
+                if not data:
+                    raise LoginError("upstream closed the connection during login")
+                reply = login.receive(data)
+                if reply:
+                    writer.write(reply)
+                    await writer.drain()
+            login.password = ""
+            return reader, writer, login
+        except LoginError as exc:
+            writer.close()
+            log.error("target %s: upstream login failed: %s", target.name, exc)
+            raise _Refused(
+                exc.fields.get("C", "08006"),
+                f"the gateway could not log in to target {target.name!r}: {exc}",
+            ) from None
+        except (OSError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            writer.close()
+            raise _Refused(
+                "08006", f"target {target.name!r} dropped the connection ({type(exc).__name__})"
+            ) from None
+        finally:
+            del password
+
+    async def _relay(
+        self,
+        session: PgSession,
+        relay: PgRelay,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> str:
+        recorder = session.recorder
+
+        async def client_to_upstream() -> str:
+            while True:
+                data = await self.reader.read(READ_SIZE)
+                if not data:
+                    return "client_terminate" if relay.terminated else "client_closed"
+                ts = time.time_ns()
+                recorder.frame(C2S, data, ts)
+                try:
+                    forward, events = relay.from_client(data, ts)
+                except m.ProtocolError as exc:
+                    recorder.event(Event(ts, "protocol_error", C2S, {"message": str(exc)}))
+                    await self._send_recorded(
+                        recorder, m.error_response("08P01", f"protocol violation: {exc}")
+                    )
+                    return "error"
+                recorder.events(events)
+                if forward:
+                    up_writer.write(forward)
+                    await up_writer.drain()
+
+        async def upstream_to_client() -> str:
+            while True:
+                data = await up_reader.read(READ_SIZE)
+                if not data:
+                    if relay.terminated:
+                        return "client_terminate"
+                    if relay.at_boundary:
+                        await self._send_recorded(
+                            recorder,
+                            m.error_response(
+                                "08006", f"target {session.target.name!r} closed the connection"
+                            ),
+                        )
+                    return "upstream_closed"
+                ts = time.time_ns()
+                try:
+                    segments, events = relay.from_server(data, ts)
+                except m.ProtocolError as exc:
+                    recorder.event(Event(ts, "protocol_error", S2C, {"message": str(exc)}))
+                    return "error"
+                out = segments[0] if len(segments) == 1 else b"".join(segments)
+                if out:
+                    recorder.frame(S2C, out, ts)
+                recorder.events(events)
+                if out:
+                    self.writer.write(out)
+                    await self.writer.drain()
+
+        tasks = [
+            asyncio.create_task(_guarded(client_to_upstream)),
+            asyncio.create_task(_guarded(upstream_to_client)),
+        ]
+        session.tasks = tasks
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if session.end_reason is not None:  # set by shutdown or the ticker
+            if session.end_reason == "gateway_shutdown" and relay.at_boundary:
+                await self._send_recorded(
+                    recorder,
+                    m.error_response("57P01", "terminating connection: tapegate is shutting down"),
+                )
+            return session.end_reason
+        first = done.pop()
+        if first.cancelled():
+            return "gateway_shutdown"
+        exc = first.exception()
+        if isinstance(exc, RecordingUnavailable):
+            raise exc
+        if exc is not None:
+            log.error("session %s relay error: %r", recorder.session_id, exc)
+            return "error"
+        return first.result()
+
+    async def _send(self, data: bytes) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def _send_recorded(self, recorder: Recorder, data: bytes) -> None:
+        with contextlib.suppress(RecordingUnavailable):
+            recorder.frame(S2C, data, time.time_ns())
+            await self._send(data)
+
+
+async def _guarded(fn: Callable[[], object]) -> str:
+    """Run one relay direction; a dropped socket is an ending, not a crash."""
+    try:
+        return await fn()  # type: ignore[misc]
+    except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+        return "connection_lost"
+
+
+# -- `tapegate up` ---------------------------------------------------------------------------
+
+
+async def serve(config: Config, ready: Callable[[dict[str, str]], None]) -> None:
+    """Run until SIGTERM/SIGINT, then shut down cleanly."""
+    gateway = Gateway(config)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ready(gateway.addresses)
+    await stop.wait()
+    await gateway.stop()

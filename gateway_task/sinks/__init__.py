@@ -1,0 +1,25 @@
+"""Where sealed chunks go: one small interface, one adapter per backend."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class SinkError(Exception):
+    """The sink cannot take records now. Sessions must stop forwarding (fail closed)."""
+
+
+class Sink(Protocol):
+    @property
+    def failure(self) -> str | None:
+        """Why the sink is failing, or None while it is healthy."""
+
+    def put(self, records: list[bytes]) -> None:
+        """Accept sealed records (kept for retry even while failing); raise SinkError while the
+        sink is failing, so that the session stops forwarding."""
+
+    def tick(self, now_ns: int) -> None:
+        """Called periodically: flush by age, retry after a failure."""
+
+    def close(self) -> None:
+        """Flush everything accepted so far."""

@@ -1,0 +1,115 @@
+"""Run a real Gateway in a background thread for tests that drive it with real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from gateway_task.dev_issuer import mint_token
+from gateway_task.server import Gateway
+from tapegate.config import Config, parse_config
+from tapegate.keys import LocalKeyStore
+from tapegate.tape import split_records, verify_session
+from tests.pg import APP_PASSWORD, PgServer, free_port
+
+PASSWORD_ENV = "TAPEGATE_TEST_APPDB_PASSWORD"
+
+
+def gateway_config(data_dir: Path, pg: PgServer, **overrides: Any) -> Config:
+    os.environ[PASSWORD_ENV] = APP_PASSWORD
+    upstream = f"{pg.host}:{pg.port}"
+    common = {"protocol": "postgres", "upstream": upstream, "database": "app",
+              "password_env": PASSWORD_ENV, "upstream_tls": "disable"}  # fmt: skip
+    raw: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "identity": {"issuer": "dev", "dev_listen": f"127.0.0.1:{free_port()}"},
+        "listen": {"postgres": "127.0.0.1:0"},
+        "sink": {"flush_ms": 50},
+        "recording": {"max_age_ms": 50},
+        "targets": [
+            {"name": "appdb", "username": "app", "allow_groups": ["dba", "agents"],
+             "guardrails": {"deny": [{"kind": "DROP"}, {"kind": "ALTER ROLE"},
+                                     {"regex": "(?i)\\bdelete\\s+from\\s+audit_log"}]},
+             **common},
+            {"name": "appdb_md5", "username": "app_md5", "allow_groups": ["agents"], **common},
+            {"name": "appdb_plain", "username": "app_plain", "allow_groups": ["agents"], **common},
+            {"name": "dbadb", "username": "app", "allow_groups": ["dba"], **common},
+            {**common, "name": "downdb", "username": "app", "allow_groups": ["agents"],
+             "upstream": f"127.0.0.1:{free_port()}"},
+        ],
+    }  # fmt: skip
+    raw.update(overrides)
+    return parse_config(raw)
+
+
+class RunningGateway:
+    def __init__(self, config: Config, **gateway_kwargs: Any) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.gateway = self.run(self._make(gateway_kwargs))
+        self.run(self.gateway.start())
+        host, port = self.gateway.addresses["postgres"].rsplit(":", 1)
+        self.host, self.port = host, int(port)
+
+    async def _make(self, kwargs: dict[str, Any]) -> Gateway:
+        return Gateway(self.config, **kwargs)
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, drain_s: float = 1.0) -> None:
+        self.run(self.gateway.stop(drain_s=drain_s))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    def token(self, sub: str = "agent-7", groups: tuple[str, ...] = ("agents",), **kw: Any) -> str:
+        return mint_token(self.config.data_dir, self.config.identity, sub, list(groups), **kw)
+
+    def dsn(self, token: str, target: str = "appdb", sslmode: str = "require", **extra: str) -> str:
+        parts = {"host": self.host, "port": str(self.port), "dbname": target, "user": "agent",
+                 "password": token, "sslmode": sslmode, **extra}  # fmt: skip
+        return " ".join(f"{k}={v}" for k, v in parts.items())
+
+    def psql(self, token: str, sql: str, target: str = "appdb", check: bool = True,
+             sslmode: str = "require") -> subprocess.CompletedProcess[str]:  # fmt: skip
+        env = {**os.environ, "PGPASSWORD": token, "PGSSLMODE": sslmode, "PGCONNECT_TIMEOUT": "10"}
+        return subprocess.run(
+            ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", self.host, "-p",
+             str(self.port), "-U", "agent", "-d", target, "-c", sql],
+            env=env, capture_output=True, text=True, check=check, timeout=60,
+        )  # fmt: skip
+
+    # -- reading what was recorded --
+
+    def delivered_records(self) -> list[bytes]:
+        self.run(self._flush())
+        records: list[bytes] = []
+        for path in sorted(self.config.delivery_dir.rglob("*.bin")):
+            found, errors = split_records(path.read_bytes())
+            assert not errors, errors
+            records += found
+        return records
+
+    async def _flush(self) -> None:
+        for session in list(self.gateway.sessions):
+            session.recorder.tick(2**62)
+        self.gateway.sink.close()
+
+    def sessions(self) -> dict[str, list[bytes]]:
+        from tapegate.tape import decode_record
+
+        by_session: dict[str, list[bytes]] = {}
+        for raw in self.delivered_records():
+            by_session.setdefault(str(decode_record(raw).session_id), []).append(raw)
+        return by_session
+
+    def verdicts(self) -> dict[str, Any]:
+        trusted = LocalKeyStore(self.config.data_dir).trusted()
+        return {sid: verify_session(recs, trusted) for sid, recs in self.sessions().items()}
