@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and the demo drive for real.
-DEBIAN_PACKAGES :=
+DEBIAN_PACKAGES := postgresql postgresql-client
 
 .PHONY: demo test lint bench setup debian-packages vectors clean
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,15 @@ class RunningGateway:
 
     # -- reading what was recorded --
 
-    def delivered_records(self) -> list[bytes]:
+    def wait_closed(self, timeout: float = 10) -> None:
+        """Wait until every session has ended (clients closing is asynchronous to the gateway)."""
+        deadline = time.monotonic() + timeout
+        while self.gateway.sessions and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def delivered_records(self, wait: bool = True) -> list[bytes]:
+        if wait:
+            self.wait_closed()
         self.run(self._flush())
         records: list[bytes] = []
         for path in sorted(self.config.delivery_dir.rglob("*.bin")):
