@@ -7,6 +7,7 @@ so a test can compare them with the recorded frames.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import struct
@@ -73,10 +74,8 @@ class RawPg:
             self._buf += data
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.send_raw(m.TERMINATE)
-        except OSError:
-            pass
         self.sock.close()
 
 

@@ -156,8 +156,10 @@ def test_notices_and_listen_notify(gw: RunningGateway) -> None:
 
 def test_asyncpg_prepared_and_cancel(gw: RunningGateway) -> None:
     async def scenario() -> None:
-        conn = await asyncpg.connect(dsn=None, host=gw.host, port=gw.port, user="agent",
-                                     password=gw.token(), database="appdb", ssl="require")  # fmt: skip
+        conn = await asyncpg.connect(
+            host=gw.host, port=gw.port, user="agent", password=gw.token(), database="appdb",
+            ssl="require",
+        )  # fmt: skip
         try:
             stmt = await conn.prepare("SELECT $1::int + $2::int")
             assert await stmt.fetchval(2, 3) == 5
