@@ -315,6 +315,11 @@ class PgConnection:
     # -- the session ------------------------------------------------------------------------
 
     async def _session(self, identity: Identity, target: Target) -> None:
+        if self.gw.sink.failure is not None:
+            # Fail closed before anything reaches the target.
+            self._record_refusal(_Refused("58030", "the archive is failing"))
+            await self._send(_unrecordable(self.gw.sink.failure))
+            return
         recorder = self._new_recorder(identity, target.name)
         now = time.time_ns()
         recorder.event(
@@ -540,6 +545,14 @@ class PgConnection:
         with contextlib.suppress(RecordingUnavailable):
             recorder.frame(S2C, data, time.time_ns())
             await self._send(data)
+
+
+def _unrecordable(why: str) -> bytes:
+    return m.error_response(
+        "58030",
+        "tapegate cannot record this session, so it is closed: nothing runs unrecorded",
+        hint=why,
+    )
 
 
 async def _guarded(fn: Callable[[], object]) -> str:

@@ -96,9 +96,10 @@ class RunningGateway:
             time.sleep(0.02)
 
     def delivered_records(self, wait: bool = True) -> list[bytes]:
-        if wait:
-            self.wait_closed()
-        self.run(self._flush())
+        if self.loop.is_running():
+            if wait:
+                self.wait_closed()
+            self.run(self._flush())
         records: list[bytes] = []
         for path in sorted(self.config.delivery_dir.rglob("*.bin")):
             found, errors = split_records(path.read_bytes())

@@ -1,0 +1,151 @@
+"""Refused callers get a real ErrorResponse that helps them, and the refusal is recorded."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+from joserfc import jwt
+from joserfc.jwk import ECKey
+
+from gateway_task.dev_issuer import DevIssuerKey
+from tapegate.tape import decode_record
+from tests.gateway_harness import RunningGateway
+from tests.rawpg import RawPg, error_fields
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _claims(gw: RunningGateway, **over: object) -> dict[str, object]:
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "iss": gw.config.identity.issuer_url, "aud": "tapegate", "sub": "mallory",
+        "iat": now, "nbf": now, "exp": now + 600, "groups": ["agents"],
+    }  # fmt: skip
+    claims.update(over)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _signed(gw: RunningGateway, claims: dict[str, object], key: ECKey | None = None) -> str:
+    key = key or DevIssuerKey(gw.config.data_dir).load()
+    return jwt.encode({"alg": "ES256", "kid": key.kid}, claims, key, algorithms=["ES256"])
+
+
+def _bad_tokens(gw: RunningGateway) -> dict[str, tuple[str, str]]:
+    """name → (token, a phrase the error message must contain)"""
+    now = int(time.time())
+    dev_key = DevIssuerKey(gw.config.data_dir).load()
+    valid = _signed(gw, _claims(gw))
+    head, _payload, sig = valid.split(".")
+    forged_payload = _b64(json.dumps(_claims(gw, sub="admin", groups=["dba"])).encode())
+    public_pem = json.dumps(dev_key.as_dict(private=False)).encode()
+    hs_head = _b64(json.dumps({"alg": "HS256", "kid": dev_key.kid}).encode())
+    hs_body = _b64(json.dumps(_claims(gw)).encode())
+    hs_sig = _b64(hmac.new(public_pem, f"{hs_head}.{hs_body}".encode(), hashlib.sha256).digest())
+    none_head = _b64(json.dumps({"alg": "none", "kid": dev_key.kid}).encode())
+    stranger = ECKey.import_key(ECKey.generate_key("P-256").as_dict(private=True), {"kid": "nope"})
+    return {
+        "expired": (_signed(gw, _claims(gw, iat=now - 7200, nbf=now - 7200, exp=now - 3600)),
+                    "expired"),
+        "not_yet_valid": (_signed(gw, _claims(gw, nbf=now + 3600)), "not yet valid"),
+        "wrong_issuer": (_signed(gw, _claims(gw, iss="http://evil.example")), "issuer"),
+        "wrong_audience": (_signed(gw, _claims(gw, aud="someone-else")), "audience"),
+        "unknown_kid": (_signed(gw, _claims(gw), stranger), "unknown key id"),
+        "alg_none": (f"{none_head}.{hs_body}.", "'none' is not accepted"),
+        "hs256_public_key": (f"{hs_head}.{hs_body}.{hs_sig}", "'HS256' is not accepted"),
+        "tampered": (f"{head}.{forged_payload}.{sig}", "signature does not verify"),
+        "garbage": ("hunter2", "not a JWT"),
+    }  # fmt: skip
+
+
+def test_bad_tokens_are_refused_and_recorded(gw: RunningGateway) -> None:
+    cases = _bad_tokens(gw)
+    for name, (token, phrase) in cases.items():
+        client = RawPg(gw.host, gw.port)
+        reply = client.login("appdb", token)
+        fields = error_fields(reply)
+        assert fields.get("C") == "28000", (name, fields)
+        assert phrase in fields["M"], (name, fields["M"])
+        assert fields.get("H"), "a refusal says how to fix it"
+        client.close()
+    refusals = []
+    for records in gw.sessions().values():
+        recs = [decode_record(r) for r in records]
+        events = [e for r in recs for e in r.meta["events"]]
+        auth = [e["attrs"] for e in events if e["type"] == "auth"]
+        if auth and auth[0]["result"] == "refused":
+            refusals.append(auth[0])
+            end = next(r.meta["end"] for r in recs if r.final)
+            assert end["reason"] == "refused"
+    assert len(refusals) == len(cases)
+    everything = b"".join(gw.delivered_records())
+    for token, _ in cases.values():
+        assert token.encode() not in everything, "a token never lands in a recording"
+    assert all(v.intact for v in gw.verdicts().values())
+
+
+def test_group_not_allowed(gw: RunningGateway) -> None:
+    client = RawPg(gw.host, gw.port)
+    fields = error_fields(client.login("appdb", gw.token(groups=("interns",))))
+    assert fields["C"] == "42501"
+    assert "admits groups dba, agents" in fields["M"] and "interns" in fields["M"]
+
+
+def test_unknown_target(gw: RunningGateway) -> None:
+    out = gw.psql(gw.token(), "SELECT 1", target="nosuchdb", check=False)
+    assert out.returncode != 0
+    assert "unknown target 'nosuchdb'" in out.stderr and "appdb" in out.stderr
+
+
+def test_plain_connection_refused_when_tls_required(gw: RunningGateway) -> None:
+    client = RawPg(gw.host, gw.port, tls=False)
+    fields = error_fields(client.login("appdb", gw.token()))
+    assert fields["C"] == "28000" and "requires TLS" in fields["M"]
+    out = gw.psql(gw.token(), "SELECT 1", sslmode="disable", check=False)
+    assert out.returncode != 0 and "requires TLS" in out.stderr
+
+
+def test_verify_full_against_the_gateway_certificate(gw: RunningGateway) -> None:
+    import psycopg
+
+    cert = gw.config.data_dir / "tls" / "gateway.crt"
+    dsn = gw.dsn(gw.token(), sslmode="verify-full", sslrootcert=str(cert))
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert conn.info.pgconn.ssl_in_use
+
+
+def test_gssenc_request_is_declined_then_tls_works(gw: RunningGateway) -> None:
+    import socket
+    import struct
+
+    sock = socket.create_connection((gw.host, gw.port), 5)
+    sock.sendall(struct.pack(">II", 8, 80877104))
+    assert sock.recv(1) == b"N"
+    sock.sendall(struct.pack(">II", 8, 80877103))
+    assert sock.recv(1) == b"S"
+    sock.close()
+
+
+def test_upstream_down(gw: RunningGateway) -> None:
+    out = gw.psql(gw.token(), "SELECT 1", target="downdb", check=False)
+    assert out.returncode != 0
+    assert "target 'downdb' is unreachable" in out.stderr
+
+
+@pytest.mark.parametrize("tls_mode", ["optional"])
+def test_tls_optional_admits_plain(pg, tmp_path, tls_mode: str) -> None:
+    from tests.gateway_harness import gateway_config
+
+    running = RunningGateway(gateway_config(tmp_path / "d", pg, tls=tls_mode))
+    try:
+        out = running.psql(running.token(), "SELECT 'plain ok'", sslmode="disable")
+        assert out.stdout.strip() == "plain ok"
+    finally:
+        running.stop()
