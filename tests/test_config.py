@@ -1,0 +1,93 @@
+"""tapegate.yaml: the contract's shape, defaults, and errors that name the key and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tapegate.config import ConfigError, load_config, parse_config
+
+EXAMPLE = """
+data_dir: ./.tapegate
+identity:
+  issuer: dev
+  audience: tapegate
+  groups_claim: groups
+listen:
+  postgres: 127.0.0.1:6543
+targets:
+  - name: appdb
+    protocol: postgres
+    upstream: 127.0.0.1:5432
+    database: app
+    username: app
+    password_env: APPDB_PASSWORD
+    allow_groups: [dba, agents]
+    guardrails:
+      deny: [{kind: DROP}, {regex: "(?i)\\\\bdelete\\\\s+from\\\\s+audit_log"}]
+"""
+
+
+def test_the_documented_example_parses(tmp_path: Path) -> None:
+    path = tmp_path / "tapegate.yaml"
+    path.write_text(EXAMPLE)
+    config = load_config(path)
+    target = config.targets["appdb"]
+    assert str(target.upstream) == "127.0.0.1:5432" and target.database == "app"
+    assert target.allow_groups == ("dba", "agents")
+    assert target.deny[0].kind == "DROP"
+    assert target.deny[1].regex.search("DELETE  FROM audit_log")
+    assert config.data_dir == tmp_path / ".tapegate"
+    assert str(config.listen_postgres) == "127.0.0.1:6543"
+    assert config.tls.mode == "required"
+
+
+def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TAPEGATE_CONFIG", raising=False)
+    assert load_config().source == "built-in defaults"
+    (tmp_path / "tapegate.yaml").write_text("gateway_name: from-cwd\n")
+    assert load_config().gateway_name == "from-cwd"
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text("gateway_name: from-env\n")
+    monkeypatch.setenv("TAPEGATE_CONFIG", str(env_file))
+    assert load_config().gateway_name == "from-env"
+    explicit = tmp_path / "x.yaml"
+    explicit.write_text("gateway_name: explicit\n")
+    assert load_config(explicit).gateway_name == "explicit"
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "reason"),
+    [
+        ({"listen": {"postgres": "nope"}}, "listen.postgres", "expected HOST:PORT"),
+        ({"targets": [{"name": "a", "protocol": "postgres", "upstream": "h:1",
+                       "username": "u", "allow_groups": ["g"]}]},
+         "targets[0]", "exactly one of password_env"),
+        ({"targets": [{"name": "a", "protocol": "mysql", "upstream": "h:1", "username": "u",
+                       "password_env": "X", "allow_groups": ["g"]}]},
+         "targets[0].protocol", "must be one of"),
+        ({"targets": [{"name": "a", "protocol": "postgres", "upstream": "h:1", "username": "u",
+                       "password_env": "X", "allow_groups": ["g"],
+                       "guardrails": {"deny": [{"regex": "("}]}}]},
+         "targets[0].guardrails.deny[0].regex", "invalid regular expression"),
+        ({"targets": [{"name": "a", "protocol": "postgres", "upstream": "h:1", "username": "u",
+                       "password_env": "X", "allow_groups": ["g"], "pasword": "typo"}]},
+         "targets[0].pasword", "unknown key"),
+        ({"identity": {"issuer": "idp.example"}}, "identity.issuer", "http(s) URL"),
+        ({"tls": "sometimes"}, "tls.mode", "required or optional"),
+        ({"colour": "blue"}, "colour", "unknown key"),
+    ],
+)  # fmt: skip
+def test_errors_name_the_key(raw: dict, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(raw)
+    assert exc.value.key == key and reason in exc.value.reason
+
+
+def test_yaml_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("targets: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
