@@ -78,8 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(token)
     token.set_defaults(func=cmd_token)
 
-    demo = sub.add_parser("demo", help="record, seal and verify a synthetic session")
-    demo.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    demo = sub.add_parser("demo", help="run an agent session through the gateway and audit it")
+    demo.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR / "demo")
+    demo.add_argument(
+        "--tape-only",
+        action="store_true",
+        help="only seal, verify and tamper with a synthetic tape",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -195,7 +200,9 @@ def _by_session(records: list[bytes]) -> dict[object, list[bytes]]:
 
 
 def format_verdict(verdict: Verdict) -> str:
-    head = f"session {verdict.session_id}: {verdict.chunks} chunks, "
+    plural = "chunk" if verdict.chunks == 1 else "chunks"
+    who = verdict.session_id or "of unknown id"
+    head = f"session {who}: {verdict.chunks} {plural}, "
     if verdict.intact:
         return head + f"intact (signatures, chain and final chunk {verdict.final_seq} all check)"
     lines = [head + f"{verdict.status.upper()} — {len(verdict.problems)} problem(s)"]
@@ -204,9 +211,9 @@ def format_verdict(verdict: Verdict) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tapegate.demo import run_tape_demo
+    from tapegate.demo import run_demo, run_tape_demo
 
-    return run_tape_demo(args.data_dir)
+    return run_tape_demo(args.data_dir) if args.tape_only else run_demo(args.data_dir)
 
 
 if __name__ == "__main__":

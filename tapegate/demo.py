@@ -1,8 +1,9 @@
-"""`make demo`: the tape end to end on the embedded default.
+"""`make demo`: tapegate end to end on the embedded default.
 
-Records a synthetic PostgreSQL-like session (both directions), writes its sealed chunks as a
-delivery object the way Firehose would, verifies it with the CLI, opens the payload with the
-local auditor key, then flips one byte and shows the verifier catching it.
+The full demo starts a throwaway PostgreSQL and the gateway (dev issuer, local folder archive),
+runs an agent-like psql session through it — a few statements, one blocked by a guardrail —
+stops the gateway, verifies the session's tape, shows its timeline, and flips one byte to show the
+verifier catching it. `--tape-only` does the last part on a synthetic session, without servers.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import struct
 import time
 from pathlib import Path
 
+from tapegate.config import Config, parse_config
 from tapegate.keys import LocalKeyStore
 from tapegate.tape import (
     Direction,
@@ -44,6 +46,133 @@ def _conversation() -> list[tuple[Direction, bytes, str | None]]:
         reply += _pg(b"C", tag.encode() + b"\0") + _pg(b"Z", b"I")
         convo.append((s2c, reply, None))
     return convo
+
+
+AGENT_SCRIPT = """\
+CREATE TABLE IF NOT EXISTS customers (id int PRIMARY KEY, email text);
+INSERT INTO customers VALUES (1, 'ada@example.com'), (2, 'linus@example.com')
+  ON CONFLICT DO NOTHING;
+SELECT id, email FROM customers ORDER BY id;
+DROP TABLE customers;
+SELECT count(*) AS still_there FROM customers;
+"""
+
+
+def run_demo(data_dir: Path) -> int:
+    import asyncio
+    import os
+    import shutil
+
+    from tapegate.throwaway_pg import APP_PASSWORD, free_port, start_postgres
+
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    print("== tapegate demo: an agent's psql session through the recording gateway ==\n")
+    print("1. Starting a throwaway PostgreSQL and the gateway (dev OIDC issuer, local archive)")
+    pg = start_postgres()
+    try:
+        os.environ["TAPEGATE_DEMO_APPDB_PASSWORD"] = APP_PASSWORD
+        config = parse_config(
+            {
+                "data_dir": str(data_dir),
+                "identity": {"issuer": "dev", "dev_listen": f"127.0.0.1:{free_port()}"},
+                "listen": {"postgres": f"127.0.0.1:{free_port()}"},
+                "targets": [
+                    {
+                        "name": "appdb",
+                        "protocol": "postgres",
+                        "upstream": f"{pg.host}:{pg.port}",
+                        "database": "app",
+                        "username": "app",
+                        "password_env": "TAPEGATE_DEMO_APPDB_PASSWORD",
+                        "upstream_tls": "disable",
+                        "allow_groups": ["agents"],
+                        "guardrails": {"deny": [{"kind": "DROP"}, {"kind": "TRUNCATE"}]},
+                    }
+                ],
+            }
+        )
+        asyncio.run(_agent_session(config))
+    finally:
+        pg.stop()
+    return _audit(data_dir)
+
+
+async def _agent_session(config: Config) -> None:
+    import asyncio
+    import os
+
+    from gateway_task.dev_issuer import mint_token
+    from gateway_task.server import Gateway
+
+    gateway = Gateway(config)
+    await gateway.start()
+    address = gateway.addresses["postgres"]
+    host, port = address.rsplit(":", 1)
+    print(f"   gateway ready on {address}; target 'appdb' denies DROP and TRUNCATE\n")
+    token = mint_token(config.data_dir, config.identity, "demo-agent", ["agents"], 600)
+    print("2. The agent runs psql against the gateway, its OIDC token as the password:")
+    print(f"   $ psql 'host={host} port={port} dbname=appdb user=agent sslmode=require'\n")
+    env = {**os.environ, "PGPASSWORD": token, "PGSSLMODE": "require"}
+    proc = await asyncio.create_subprocess_exec(
+        "psql", "-X", "-e", "-h", host, "-p", port, "-U", "agent", "-d", "appdb", "-f", "-",
+        env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await proc.communicate(AGENT_SCRIPT.encode())
+    for line in out.decode().splitlines():
+        print(f"   | {line}")
+    await gateway.stop(drain_s=1.0)
+
+
+def _audit(data_dir: Path) -> int:
+    from tapegate.cli import main as cli_main
+
+    deliveries = sorted((data_dir / "deliveries").rglob("*.bin"))
+    print("\n3. The gateway has stopped; the archive holds the sealed session. Verify it:")
+    print("   $ tapegate verify <delivery objects>")
+    status = cli_main(["verify", "--data-dir", str(data_dir), *map(str, deliveries)])
+    if status != 0:
+        print("   unexpected: the recorded session did not verify")
+        return 1
+    records = [r for p in deliveries for r in split_records(p.read_bytes())[0]]
+    chunks = sorted((decode_record(r) for r in records), key=lambda r: r.seq)
+    print("\n4. Its timeline, from the events sealed in the chunks (no key needed):")
+    start = chunks[0].meta["session"]["started_ns"]
+    who = chunks[0].meta["session"]["identity"]
+    print(f"   identity: {who['subject']} via {who['issuer']} groups={who['groups']}")
+    for chunk in chunks:
+        for event in chunk.meta["events"]:
+            line = _describe_event(event)
+            if line:
+                print(f"   +{(event['ts'] - start) / 1e6:8.1f} ms  {line}")
+    end = chunks[-1].meta.get("end", {})
+    print(f"   end: {end.get('reason')}, totals {end.get('totals')}")
+    tampered = data_dir / "tampered.bin"
+    data = bytearray(b"".join(records))
+    offset = len(data) // 2
+    data[offset] ^= 0x20
+    tampered.write_bytes(bytes(data))
+    print(f"\n5. Flip one byte (offset {offset}) in a copy and verify again:")
+    status = cli_main(["verify", "--data-dir", str(data_dir), str(tampered)])
+    print(f"   exit status {status}: the change is detected and located.")
+    return 0 if status == 1 else 1
+
+
+def _describe_event(event: dict) -> str | None:
+    a = event["attrs"]
+    kind = event["type"]
+    if kind == "auth":
+        return f"auth {a['result']}"
+    if kind == "query":
+        return f"query    {a['sql']!r}"
+    if kind == "result":
+        return f"result   {a['tag']} ({a['rows']} rows, {a['duration_ns'] / 1e6:.1f} ms)"
+    if kind == "blocked":
+        return f"BLOCKED  {a['sql']!r} by {a['rule']}"
+    if kind == "error":
+        return f"error    {a['sqlstate']} {a['message']}"
+    return None
 
 
 def run_tape_demo(data_dir: Path) -> int:

@@ -63,6 +63,16 @@ def test_verify_garbage_file_exits_one(tmp_path: Path, capsys) -> None:
 
 
 def test_demo_runs_and_catches_the_flip(tmp_path: Path, capsys) -> None:
-    assert main(["demo", "--data-dir", str(tmp_path)]) == 0
+    assert main(["demo", "--tape-only", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "intact" in out and "BROKEN" in out and "SELECT id, email" in out
+
+
+@pytest.mark.slow
+def test_full_demo_records_blocks_and_verifies(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--data-dir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "statement blocked by tapegate guardrail (kind DROP)" in out
+    assert "BLOCKED  'DROP TABLE customers;' by kind DROP" in out
+    assert "intact" in out and "BROKEN" in out
+    assert "still_there" in out

@@ -39,7 +39,8 @@ class FakeIssuer:
 def _token(key: Any, alg: str, **claims: Any) -> str:
     now = int(time.time())
     body = {"iss": ISSUER, "aud": "tapegate", "sub": "u1", "exp": now + 60, "iat": now,
-            "roles": ["agents", "dba"], "email": "u1@example.com", "jti": "t-1", **claims}  # fmt: skip
+            "roles": ["agents", "dba"], "email": "u1@example.com", "jti": "t-1",
+            **claims}  # fmt: skip
     return jwt.encode({"alg": alg, "kid": key.kid}, body, key, algorithms=[alg])
 
 
@@ -89,7 +90,7 @@ def test_issuer_down_is_a_clear_error_and_cached_keys_survive() -> None:
     with pytest.raises(IssuerUnavailable, match="cannot reach the identity issuer"):
         _verify(verifier, _token(key, "ES256"))
     issuer.down = False
-    verifier._fetched_at = float("-inf")  # noqa: SLF001 - skip the retry wait
+    verifier._fetched_at = float("-inf")
     assert _verify(verifier, _token(key, "ES256")).subject == "u1"
     issuer.down = True
     assert _verify(verifier, _token(key, "ES256")).subject == "u1"

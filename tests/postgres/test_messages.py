@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,7 +23,7 @@ def test_special_startup_packets() -> None:
     assert isinstance(m.decode_startup(m.SSLRequest().encode()[4:]), m.SSLRequest)
     cancel = m.CancelRequest(1234, -99)
     assert m.decode_startup(cancel.encode()[4:]) == cancel
-    with pytest.raises(m.ProtocolError, match="unsupported frontend protocol 2.0"):
+    with pytest.raises(m.ProtocolError, match=r"unsupported frontend protocol 2\.0"):
         m.decode_startup(b"\x00\x02\x00\x00")
 
 
@@ -31,7 +33,13 @@ def test_error_response_fields() -> None:
     reader.feed(raw)
     ((tag, body, whole),) = list(reader.messages())
     assert tag == ord("E") and whole == raw
-    assert m.decode_fields(body) == {"S": "ERROR", "V": "ERROR", "C": "42501", "M": "nope", "H": "ask"}
+    assert m.decode_fields(body) == {
+        "S": "ERROR",
+        "V": "ERROR",
+        "C": "42501",
+        "M": "nope",
+        "H": "ask",
+    }
 
 
 def test_reader_holds_partial_messages_and_rejects_huge_lengths() -> None:
@@ -42,7 +50,7 @@ def test_reader_holds_partial_messages_and_rejects_huge_lengths() -> None:
     reader.feed(q[3:] + q)
     assert [w for _, _, w in reader.messages()] == [q, q]
     reader.feed(b"Q\x00\x01\x00\x00")
-    with pytest.raises(m.ProtocolError, match="outside 4..1024"):
+    with pytest.raises(m.ProtocolError, match=r"outside 4\.\.1024"):
         list(reader.messages())
 
 
@@ -60,7 +68,5 @@ def test_bind_decoding() -> None:
 def test_decoders_raise_only_protocol_errors(body: bytes) -> None:
     for decode in (m.decode_startup, m.decode_parse, m.decode_bind, m.decode_execute,
                    m.decode_query, m.decode_password):  # fmt: skip
-        try:
+        with contextlib.suppress(m.ProtocolError):
             decode(body)
-        except m.ProtocolError:
-            pass
