@@ -78,7 +78,7 @@ class PgServer:
 APP_PASSWORD = "app-secret-" + os.urandom(6).hex()
 
 
-def start_postgres() -> PgServer:
+def start_postgres(max_connections: int = 400) -> PgServer:
     root = Path(tempfile.mkdtemp(prefix="tapegate-pg-"))
     user = None
     if os.geteuid() == 0:
@@ -100,7 +100,7 @@ def start_postgres() -> PgServer:
         fh.write(
             f"\nlisten_addresses = '127.0.0.1'\nport = {server.port}\n"
             f"unix_socket_directories = '{root}'\nfsync = off\nsynchronous_commit = off\n"
-            "full_page_writes = off\nmax_connections = 400\nshared_buffers = 64MB\n"
+            f"full_page_writes = off\nmax_connections = {max_connections}\nshared_buffers = 64MB\n"
             "ssl = off\n"
         )
     hba = root / "data" / "pg_hba.conf"
