@@ -118,10 +118,16 @@ class Gateway:
             for task in session.tasks:
                 task.cancel()
         if self._connections:
-            await asyncio.wait(self._connections, timeout=drain_s + 5)
+            _, unfinished = await asyncio.wait(self._connections, timeout=drain_s + 5)
+            for task in unfinished:  # still in startup or login: nothing recorded to close
+                task.cancel()
+            if unfinished:
+                await asyncio.wait(unfinished, timeout=5)
         if self._ticker:
             self._ticker.cancel()
-        self.sink.close()
+        lost = await asyncio.to_thread(self.sink.close)
+        if lost:
+            log.error("the archive is failing: %d bytes of sealed records were not delivered", lost)
         if self._dev_issuer is not None:
             self._dev_issuer.stop()
 
@@ -136,7 +142,7 @@ class Gateway:
                     session.end_reason = "recording_failed"
                     for task in session.tasks:
                         task.cancel()
-            self.sink.tick()
+            self.sink.tick(time.monotonic_ns())
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.create_task(self._connection(reader, writer))

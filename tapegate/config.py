@@ -102,7 +102,7 @@ class RecordingConfig:
 class SinkConfig:
     kind: str = "local"
     dir: Path | None = None  # default <data_dir>/deliveries
-    flush_bytes: int = 1024 * 1024
+    flush_bytes: int = 4 * 1024 * 1024
     flush_ms: int = 500
 
 
@@ -322,7 +322,7 @@ def _sink(raw: Any, base_dir: Path) -> SinkConfig:
     return SinkConfig(
         kind=kind,
         dir=_path(m["dir"], "sink.dir", base_dir) if "dir" in m else None,
-        flush_bytes=_int(m.get("flush_bytes", d.flush_bytes), "sink.flush_bytes", 1, 4 << 20),
+        flush_bytes=_int(m.get("flush_bytes", d.flush_bytes), "sink.flush_bytes", 1, 64 << 20),
         flush_ms=_int(m.get("flush_ms", d.flush_ms), "sink.flush_ms", 1, 60_000),
     )
 

@@ -110,7 +110,7 @@ class RunningGateway:
     async def _flush(self) -> None:
         for session in list(self.gateway.sessions):
             session.recorder.tick(2**62)
-        self.gateway.sink.close()
+        await asyncio.to_thread(self.gateway.sink.flush)
 
     def sessions(self) -> dict[str, list[bytes]]:
         from tapegate.tape import decode_record

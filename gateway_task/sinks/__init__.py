@@ -21,5 +21,8 @@ class Sink(Protocol):
     def tick(self, now_ns: int) -> None:
         """Called periodically: flush by age, retry after a failure."""
 
-    def close(self) -> None:
-        """Flush everything accepted so far."""
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Deliver everything accepted so far; False if that could not be done in time."""
+
+    def close(self) -> int:
+        """Flush and release resources; return the bytes that could not be delivered."""

@@ -230,6 +230,18 @@ class PgRelay:
                 self._s_carry = data[pos:]
                 break
             tag = data[pos]
+            if tag in (0x44, 0x64):  # rows: the bulk of any result, skipped at their length
+                pos, rows, partial = _skip_rows(data, pos, n)
+                if self._requests:
+                    self._requests[0].rows += rows
+                if partial:  # a row that continues in the next read
+                    self._s_type = 0x44
+                    self._s_body = None
+                    self._s_left = _U32.unpack_from(data, pos + 1)[0] - 4 - (n - pos - 5)
+                    if self._requests:
+                        self._requests[0].rows += 1
+                    pos = n
+                continue
             length = _U32.unpack_from(data, pos + 1)[0]
             if length < 4:
                 raise m.ProtocolError(f"upstream sent message {chr(tag)!r} with length {length}")
@@ -240,8 +252,6 @@ class PgRelay:
                     out.append(data[seg:pos])
                     out.append(injected)
                     seg = pos
-            elif tag in (0x44, 0x64) and self._requests:  # 'D' DataRow, 'd' CopyData
-                self._requests[0].rows += 1
             self._s_type = tag
             self._s_left = length - 4
             self._s_body = bytearray() if tag in _READ_BODY else None
@@ -327,6 +337,23 @@ class PgRelay:
                 "sql": req.sql[: self.limits.sql_cap] if req.sql else None,
             },
         )
+
+
+def _skip_rows(data: bytes, pos: int, n: int) -> tuple[int, int, bool]:
+    """Skip whole DataRow/CopyData messages from pos: (next pos, rows skipped, whether the
+    message at next pos is a row that runs past the data)."""
+    unpack = _U32.unpack_from
+    rows = 0
+    while pos + 5 <= n and data[pos] in (0x44, 0x64):
+        length = unpack(data, pos + 1)[0]
+        if length < 4:
+            raise m.ProtocolError(f"upstream sent a row with length {length}")
+        end = pos + 1 + length
+        if end > n:
+            return pos, rows, True
+        rows += 1
+        pos = end
+    return pos, rows, False
 
 
 def _denied_error(rule: str) -> bytes:
