@@ -21,7 +21,9 @@ lint: setup
 	$(BIN)/ruff format .
 
 bench: setup
+	bash scripts/ensure-debian-packages.sh pgbouncer
 	$(BIN)/python bench/bench_tape.py
+	$(BIN)/python bench/bench_gateway.py
 
 setup: $(VENV)/.installed debian-packages
 
