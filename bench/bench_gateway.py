@@ -38,7 +38,7 @@ TAPEGATE = [sys.executable, "-m", "tapegate.cli"]
 
 
 NOTES = """
-Where the time goes (py-spy on `tapegate up` during the runs above; see bench/RESULTS.md history).
+Where the time goes (`bench/profile_gateway.py pgbench|copy [--native]`: py-spy on `tapegate up`).
 pgbench -S: the machine's two cores are saturated by pgbench, eight backends and the gateway,
 and about 58% of the gateway's samples sit in the write() syscall — on loopback the sender also
 runs the receiver's TCP delivery and is preempted by the woken process. The rest is the Python
@@ -46,10 +46,11 @@ work per round trip (two frames, a query and a result event as JSON, statement n
 guardrails, the relay's message parsing): about 70 µs of gateway CPU per transaction against
 pgbouncer's few µs in C. COPY: 55% of the event loop's time is sealing (XChaCha20-Poly1305 29%,
 SHA-256 16%, Ed25519 4%), which bounds one session at roughly the seal rate of bench_tape.py,
-on a core that PostgreSQL and psql also need. Tried: moving the local sink's writes and fsyncs
-off the event loop (COPY 130 → 235 MB/s) and skipping row messages in a tight loop (→ 267 MB/s).
-Not tried yet: sealing on a worker thread (both primitives release the GIL) and a protocol-based
-relay without asyncio streams; both only help where a core is free.
+on a core that PostgreSQL and psql also need. Tried, and kept: moving the local sink's writes
+and fsyncs off the event loop (they were 40% of the loop's time in a COPY) and skipping row
+messages by length in a tight loop (the general scanner was the next largest cost). Not tried
+yet: sealing on a worker thread (both primitives release the GIL) and a protocol-based relay
+without asyncio streams; both only help where a core is free.
 """
 
 

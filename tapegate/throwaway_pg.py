@@ -49,6 +49,11 @@ class PgServer:
     bindir: Path
     _user: str | None
 
+    @property
+    def ca_file(self) -> Path:
+        """The server's self-signed certificate, for clients that verify it (TLS is on)."""
+        return self.root / "tls" / "gateway.crt"
+
     def dsn(self, user: str | None = None, password: str | None = None, db: str = "app") -> str:
         return (
             f"host={self.host} port={self.port} dbname={db} user={user or self.superuser} "
@@ -95,13 +100,20 @@ def start_postgres(max_connections: int = 400) -> PgServer:
     server._run(["initdb", "-D", str(root / "data"), "-U", server.superuser, "-A",
                  "scram-sha-256", "--pwfile", str(pwfile), "-E", "UTF8", "--no-sync",
                  "--no-instructions"])  # fmt: skip
+    from gateway_task.tls import ensure_self_signed
+
+    cert, key = ensure_self_signed(root / "tls")
+    if user:
+        for path in (root / "tls", cert, key):
+            os.chown(path, uid, gid)
+    os.chmod(root / "tls", 0o755)
     conf = root / "data" / "postgresql.conf"
     with conf.open("a") as fh:
         fh.write(
             f"\nlisten_addresses = '127.0.0.1'\nport = {server.port}\n"
             f"unix_socket_directories = '{root}'\nfsync = off\nsynchronous_commit = off\n"
             f"full_page_writes = off\nmax_connections = {max_connections}\nshared_buffers = 64MB\n"
-            "ssl = off\n"
+            f"ssl = on\nssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n"
         )
     hba = root / "data" / "pg_hba.conf"
     hba.write_text(

@@ -40,6 +40,8 @@ def gateway_config(data_dir: Path, pg: PgServer, **overrides: Any) -> Config:
             {"name": "appdb_md5", "username": "app_md5", "allow_groups": ["agents"], **common},
             {"name": "appdb_plain", "username": "app_plain", "allow_groups": ["agents"], **common},
             {"name": "dbadb", "username": "app", "allow_groups": ["dba"], **common},
+            {**common, "name": "appdb_tls", "username": "app", "allow_groups": ["agents"],
+             "upstream_tls": "verify-full", "upstream_ca_file": str(pg.ca_file)},
             {**common, "name": "downdb", "username": "app", "allow_groups": ["agents"],
              "upstream": f"127.0.0.1:{free_port()}"},
         ],

@@ -218,6 +218,14 @@ def test_upstream_md5_and_cleartext_logins(gw: RunningGateway) -> None:
         assert out.stdout.strip() == target.replace("appdb", "app"), out.stderr
 
 
+def test_upstream_tls_verify_full(gw: RunningGateway) -> None:
+    out = gw.psql(gw.token(), "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                  target="appdb_tls")  # fmt: skip
+    assert out.stdout.strip() == "t", out.stderr
+    plain = gw.psql(gw.token(), "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    assert plain.stdout.strip() == "f"
+
+
 @pytest.mark.slow
 def test_pgbench_select_only(gw: RunningGateway, pg: PgServer) -> None:
     env = {**os.environ, "PGPASSWORD": pg.password}
