@@ -28,6 +28,7 @@ from gateway_task.secrets import CredentialError, target_password
 from gateway_task.sinks import Sink
 from gateway_task.sinks.local import LocalFolderSink
 from gateway_task.tls import server_context, upstream_context
+from tapegate.archive.embedded import LocalArchive
 from tapegate.config import Config, Target
 from tapegate.keys import LocalKeyStore
 from tapegate.tape import Direction, Event, Identity, SessionHeader, TapeWriter
@@ -39,6 +40,7 @@ READ_SIZE = 256 * 1024
 STARTUP_TIMEOUT_S = 30.0
 UPSTREAM_TIMEOUT_S = 10.0
 TICK_S = 0.1
+ARCHIVE_SCAN_S = 0.5
 
 
 class _Refused(Exception):
@@ -67,6 +69,7 @@ class Gateway:
         *,
         sink: Sink | None = None,
         verifier: OidcVerifier | None = None,
+        archive: LocalArchive | None = None,
     ) -> None:
         self.config = config
         keys = LocalKeyStore(config.data_dir)
@@ -85,6 +88,8 @@ class Gateway:
         self._ticker: asyncio.Task[None] | None = None
         self._dev_issuer = None
         self._stopping = False
+        self._archiver: asyncio.Task[None] | None = None
+        self.archive = archive
 
     async def start(self) -> None:
         if self.config.identity.is_dev:
@@ -102,6 +107,8 @@ class Gateway:
             self.addresses["postgres"] = f"{host}:{port}"
             self._servers.append(server)
         self._ticker = asyncio.create_task(self._tick_forever())
+        if self.archive is not None:
+            self._archiver = asyncio.create_task(self._archive_forever())
 
     async def stop(self, drain_s: float = 5.0) -> None:
         """Stop accepting, let busy sessions finish for up to drain_s, close the rest."""
@@ -128,6 +135,11 @@ class Gateway:
         lost = await asyncio.to_thread(self.sink.close)
         if lost:
             log.error("the archive is failing: %d bytes of sealed records were not delivered", lost)
+        if self._archiver is not None:
+            self._archiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._archiver
+            await asyncio.to_thread(self.archive.scan)  # what the last flush delivered
         if self._dev_issuer is not None:
             self._dev_issuer.stop()
 
@@ -143,6 +155,22 @@ class Gateway:
                     for task in session.tasks:
                         task.cancel()
             self.sink.tick(time.monotonic_ns())
+
+    async def _archive_forever(self) -> None:
+        """The embedded pipeline: index each delivered object within about a second."""
+        assert self.archive is not None
+        last_sweep = time.monotonic()
+        while True:
+            await asyncio.sleep(ARCHIVE_SCAN_S)
+            try:
+                for report in await asyncio.to_thread(self.archive.scan):
+                    if report.rejected or report.conflicts:
+                        log.warning("archive: %s: %s", report.key, "; ".join(report.rejected[:5]))
+                if time.monotonic() - last_sweep > 60:
+                    await asyncio.to_thread(self.archive.pipeline.sweep)
+                    last_sweep = time.monotonic()
+            except Exception:  # keep serving; the next scan retries what failed
+                log.exception("archive scan failed")
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.create_task(self._connection(reader, writer))
@@ -574,7 +602,7 @@ async def _guarded(fn: Callable[[], object]) -> str:
 
 async def serve(config: Config, ready: Callable[[dict[str, str]], None]) -> None:
     """Run until SIGTERM/SIGINT, then shut down cleanly."""
-    gateway = Gateway(config)
+    gateway = Gateway(config, archive=LocalArchive(config))
     await gateway.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,6 +78,27 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--email")
     _config_arg(token)
     token.set_defaults(func=cmd_token)
+
+    sessions = sub.add_parser("sessions", help="list recorded sessions")
+    sessions.add_argument("--user", help="only this subject")
+    sessions.add_argument("--target", help="only this target")
+    sessions.add_argument("--since", help="only sessions started within, e.g. 1h, 7d")
+    sessions.add_argument("--status", choices=["open", "closed", "truncated", "tampered"])
+    sessions.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    _config_arg(sessions)
+    sessions.set_defaults(func=cmd_sessions)
+
+    query = sub.add_parser(
+        "query",
+        help="SQL over the sessions, events and frames tables",
+        description="SQL over sessions/events/frames: DuckDB on the local archive.",
+    )
+    query.add_argument("sql")
+    fmt = query.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="a JSON array of row objects")
+    fmt.add_argument("--csv", action="store_true")
+    _config_arg(query)
+    query.set_defaults(func=cmd_query)
 
     demo = sub.add_parser("demo", help="run an agent session through the gateway and audit it")
     demo.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR / "demo")
@@ -153,6 +175,68 @@ def cmd_up(args: argparse.Namespace) -> int:
         run(serve(config, ready))
     except OSError as exc:
         raise UsageError(f"cannot start: {exc.strerror or exc}") from None
+    return 0
+
+
+SESSION_FIELDS = (
+    "session_id", "subject", "groups", "target", "protocol", "client_addr", "started_at",
+    "ended_at", "status", "verified", "bytes_client", "bytes_server", "statements", "chunks",
+    "end_reason", "problems",
+)  # fmt: skip
+SESSION_TABLE = ("session_id", "subject", "target", "started_at", "status", "verified",
+                 "statements", "bytes_client", "bytes_server", "end_reason")  # fmt: skip
+
+
+def _archive(config: Config):
+    if config.archive.kind != "local":
+        raise UsageError("archive kind aws is not available in this version")
+    from tapegate.archive.embedded import LocalArchive
+
+    archive = LocalArchive(config)
+    archive.scan()  # index whatever was delivered since the last look
+    return archive
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from tapegate.pipeline import session_row
+    from tapegate.present import as_json, as_table
+
+    config = _load(args)
+    since = time.time_ns() - parse_duration(args.since) * 10**9 if args.since else None
+    records = _archive(config).index.sessions(
+        subject=args.user, target=args.target, since_ns=since, status=args.status
+    )
+    rows = []
+    for record in records:
+        row = session_row(record)
+        for k in ("started_at", "ended_at"):
+            if row[k] is not None:
+                row[k] = dt.datetime.fromtimestamp(row[k] / 1000, dt.UTC)
+        rows.append(row)
+    if args.json:
+        print(as_json(SESSION_FIELDS, [[r[f] for f in SESSION_FIELDS] for r in rows]))
+    else:
+        print(as_table(SESSION_TABLE, [[r[f] for f in SESSION_TABLE] for r in rows]))
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from tapegate.present import as_csv, as_json, as_table
+
+    config = _load(args)
+    archive = _archive(config)
+    try:
+        columns, rows = archive.query_engine.query(args.sql)
+    except Exception as exc:  # the engine's message is what a person needs to fix the SQL
+        raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+    if args.json:
+        print(as_json(columns, rows))
+    elif args.csv:
+        print(as_csv(columns, rows), end="")
+    else:
+        print(as_table(columns, rows))
     return 0
 
 

@@ -107,6 +107,19 @@ class SinkConfig:
 
 
 @dataclass(frozen=True)
+class ArchiveConfig:
+    """Where `tapegate sessions`/`query` (and the pipeline) find the archive."""
+
+    kind: str = "local"  # local | aws
+    region: str | None = None
+    evidence_bucket: str | None = None
+    curated_bucket: str | None = None
+    table: str | None = None  # DynamoDB session index
+    workgroup: str | None = None  # Athena
+    database: str | None = None  # Glue
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path(".tapegate")
     gateway_name: str = "local"
@@ -116,6 +129,7 @@ class Config:
     targets: dict[str, Target] = field(default_factory=dict)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     source: str = "built-in defaults"
 
     @property
@@ -161,7 +175,17 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
     _only(
         top,
         "config",
-        {"data_dir", "gateway_name", "identity", "listen", "tls", "targets", "recording", "sink"},
+        {
+            "data_dir",
+            "gateway_name",
+            "identity",
+            "listen",
+            "tls",
+            "targets",
+            "recording",
+            "sink",
+            "archive",
+        },
     )
     data_dir = _path(top.get("data_dir", ".tapegate"), "data_dir", base_dir)
     identity = _identity(top.get("identity", {}))
@@ -188,6 +212,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
         targets=targets,
         recording=_recording(top.get("recording", {})),
         sink=_sink(top.get("sink", {}), base_dir),
+        archive=_archive(top.get("archive", {})),
     )
 
 
@@ -325,6 +350,21 @@ def _sink(raw: Any, base_dir: Path) -> SinkConfig:
         flush_bytes=_int(m.get("flush_bytes", d.flush_bytes), "sink.flush_bytes", 1, 64 << 20),
         flush_ms=_int(m.get("flush_ms", d.flush_ms), "sink.flush_ms", 1, 60_000),
     )
+
+
+def _archive(raw: Any) -> ArchiveConfig:
+    m = _mapping(raw, "archive")
+    keys = {"kind", "region", "evidence_bucket", "curated_bucket", "table", "workgroup", "database"}
+    _only(m, "archive", keys)
+    kind = _str(m.get("kind", "local"), "archive.kind")
+    if kind not in ("local", "aws"):
+        raise ConfigError("archive.kind", "must be local or aws")
+    values = {k: _str(m[k], f"archive.{k}") for k in keys - {"kind"} if k in m}
+    if kind == "aws":
+        for required in ("evidence_bucket", "curated_bucket", "table"):
+            if required not in values:
+                raise ConfigError(f"archive.{required}", "is required for kind aws")
+    return ArchiveConfig(kind=kind, **values)
 
 
 # -- small checkers ------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ import struct
 import time
 from pathlib import Path
 
-from tapegate.config import Config, parse_config
+import yaml
+
+from tapegate.config import Config, load_config
 from tapegate.keys import LocalKeyStore
 from tapegate.tape import (
     Direction,
@@ -72,30 +74,32 @@ def run_demo(data_dir: Path) -> int:
     pg = start_postgres()
     try:
         os.environ["TAPEGATE_DEMO_APPDB_PASSWORD"] = APP_PASSWORD
-        config = parse_config(
-            {
-                "data_dir": str(data_dir),
-                "identity": {"issuer": "dev", "dev_listen": f"127.0.0.1:{free_port()}"},
-                "listen": {"postgres": f"127.0.0.1:{free_port()}"},
-                "targets": [
-                    {
-                        "name": "appdb",
-                        "protocol": "postgres",
-                        "upstream": f"{pg.host}:{pg.port}",
-                        "database": "app",
-                        "username": "app",
-                        "password_env": "TAPEGATE_DEMO_APPDB_PASSWORD",
-                        "upstream_tls": "disable",
-                        "allow_groups": ["agents"],
-                        "guardrails": {"deny": [{"kind": "DROP"}, {"kind": "TRUNCATE"}]},
-                    }
-                ],
-            }
-        )
+        raw = {
+            "data_dir": str(data_dir.resolve()),
+            "identity": {"issuer": "dev", "dev_listen": f"127.0.0.1:{free_port()}"},
+            "listen": {"postgres": f"127.0.0.1:{free_port()}"},
+            "targets": [
+                {
+                    "name": "appdb",
+                    "protocol": "postgres",
+                    "upstream": f"{pg.host}:{pg.port}",
+                    "database": "app",
+                    "username": "app",
+                    "password_env": "TAPEGATE_DEMO_APPDB_PASSWORD",
+                    "upstream_tls": "disable",
+                    "allow_groups": ["agents"],
+                    "guardrails": {"deny": [{"kind": "DROP"}, {"kind": "TRUNCATE"}]},
+                }
+            ],
+        }
+        data_dir.mkdir(parents=True)
+        config_file = data_dir / "tapegate.yaml"
+        config_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        config = load_config(config_file)
         asyncio.run(_agent_session(config))
     finally:
         pg.stop()
-    return _audit(data_dir)
+    return _audit(data_dir, config_file)
 
 
 async def _agent_session(config: Config) -> None:
@@ -125,7 +129,7 @@ async def _agent_session(config: Config) -> None:
     await gateway.stop(drain_s=1.0)
 
 
-def _audit(data_dir: Path) -> int:
+def _audit(data_dir: Path, config_file: Path) -> int:
     from tapegate.cli import main as cli_main
 
     deliveries = sorted((data_dir / "deliveries").rglob("*.bin"))
@@ -148,12 +152,19 @@ def _audit(data_dir: Path) -> int:
                 print(f"   +{(event['ts'] - start) / 1e6:8.1f} ms  {line}")
     end = chunks[-1].meta.get("end", {})
     print(f"   end: {end.get('reason')}, totals {end.get('totals')}")
+    print("\n5. The archive indexed it (SQLite) and turned it into tables (Parquet):")
+    print(f"   $ tapegate sessions --config {config_file}")
+    cli_main(["sessions", "--config", str(config_file)])
+    sql = ("SELECT strftime(ts, '%H:%M:%S.%g') AS at, type, outcome, rows, text FROM events "
+           "WHERE type IN ('query', 'result', 'blocked') ORDER BY ts_ns")  # fmt: skip
+    print(f'\n   $ tapegate query "{sql}" --config {config_file}')
+    cli_main(["query", sql, "--config", str(config_file)])
     tampered = data_dir / "tampered.bin"
     data = bytearray(b"".join(records))
     offset = len(data) // 2
     data[offset] ^= 0x20
     tampered.write_bytes(bytes(data))
-    print(f"\n5. Flip one byte (offset {offset}) in a copy and verify again:")
+    print(f"\n6. Flip one byte (offset {offset}) in a copy and verify again:")
     status = cli_main(["verify", "--data-dir", str(data_dir), str(tampered)])
     print(f"   exit status {status}: the change is detected and located.")
     return 0 if status == 1 else 1

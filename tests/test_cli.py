@@ -76,3 +76,5 @@ def test_full_demo_records_blocks_and_verifies(tmp_path: Path, capsys) -> None:
     assert "BLOCKED  'DROP TABLE customers;' by kind DROP" in out
     assert "intact" in out and "BROKEN" in out
     assert "still_there" in out
+    assert "demo-agent  appdb" in out and "closed  True" in out  # tapegate sessions
+    assert "blocked  kind DROP" in out  # tapegate query

@@ -1,0 +1,99 @@
+"""Ports of the archive: where objects live, where sessions are indexed, how SQL is answered.
+
+One small interface each, one adapter per backend (local folder | S3, SQLite | DynamoDB,
+DuckDB | Athena). The pipeline and the CLI see only these interfaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+
+class Claim(Enum):
+    NEW = "new"  # first time this (session, seq) is seen
+    AGAIN = "again"  # same digest, same object: the object is being processed again
+    DUPLICATE = "duplicate"  # same digest from another object: Firehose delivered it twice
+    CONFLICT = "conflict"  # same seq, different digest: tampering, the first copy is kept
+
+
+@dataclass(frozen=True)
+class ChunkEntry:
+    """What the index keeps per chunk: enough to check the chain and sum up the session."""
+
+    session_id: str
+    seq: int
+    digest: str
+    prev_digest: str
+    final: bool
+    sealed_ns: int
+    object_key: str
+    bytes_c2s: int = 0
+    bytes_s2c: int = 0
+    statements: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+
+
+@dataclass
+class SessionRecord:
+    """One row per session, as the index and the sessions table hold it."""
+
+    session_id: str
+    header: dict[str, Any] | None = None  # chunk 0's meta.session (without sealed keys)
+    end: dict[str, Any] | None = None  # the final chunk's meta.end
+    alerts: list[str] = field(default_factory=list)  # tamper and clock findings, kept forever
+    status: str = "open"
+    verified: bool = False
+    chunks: int = 0
+    bytes_client: int = 0
+    bytes_server: int = 0
+    statements: int = 0
+    head_digest: str | None = None
+    problems: list[str] = field(default_factory=list)
+    started_ns: int | None = None
+    ended_ns: int | None = None
+    last_seen_ns: int = 0
+    object_keys: list[str] = field(default_factory=list)
+
+    @property
+    def subject(self) -> str | None:
+        return (self.header or {}).get("identity", {}).get("subject")
+
+    @property
+    def target(self) -> str | None:
+        return (self.header or {}).get("target")
+
+
+class ObjectStore(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def list(self, prefix: str = "") -> list[str]: ...
+
+
+class Index(Protocol):
+    def claim_chunk(self, entry: ChunkEntry) -> tuple[Claim, str | None]:
+        """Record a verified chunk unless its (session, seq) is known; say which case it was
+        and, for a conflict, the digest already held."""
+
+    def chunks(self, session_id: str) -> list[ChunkEntry]: ...
+
+    def get_session(self, session_id: str) -> SessionRecord | None: ...
+
+    def put_session(self, record: SessionRecord) -> None: ...
+
+    def sessions(
+        self,
+        *,
+        subject: str | None = None,
+        target: str | None = None,
+        since_ns: int | None = None,
+        status: str | None = None,
+    ) -> list[SessionRecord]: ...
+
+
+class QueryEngine(Protocol):
+    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]: ...

@@ -1,0 +1,174 @@
+"""The embedded archive: a folder for objects, SQLite for the index, DuckDB for SQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tapegate.archive import ChunkEntry, Claim, SessionRecord
+from tapegate.schema import TABLES, arrow_schema, duckdb_view_sql
+
+
+class LocalObjectStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def get(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self.root / prefix if prefix else self.root
+        if not base.exists():
+            return []
+        return sorted(
+            str(p.relative_to(self.root))
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    session_id TEXT NOT NULL, seq INTEGER NOT NULL, digest TEXT NOT NULL,
+    prev_digest TEXT NOT NULL, final INTEGER NOT NULL, sealed_ns INTEGER NOT NULL,
+    object_key TEXT NOT NULL, bytes_c2s INTEGER NOT NULL, bytes_s2c INTEGER NOT NULL,
+    statements INTEGER NOT NULL, first_ns INTEGER NOT NULL, last_ns INTEGER NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY, subject TEXT, target TEXT, status TEXT,
+    started_ns INTEGER, record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_subject ON sessions (subject, started_ns);
+CREATE INDEX IF NOT EXISTS sessions_by_target ON sessions (target, started_ns);
+CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, processed_ns INTEGER NOT NULL);
+"""
+
+
+class SqliteIndex:
+    """The session index in one SQLite file. Safe to share between threads of one process."""
+
+    def __init__(self, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def claim_chunk(self, entry: ChunkEntry) -> tuple[Claim, str | None]:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT digest, object_key FROM chunks WHERE session_id = ? AND seq = ?",
+                (entry.session_id, entry.seq),
+            ).fetchone()
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (entry.session_id, entry.seq, entry.digest, entry.prev_digest,
+                     int(entry.final), entry.sealed_ns, entry.object_key, entry.bytes_c2s,
+                     entry.bytes_s2c, entry.statements, entry.first_ns, entry.last_ns),
+                )  # fmt: skip
+                return Claim.NEW, None
+        digest, key = row
+        if digest != entry.digest:
+            return Claim.CONFLICT, digest
+        return (Claim.AGAIN if key == entry.object_key else Claim.DUPLICATE), digest
+
+    def chunks(self, session_id: str) -> list[ChunkEntry]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM chunks WHERE session_id = ? ORDER BY seq", (session_id,)
+            ).fetchall()
+        return [ChunkEntry(r[0], r[1], r[2], r[3], bool(r[4]), *r[5:]) for r in rows]
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT record FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+        return SessionRecord(**json.loads(row[0])) if row else None
+
+    def put_session(self, record: SessionRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?)",
+                (record.session_id, record.subject, record.target, record.status,
+                 record.started_ns, json.dumps(asdict(record))),
+            )  # fmt: skip
+
+    def sessions(
+        self,
+        *,
+        subject: str | None = None,
+        target: str | None = None,
+        since_ns: int | None = None,
+        status: str | None = None,
+    ) -> list[SessionRecord]:
+        where, args = [], []
+        for column, value in (("subject", subject), ("target", target), ("status", status)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since_ns is not None:
+            where.append("started_ns >= ?")
+            args.append(since_ns)
+        sql = "SELECT record FROM sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_ns, session_id"
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [SessionRecord(**json.loads(r[0])) for r in rows]
+
+    # -- which delivery objects were processed (the embedded runner's bookkeeping) --
+
+    def processed(self, key: str) -> bool:
+        with self._lock:
+            return (
+                self._db.execute("SELECT 1 FROM objects WHERE key = ?", (key,)).fetchone()
+                is not None
+            )
+
+    def mark_processed(self, key: str, now_ns: int) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?)", (key, now_ns))
+
+
+class DuckDBQuery:
+    """SQL over the curated Parquet files, with the same table names Athena has."""
+
+    def __init__(self, curated_root: Path) -> None:
+        self.root = Path(curated_root)
+
+    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        import duckdb
+
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            for table in TABLES:
+                if any((self.root / table).glob("*/*.parquet")):
+                    con.execute(duckdb_view_sql(table, str(self.root)))
+                else:  # no files yet: an empty table of the right shape
+                    empty = arrow_schema(table).empty_table()
+                    con.register(f"_{table}_empty", empty)
+                    con.execute(
+                        f"CREATE VIEW {table} AS SELECT *, NULL::VARCHAR AS dt FROM _{table}_empty"
+                    )
+            cur = con.execute(sql)
+            columns = [d[0] for d in cur.description or []]
+            return columns, cur.fetchall()
+        finally:
+            con.close()
