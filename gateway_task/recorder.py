@@ -6,6 +6,7 @@ raises RecordingUnavailable while the sink is failing, so no byte is forwarded u
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterable
@@ -39,6 +40,29 @@ class Recorder:
 
     def event(self, event: Event) -> None:
         self._ship(self.writer.add_event(event))
+
+    async def commit(self, timeout_s: float = 30.0) -> None:
+        """`durability: acked`: seal what is pending and wait until the sink holds it."""
+        records = self.writer.flush(time.time_ns())
+        if not records:
+            return
+        try:
+            ack = self.sink.put(records, urgent=True)
+        except SinkError as exc:
+            raise RecordingUnavailable(str(exc)) from None
+        if ack is None:
+            return
+        waiting = asyncio.wrap_future(ack)
+        deadline = time.monotonic() + timeout_s
+        while not waiting.done():
+            await asyncio.wait({waiting}, timeout=0.05)
+            if waiting.done():
+                break
+            if self.sink.failure is not None or time.monotonic() > deadline:
+                waiting.cancel()
+                raise RecordingUnavailable(
+                    self.sink.failure or f"the archive did not accept a chunk in {timeout_s} s"
+                )
 
     def tick(self, now_ns: int) -> None:
         if not self.closed:

@@ -75,9 +75,7 @@ class Gateway:
         keys = LocalKeyStore(config.data_dir)
         self.signer = keys.signing_key()
         self.auditors = keys.auditor_public_keys()
-        self.sink: Sink = sink or LocalFolderSink(
-            config.delivery_dir, config.sink.flush_bytes, config.sink.flush_ms
-        )
+        self.sink: Sink = sink or make_sink(config)
         self.verifier = verifier or OidcVerifier(config.identity)
         self.tls = server_context(config.tls, config.data_dir)
         self.sessions: set[PgSession] = set()
@@ -492,6 +490,7 @@ class PgConnection:
         up_writer: asyncio.StreamWriter,
     ) -> str:
         recorder = session.recorder
+        acked = self.gw.config.durability == "acked"
 
         async def client_to_upstream() -> str:
             while True:
@@ -510,6 +509,8 @@ class PgConnection:
                     return "error"
                 recorder.events(events)
                 if forward:
+                    if acked:  # nothing reaches the upstream before its chunk is accepted
+                        await recorder.commit()
                     up_writer.write(forward)
                     await up_writer.drain()
 
@@ -579,6 +580,23 @@ class PgConnection:
         with contextlib.suppress(RecordingUnavailable):
             recorder.frame(S2C, data, time.time_ns())
             await self._send(data)
+
+
+def make_sink(config: Config) -> Sink:
+    if config.sink.kind == "firehose":
+        import boto3
+
+        from gateway_task.sinks.firehose import FirehoseSink
+
+        client = boto3.client("firehose", region_name=config.sink.region)
+        return FirehoseSink(
+            config.sink.stream or "",
+            client,
+            config.sink.spool_dir or config.data_dir / "spool",
+            flush_ms=config.sink.flush_ms,
+            spool_max_bytes=config.sink.spool_max_bytes,
+        )
+    return LocalFolderSink(config.delivery_dir, config.sink.flush_bytes, config.sink.flush_ms)
 
 
 def _unrecordable(why: str) -> bytes:

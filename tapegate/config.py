@@ -100,10 +100,14 @@ class RecordingConfig:
 
 @dataclass(frozen=True)
 class SinkConfig:
-    kind: str = "local"
-    dir: Path | None = None  # default <data_dir>/deliveries
+    kind: str = "local"  # local | firehose
+    dir: Path | None = None  # local: default <data_dir>/deliveries
     flush_bytes: int = 4 * 1024 * 1024
     flush_ms: int = 500
+    stream: str | None = None  # firehose: the delivery stream name
+    region: str | None = None
+    spool_dir: Path | None = None  # firehose: default <data_dir>/spool
+    spool_max_bytes: int = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class Config:
     targets: dict[str, Target] = field(default_factory=dict)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
+    durability: str = "buffered"  # buffered | acked
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     source: str = "built-in defaults"
 
@@ -185,6 +190,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
             "recording",
             "sink",
             "archive",
+            "durability",
         },
     )
     data_dir = _path(top.get("data_dir", ".tapegate"), "data_dir", base_dir)
@@ -213,6 +219,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
         recording=_recording(top.get("recording", {})),
         sink=_sink(top.get("sink", {}), base_dir),
         archive=_archive(top.get("archive", {})),
+        durability=_durability(top.get("durability", "buffered")),
     )
 
 
@@ -337,19 +344,34 @@ def _recording(raw: Any) -> RecordingConfig:
     )  # fmt: skip
 
 
+def _durability(raw: Any) -> str:
+    value = _str(raw, "durability")
+    if value not in ("buffered", "acked"):
+        raise ConfigError("durability", "must be buffered or acked")
+    return value
+
+
 def _sink(raw: Any, base_dir: Path) -> SinkConfig:
     m = _mapping(raw, "sink")
-    _only(m, "sink", {"kind", "dir", "flush_bytes", "flush_ms"})
+    _only(m, "sink", {"kind", "dir", "flush_bytes", "flush_ms", "stream", "region", "spool_dir",
+                      "spool_max_bytes"})  # fmt: skip
     kind = _str(m.get("kind", "local"), "sink.kind")
-    if kind != "local":
-        raise ConfigError("sink.kind", "only local is available in this version")
+    if kind not in ("local", "firehose"):
+        raise ConfigError("sink.kind", "must be local or firehose")
+    if kind == "firehose" and "stream" not in m:
+        raise ConfigError("sink.stream", "is required for kind firehose")
     d = SinkConfig()
     return SinkConfig(
         kind=kind,
         dir=_path(m["dir"], "sink.dir", base_dir) if "dir" in m else None,
         flush_bytes=_int(m.get("flush_bytes", d.flush_bytes), "sink.flush_bytes", 1, 64 << 20),
         flush_ms=_int(m.get("flush_ms", d.flush_ms), "sink.flush_ms", 1, 60_000),
-    )
+        stream=_str(m["stream"], "sink.stream") if "stream" in m else None,
+        region=_str(m["region"], "sink.region") if "region" in m else None,
+        spool_dir=_path(m["spool_dir"], "sink.spool_dir", base_dir) if "spool_dir" in m else None,
+        spool_max_bytes=_int(m.get("spool_max_bytes", d.spool_max_bytes), "sink.spool_max_bytes",
+                             1024, 1 << 40),
+    )  # fmt: skip
 
 
 def _archive(raw: Any) -> ArchiveConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Protocol
 
 
@@ -14,9 +15,10 @@ class Sink(Protocol):
     def failure(self) -> str | None:
         """Why the sink is failing, or None while it is healthy."""
 
-    def put(self, records: list[bytes]) -> None:
+    def put(self, records: list[bytes], urgent: bool = False) -> Future[None] | None:
         """Accept sealed records (kept for retry even while failing); raise SinkError while the
-        sink is failing, so that the session stops forwarding."""
+        sink is failing, so that the session stops forwarding. With `urgent`, deliver now and
+        return a future that is set once the sink holds the records durably."""
 
     def tick(self, now_ns: int) -> None:
         """Called periodically: flush by age, retry after a failure."""

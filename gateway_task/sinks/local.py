@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
 
 from gateway_task.sinks import SinkError
@@ -40,7 +41,8 @@ class LocalFolderSink:
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._oldest_ns: int | None = None
-        self._queue: deque[tuple[list[bytes], int]] = deque()
+        self._queue: deque[tuple[list[bytes], int, list[Future[None]]]] = deque()
+        self._acks: list[Future[None]] = []
         self._pending_bytes = 0  # handed to the writer thread, not yet written
         self._cond = threading.Condition()
         self._failure: str | None = None
@@ -52,18 +54,26 @@ class LocalFolderSink:
     def failure(self) -> str | None:
         return self._failure
 
-    def put(self, records: list[bytes]) -> None:
+    def put(self, records: list[bytes], urgent: bool = False) -> Future[None] | None:
         """Keep the records (even while failing: they are retried, never dropped), then say
-        whether the sink is healthy. A SinkError tells the session to stop forwarding."""
+        whether the sink is healthy. A SinkError tells the session to stop forwarding.
+
+        With `urgent` the batch is written now, and the returned future is set once the
+        records are on disk: what `durability: acked` waits for."""
+        ack: Future[None] | None = None
         if records:
             if self._oldest_ns is None:
                 self._oldest_ns = time.monotonic_ns()
             self._batch += records
             self._batch_bytes += sum(len(r) for r in records)
-            if self._batch_bytes >= self.flush_bytes:
+            if urgent:
+                ack = Future()
+                self._acks.append(ack)
+            if urgent or self._batch_bytes >= self.flush_bytes:
                 self._hand_off()
         if self._failure is not None:
             raise SinkError(self._failure)
+        return ack
 
     def tick(self, now_ns: int | None = None) -> None:
         now = time.monotonic_ns() if now_ns is None else now_ns
@@ -98,15 +108,15 @@ class LocalFolderSink:
     def _hand_off(self) -> None:
         if not self._batch:
             return
-        batch, size = self._batch, self._batch_bytes
-        self._batch, self._batch_bytes, self._oldest_ns = [], 0, None
+        batch, size, acks = self._batch, self._batch_bytes, self._acks
+        self._batch, self._batch_bytes, self._oldest_ns, self._acks = [], 0, None, []
         with self._cond:
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._write_forever, name="tapegate-local-sink", daemon=True
                 )
                 self._thread.start()
-            self._queue.append((batch, size))
+            self._queue.append((batch, size, acks))
             self._pending_bytes += size
             self._cond.notify_all()
             # Backpressure: the relay waits here while the disk is behind (not while failing:
@@ -122,17 +132,20 @@ class LocalFolderSink:
                     self._cond.wait()
                 if not self._queue:
                     return
-                batch, size = self._queue[0]
+                batch, size, acks = self._queue[0]
             error = self._write(batch)
-            with self._cond:
-                if error is None:
+            if error is None:
+                with self._cond:
                     self._queue.popleft()
                     self._pending_bytes -= size
                     self._failure = None
                     self.objects_written += 1
                     attempt = 0
                     self._cond.notify_all()
-                    continue
+                for ack in acks:
+                    ack.set_result(None)
+                continue
+            with self._cond:
                 self._failure = error
                 self._cond.notify_all()
                 if self._closing:

@@ -212,6 +212,12 @@ class TapeWriter:
             return [self._seal(now_ns)]
         return []
 
+    def flush(self, now_ns: int) -> list[bytes]:
+        """Seal whatever is pending now, whatever its size or age."""
+        if self._closed or self._first_ns is None:
+            return []
+        return [self._seal(now_ns)]
+
     def due_ns(self) -> int | None:
         """When the pending chunk must be sealed by age, or None when nothing is pending."""
         return None if self._first_ns is None else self._first_ns + self._max_age_ns
