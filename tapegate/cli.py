@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     query = sub.add_parser(
         "query",
         help="SQL over the sessions, events and frames tables",
-        description="SQL over sessions/events/frames: DuckDB on the local archive.",
+        description="SQL over sessions/events/frames: DuckDB on the local archive, Athena "
+        "(the configured workgroup) on an AWS archive.",
     )
     query.add_argument("sql")
     fmt = query.add_mutually_exclusive_group()
@@ -187,14 +188,20 @@ SESSION_TABLE = ("session_id", "subject", "target", "started_at", "status", "ver
                  "statements", "bytes_client", "bytes_server", "end_reason")  # fmt: skip
 
 
-def _archive(config: Config):
-    if config.archive.kind != "local":
-        raise UsageError("archive kind aws is not available in this version")
+def _archive(config: Config):  # -> an object with .index and .query_engine
+    if config.archive.kind == "aws":
+        from tapegate.archive.remote import AwsArchive
+
+        return AwsArchive(config.archive, progress=_progress if sys.stderr.isatty() else None)
     from tapegate.archive.embedded import LocalArchive
 
     archive = LocalArchive(config)
     archive.scan()  # index whatever was delivered since the last look
     return archive
+
+
+def _progress(state: str, waited: float) -> None:
+    print(f"\r  Athena: {state.lower()} … {waited:.0f} s ", end="", file=sys.stderr, flush=True)
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
