@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import Iterable
 
+from gateway_task.metrics import GatewayMetrics
 from gateway_task.sinks import Sink, SinkError
 from tapegate.tape import Direction, Event, TapeWriter
 
@@ -20,9 +21,12 @@ class RecordingUnavailable(Exception):
 
 
 class Recorder:
-    def __init__(self, writer: TapeWriter, sink: Sink) -> None:
+    def __init__(
+        self, writer: TapeWriter, sink: Sink, metrics: GatewayMetrics | None = None
+    ) -> None:
         self.writer = writer
         self.sink = sink
+        self.metrics = metrics
         self.closed = False
 
     @property
@@ -74,12 +78,18 @@ class Recorder:
             return
         self.closed = True
         record = self.writer.close(time.time_ns(), reason)
+        if self.metrics is not None:
+            self.metrics.inc("chunks_sealed")
+            self.metrics.inc("bytes_sealed", len(record))
         # A failing sink still keeps the record for its retry; the session is already closed.
         with contextlib.suppress(SinkError):
             self.sink.put([record])
 
     def _ship(self, records: list[bytes]) -> None:
         if records:
+            if self.metrics is not None:
+                self.metrics.inc("chunks_sealed", len(records))
+                self.metrics.inc("bytes_sealed", sum(len(r) for r in records))
             try:
                 self.sink.put(records)
             except SinkError as exc:

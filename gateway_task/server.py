@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
 import ssl
@@ -19,7 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway_task import policy
+from gateway_task.health import HealthServer
 from gateway_task.identity import OidcVerifier, TokenError
+from gateway_task.metrics import GatewayMetrics
 from gateway_task.protocols.postgres import messages as m
 from gateway_task.protocols.postgres.login import LoginError, UpstreamLogin
 from gateway_task.protocols.postgres.relay import PgRelay, RelayLimits
@@ -41,6 +44,7 @@ STARTUP_TIMEOUT_S = 30.0
 UPSTREAM_TIMEOUT_S = 10.0
 TICK_S = 0.1
 ARCHIVE_SCAN_S = 0.5
+EMF_INTERVAL_S = 60.0
 
 
 class _Refused(Exception):
@@ -76,6 +80,10 @@ class Gateway:
         self.signer = keys.signing_key()
         self.auditors = keys.auditor_public_keys()
         self.sink: Sink = sink or make_sink(config)
+        self.metrics = GatewayMetrics(config.gateway_name)
+        self.metrics.gauges["sessions_active"] = lambda: len(self.sessions)
+        self.metrics.gauges["sink_failing"] = lambda: float(self.sink.failure is not None)
+        self.metrics.sources.append(self._sink_metrics)
         self.verifier = verifier or OidcVerifier(config.identity)
         self.tls = server_context(config.tls, config.data_dir)
         self.sessions: set[PgSession] = set()
@@ -98,6 +106,13 @@ class Gateway:
             )
             self._dev_issuer.start()
             self.addresses["dev_issuer"] = self.config.identity.issuer_url
+        if self.config.listen_health is not None:
+            health = HealthServer(self.metrics, self._not_ready)
+            addr = self.config.listen_health
+            server = await asyncio.start_server(health.handle, addr.host, addr.port)
+            host, port = server.sockets[0].getsockname()[:2]
+            self.addresses["health"] = f"{host}:{port}"
+            self._servers.append(server)
         listen = self.config.listen_postgres
         if listen is not None:
             server = await asyncio.start_server(self._accept, listen.host, listen.port)
@@ -141,9 +156,36 @@ class Gateway:
         if self._dev_issuer is not None:
             self._dev_issuer.stop()
 
+    def _not_ready(self) -> str | None:
+        if self._stopping:
+            return "shutting down"
+        if self.sink.failure is not None:
+            return f"archive failing: {self.sink.failure}"
+        if "postgres" not in self.addresses:
+            return "not listening yet"
+        return None
+
+    def _sink_metrics(self) -> dict[str, float]:
+        stats = getattr(self.sink, "stats", {})
+        names = {"records_sent": "sink_records_sent", "bytes_sent": "sink_bytes_sent",
+                 "failed_entries": "sink_failures", "retries": "sink_retries",
+                 "calls": "sink_calls", "ack_seconds_sum": "seal_to_ack_seconds_sum",
+                 "ack_count": "seal_to_ack_seconds_count",
+                 "ack_seconds_max": "seal_to_ack_seconds_max"}  # fmt: skip
+        out = {metric: float(stats[key]) for key, metric in names.items() if key in stats}
+        if hasattr(self.sink, "spool_bytes"):
+            out["spool_bytes"] = float(self.sink.spool_bytes)
+        return out
+
     async def _tick_forever(self) -> None:
+        # On Fargate (ECS sets this variable) the metrics go to CloudWatch as EMF log lines.
+        emf = bool(os.environ.get("ECS_CONTAINER_METADATA_URI_V4"))
+        last_emf = time.monotonic()
         while True:
             await asyncio.sleep(TICK_S)
+            if emf and time.monotonic() - last_emf >= EMF_INTERVAL_S:
+                print(self.metrics.emf(), flush=True)
+                last_emf = time.monotonic()
             now = time.time_ns()
             for session in list(self.sessions):
                 try:
@@ -317,7 +359,7 @@ class PgConnection:
             max_chunk_bytes=rec.max_chunk_bytes,
             max_age_ns=rec.max_age_ms * 1_000_000,
         )
-        recorder = Recorder(writer, self.gw.sink)
+        recorder = Recorder(writer, self.gw.sink, self.gw.metrics)
         startup = {
             "user": self.params.get("user"),
             "database": self.params.get("database"),
@@ -328,6 +370,7 @@ class PgConnection:
         return recorder
 
     def _record_refusal(self, refusal: _Refused) -> None:
+        self.gw.metrics.inc("sessions_refused")
         identity = getattr(self, "identity", None) or Identity(
             issuer=self.gw.config.identity.issuer_url, subject="(unverified)"
         )
@@ -359,6 +402,7 @@ class PgConnection:
                                       "groups": list(identity.groups)})
         )  # fmt: skip
         session = PgSession(recorder, target, (target.upstream.host, target.upstream.port), None)
+        self.gw.metrics.inc("sessions_started")
         gw = self.gw
         gw.sessions.add(session)
         up_writer: asyncio.StreamWriter | None = None

@@ -129,6 +129,7 @@ class Config:
     gateway_name: str = "local"
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     listen_postgres: Address | None = Address("127.0.0.1", 6543)
+    listen_health: Address | None = None  # /healthz, /readyz, /metrics
     tls: TLSConfig = field(default_factory=TLSConfig)
     targets: dict[str, Target] = field(default_factory=dict)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
@@ -196,7 +197,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
     data_dir = _path(top.get("data_dir", ".tapegate"), "data_dir", base_dir)
     identity = _identity(top.get("identity", {}))
     listen = _mapping(top.get("listen", {}), "listen")
-    _only(listen, "listen", {"postgres"})
+    _only(listen, "listen", {"postgres", "health"})
     pg_listen = _address(listen["postgres"], "listen.postgres") if "postgres" in listen else None
     if "listen" not in top:
         pg_listen = Config().listen_postgres
@@ -214,6 +215,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
         gateway_name=_str(top.get("gateway_name", "local"), "gateway_name"),
         identity=identity,
         listen_postgres=pg_listen,
+        listen_health=_address(listen["health"], "listen.health") if "health" in listen else None,
         tls=_tls(top.get("tls", "required"), base_dir),
         targets=targets,
         recording=_recording(top.get("recording", {})),

@@ -26,7 +26,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from gateway_task.sinks import SinkError
+from gateway_task.sinks import SinkError, record_ack
 from tapegate.tape import split_records
 
 log = logging.getLogger("tapegate.sink.firehose")
@@ -66,14 +66,15 @@ class FirehoseSink:
         self._batch_bytes = 0
         self._oldest_ns: int | None = None
         self._acks: list[Future[None]] = []
-        self._queue: deque[tuple[list[bytes], list[Future[None]]]] = deque()
+        self._queue: deque[tuple[list[bytes], list[Future[None]], float]] = deque()
         self._cond = threading.Condition()
         self._closing = False
         self._failure: str | None = None
         self._spool_seq = max((int(p.stem) for p in self.spool.glob("*.bin")), default=0)
         # Counters for /metrics and the EMF log lines.
         self.stats = {"records_sent": 0, "bytes_sent": 0, "calls": 0, "failed_entries": 0,
-                      "retries": 0, "spooled_records": 0, "drained_records": 0}  # fmt: skip
+                      "retries": 0, "spooled_records": 0, "drained_records": 0,
+                      "ack_seconds_sum": 0.0, "ack_count": 0, "ack_seconds_max": 0.0}  # fmt: skip
         self._thread = threading.Thread(target=self._send_forever, name="tapegate-firehose",
                                         daemon=True)  # fmt: skip
         self._thread.start()
@@ -130,7 +131,7 @@ class FirehoseSink:
             self._cond.notify_all()
         self._thread.join(timeout=10)
         with self._cond:
-            return sum(len(r) for batch, _ in self._queue for r in batch)
+            return sum(len(r) for batch, _, _ in self._queue for r in batch)
 
     # -- the sender thread ---------------------------------------------------------------
 
@@ -140,7 +141,7 @@ class FirehoseSink:
         batch, acks = self._batch, self._acks
         self._batch, self._batch_bytes, self._oldest_ns, self._acks = [], 0, None, []
         with self._cond:
-            self._queue.append((batch, acks))
+            self._queue.append((batch, acks, time.monotonic()))
             self._cond.notify_all()
 
     def _send_forever(self) -> None:
@@ -156,7 +157,7 @@ class FirehoseSink:
             if item is None:
                 self._drain_spool()
                 continue
-            batch, acks = item
+            batch, acks, handed = item
             unsent = self._send(batch)
             if unsent:
                 self._spill(unsent)
@@ -165,6 +166,7 @@ class FirehoseSink:
             with self._cond:
                 self._queue.popleft()
                 self._cond.notify_all()
+            record_ack(self.stats, time.monotonic() - handed)
             for ack in acks:
                 ack.set_result(None)
 
@@ -208,7 +210,7 @@ class FirehoseSink:
             log.error(self._failure)
             # Keep the records in memory at the head of the queue: they are retried, not lost.
             with self._cond:
-                self._queue.insert(1, (records, []))
+                self._queue.insert(1, (records, [], time.monotonic()))
             self._sleep(self.max_delay_s)
             return
         self._spool_seq += 1

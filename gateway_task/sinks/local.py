@@ -21,7 +21,7 @@ from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
 
-from gateway_task.sinks import SinkError
+from gateway_task.sinks import SinkError, record_ack
 
 RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -41,7 +41,7 @@ class LocalFolderSink:
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._oldest_ns: int | None = None
-        self._queue: deque[tuple[list[bytes], int, list[Future[None]]]] = deque()
+        self._queue: deque[tuple[list[bytes], int, list[Future[None]], float]] = deque()
         self._acks: list[Future[None]] = []
         self._pending_bytes = 0  # handed to the writer thread, not yet written
         self._cond = threading.Condition()
@@ -49,6 +49,9 @@ class LocalFolderSink:
         self._closing = False
         self._thread: threading.Thread | None = None
         self.objects_written = 0
+        self.stats = {"records_sent": 0, "bytes_sent": 0, "calls": 0, "failed_entries": 0,
+                      "retries": 0, "ack_seconds_sum": 0.0, "ack_count": 0,
+                      "ack_seconds_max": 0.0}  # fmt: skip
 
     @property
     def failure(self) -> str | None:
@@ -116,7 +119,7 @@ class LocalFolderSink:
                     target=self._write_forever, name="tapegate-local-sink", daemon=True
                 )
                 self._thread.start()
-            self._queue.append((batch, size, acks))
+            self._queue.append((batch, size, acks, time.monotonic()))
             self._pending_bytes += size
             self._cond.notify_all()
             # Backpressure: the relay waits here while the disk is behind (not while failing:
@@ -132,9 +135,13 @@ class LocalFolderSink:
                     self._cond.wait()
                 if not self._queue:
                     return
-                batch, size, acks = self._queue[0]
+                batch, size, acks, handed = self._queue[0]
+            self.stats["calls"] += 1
             error = self._write(batch)
             if error is None:
+                record_ack(self.stats, time.monotonic() - handed)
+                self.stats["records_sent"] += len(batch)
+                self.stats["bytes_sent"] += size
                 with self._cond:
                     self._queue.popleft()
                     self._pending_bytes -= size
@@ -145,6 +152,8 @@ class LocalFolderSink:
                 for ack in acks:
                     ack.set_result(None)
                 continue
+            self.stats["failed_entries"] += len(batch)
+            self.stats["retries"] += 1
             with self._cond:
                 self._failure = error
                 self._cond.notify_all()
