@@ -78,3 +78,58 @@ def test_token_refuses_a_non_dev_issuer(tmp_path: Path) -> None:
                          capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 2 and "only mints for the embedded dev issuer" in out.stderr
     assert out.stdout == ""
+
+
+@pytest.mark.slow
+def test_gateway_killed_mid_session_leaves_a_verifiable_prefix(
+    tmp_path: Path, pg: PgServer
+) -> None:
+    import json
+    import time
+
+    import psycopg
+
+    from tapegate.archive.embedded import LocalArchive
+    from tapegate.config import load_config
+
+    cfg = _config(tmp_path, pg)
+    raw = yaml.safe_load(cfg.read_text())
+    raw.update({"tls": "optional", "recording": {"max_age_ms": 50}, "sink": {"flush_ms": 50}})
+    cfg.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "APPDB_PASSWORD": APP_PASSWORD}
+    up = subprocess.Popen([*TAPEGATE, "up", "--config", str(cfg)], env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        line = up.stdout.readline()
+        port = line.split("postgres=127.0.0.1:")[1].split()[0]
+        token = subprocess.run([*TAPEGATE, "token", "--config", str(cfg), "--sub", "victim",
+                                "--group", "agents"], capture_output=True, text=True,
+                               check=True).stdout.strip()  # fmt: skip
+        conn = psycopg.connect(f"host=127.0.0.1 port={port} dbname=appdb user=a "
+                               f"password={token} sslmode=disable", autocommit=True)  # fmt: skip
+        for i in range(5):
+            conn.execute("SELECT %s::int", (i,))
+        time.sleep(1.0)  # sealed by age and written by the sink
+        up.send_signal(signal.SIGKILL)
+        up.wait(10)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    out = subprocess.run([*TAPEGATE, "sessions", "--json", "--config", str(cfg)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    (session,) = json.loads(out.stdout)
+    assert session["status"] == "open" and not session["verified"]
+    assert session["statements"] == 5
+    deliveries = sorted((tmp_path / "data" / "deliveries").rglob("*.bin"))
+    verify = subprocess.run([*TAPEGATE, "verify", "--data-dir", str(tmp_path / "data"),
+                             *map(str, deliveries)], capture_output=True, text=True)  # fmt: skip
+    assert verify.returncode == 1
+    problems = [ln.strip() for ln in verify.stdout.splitlines() if ln.strip().startswith("- ")]
+    assert problems == [f"- no_final: last chunk seen is seq {session['chunks'] - 1}"], (
+        verify.stdout
+    )
+    # After the grace period the pipeline calls it what it is.
+    archive = LocalArchive(load_config(cfg))
+    archive.pipeline.sweep(time.time_ns() + archive.pipeline.grace_ns)
+    (record,) = archive.index.sessions()
+    assert record.status == "truncated" and "no final chunk yet" in record.problems
