@@ -12,6 +12,7 @@ chunks rather than incremented.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from nacl.signing import VerifyKey
 
@@ -162,29 +165,16 @@ class Pipeline:
     def _write_tables(
         self, key: str, fresh: dict[str, list[Record]], headers: dict[str, Any]
     ) -> list[str]:
-        events: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        frames: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for sid, recs in fresh.items():
-            header = headers.get(sid) or {}
-            who = header.get("identity", {}).get("subject")
-            for rec in recs:
-                for ev in rec.meta["events"]:
-                    events[_day(ev["ts"])].append(event_row(sid, rec.seq, ev, who, header))
-                for ref in rec.frames:
-                    frames[_day(ref.ts_ns)].append({
-                        "session_id": sid, "seq": rec.seq, "ts": ref.ts_ns // 1_000_000,
-                        "ts_ns": ref.ts_ns, "direction": "c2s" if ref.direction == 0 else "s2c",
-                        "length": ref.length,
-                    })  # fmt: skip
+        events = _event_table(fresh, headers)
+        frames = _frame_table(fresh)
         # One file per delivered object and day: processing the object again rewrites the same
         # file with the same rows instead of adding a copy.
         object_id = hashlib.sha256(key.encode()).hexdigest()[:20]
         written = []
-        for table, by_day in (("events", events), ("frames", frames)):
-            for day, rows in by_day.items():
-                rows.sort(key=lambda r: (r["session_id"], r["seq"], r["ts_ns"]))
-                path = f"{table}/dt={day}/{object_id}.parquet"
-                self.curated.put(path, _parquet(table, rows))
+        for name, table in (("events", events), ("frames", frames)):
+            for day, part in _by_day(table):
+                path = f"{name}/dt={day}/{object_id}.parquet"
+                self.curated.put(path, _write_parquet(part))
                 written.append(path)
         return written
 
@@ -245,8 +235,8 @@ def _chain_problems(entries: list[ChunkEntry]) -> tuple[list[str], bool, str | N
 
 
 def _entry(rec: Record, key: str) -> ChunkEntry:
-    c2s = sum(f.length for f in rec.frames if f.direction == 0)
-    times = [f.ts_ns for f in rec.frames] + [e["ts"] for e in rec.meta["events"]]
+    c2s = sum(n for n, d in zip(rec.frame_len, rec.frame_dir, strict=True) if d == 0)
+    times = [*rec.frame_ts, *(e["ts"] for e in rec.meta["events"])]
     statements = sum(1 for e in rec.meta["events"] if e.get("type") in _STATEMENT_EVENTS)
     return ChunkEntry(
         session_id=str(rec.session_id),
@@ -257,36 +247,143 @@ def _entry(rec: Record, key: str) -> ChunkEntry:
         sealed_ns=rec.sealed_ns,
         object_key=key,
         bytes_c2s=c2s,
-        bytes_s2c=sum(f.length for f in rec.frames) - c2s,
+        bytes_s2c=sum(rec.frame_len) - c2s,
         statements=statements,
         first_ns=min(times, default=rec.sealed_ns),
         last_ns=max(times, default=rec.sealed_ns),
     )
 
 
-def event_row(
-    sid: str, seq: int, ev: dict[str, Any], subject: str | None, header: dict[str, Any]
-) -> dict[str, Any]:
-    attrs = ev.get("attrs") or {}
-    outcome = attrs.get("tag") or attrs.get("sqlstate") or attrs.get("rule") or attrs.get("result")
-    duration = attrs.get("duration_ns")
-    rows = attrs.get("rows")
-    return {
-        "session_id": sid,
-        "seq": seq,
-        "ts": int(ev["ts"]) // 1_000_000,
-        "ts_ns": int(ev["ts"]),
-        "direction": ev.get("dir"),
-        "type": ev.get("type"),
-        "text": attrs.get("sql") or attrs.get("command"),
-        "subject": subject,
-        "target": header.get("target"),
-        "protocol": header.get("protocol"),
-        "outcome": str(outcome) if outcome is not None else None,
-        "rows": int(rows) if isinstance(rows, int) else None,
-        "duration_ms": duration / 1e6 if isinstance(duration, int | float) else None,
-        "attrs": json.dumps(attrs, separators=(",", ":"), ensure_ascii=False),
+_EVENT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# The fields of an event the table derives columns from; anything else stays in `event` only.
+_EVENT_FIELDS = pa.schema([
+    ("ts", pa.int64()), ("dir", pa.string()), ("type", pa.string()),
+    ("attrs", pa.struct([(name, pa.string()) for name in
+                         ("sql", "command", "tag", "sqlstate", "rule", "result")]
+                        + [("rows", pa.int64()), ("duration_ns", pa.int64())])),
+])  # fmt: skip
+
+
+def _event_lines(rec: Record) -> list[bytes]:
+    """Each event of a chunk as one line of JSON, cut from the meta bytes when the writer put
+    one event per line (the reference writer does), else serialised again."""
+    count = len(rec.meta["events"])
+    if not count:
+        return []
+    lines = rec.meta_bytes.split(b"\n", count + 1)
+    if lines[0] == b'{"events":[' and len(lines) == count + 2 and lines[-1].startswith(b"]"):
+        return [line[:-1] if line.endswith(b",") else line for line in lines[1:-1]]
+    return [_EVENT_JSON.encode(ev).encode() for ev in rec.meta["events"]]
+
+
+def _event_table(fresh: dict[str, list[Record]], headers: dict[str, Any]) -> pa.Table:
+    """All events of an object's new chunks, parsed in bulk by Arrow's JSON reader."""
+    lines: list[bytes] = []
+    context: dict[str, list[Any]] = {k: [] for k in ("session_id", "seq", "subject", "target",
+                                                       "protocol")}  # fmt: skip
+    for sid, recs in fresh.items():
+        header = headers.get(sid) or {}
+        subject = header.get("identity", {}).get("subject")
+        for rec in recs:
+            cut = _event_lines(rec)
+            lines += cut
+            for name, value in (("session_id", sid), ("seq", rec.seq), ("subject", subject),
+                                ("target", header.get("target")),
+                                ("protocol", header.get("protocol"))):  # fmt: skip
+                context[name] += [value] * len(cut)
+    schema = arrow_schema("events")
+    if not lines:
+        return schema.empty_table()
+    try:
+        parsed = pa_json.read_json(
+            io.BytesIO(b"\n".join(lines)),
+            read_options=pa_json.ReadOptions(use_threads=False, block_size=4 << 20),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=_EVENT_FIELDS, unexpected_field_behavior="ignore"
+            ),
+        )
+    except pa.ArrowInvalid:  # a field of an unexpected type somewhere: go event by event
+        parsed = pa.Table.from_pylist([_coerce(json.loads(line)) for line in lines],
+                                      schema=_EVENT_FIELDS)  # fmt: skip
+    attrs = parsed["attrs"]
+
+    def attr(name: str) -> pa.ChunkedArray:
+        return pc.struct_field(attrs, name)
+
+    ts_ns = parsed["ts"]
+    columns = {
+        "session_id": pa.array(context["session_id"], pa.string()),
+        "seq": pa.array(context["seq"], pa.int64()),
+        "ts": pc.divide(ts_ns, 1_000_000).cast(schema.field("ts").type),
+        "ts_ns": ts_ns,
+        "direction": parsed["dir"],
+        "type": parsed["type"],
+        "text": pc.coalesce(attr("sql"), attr("command")),
+        "subject": pa.array(context["subject"], pa.string()),
+        "target": pa.array(context["target"], pa.string()),
+        "protocol": pa.array(context["protocol"], pa.string()),
+        "outcome": pc.coalesce(attr("tag"), attr("sqlstate"), attr("rule"), attr("result")),
+        "rows": attr("rows"),
+        "duration_ms": pc.divide(attr("duration_ns").cast(pa.float64()), 1e6),
+        "event": pa.array(lines, pa.binary()).cast(pa.string()),
     }
+    return pa.table([columns[f.name] for f in schema], schema=schema)
+
+
+def _coerce(event: dict[str, Any]) -> dict[str, Any]:
+    """An event reduced to _EVENT_FIELDS, with values of another type made to fit or dropped."""
+    attrs = event.get("attrs") if isinstance(event.get("attrs"), dict) else {}
+    out: dict[str, Any] = {}
+    for spec in _EVENT_FIELDS.field("attrs").type:
+        value = attrs.get(spec.name)
+        if pa.types.is_string(spec.type):
+            out[spec.name] = None if value is None else str(value)
+        else:
+            out[spec.name] = (
+                value if isinstance(value, int) and not isinstance(value, bool) else None
+            )
+    ts = event.get("ts")
+    return {"ts": ts if isinstance(ts, int) else 0,
+            "dir": event.get("dir") if isinstance(event.get("dir"), str) else None,
+            "type": str(event.get("type")), "attrs": out}  # fmt: skip
+
+
+def _frame_table(fresh: dict[str, list[Record]]) -> pa.Table:
+    sids: list[str] = []
+    seqs: list[int] = []
+    ts: list[int] = []
+    dirs: list[int] = []
+    lens: list[int] = []
+    for sid, recs in fresh.items():
+        for rec in recs:
+            count = len(rec.frame_ts)
+            sids += [sid] * count
+            seqs += [rec.seq] * count
+            ts += rec.frame_ts
+            dirs += rec.frame_dir
+            lens += rec.frame_len
+    schema = arrow_schema("frames")
+    ts_ns = pa.array(ts, pa.int64())
+    direction = pc.if_else(pc.equal(pa.array(dirs, pa.int8()), 0), "c2s", "s2c")
+    columns = [pa.array(sids, pa.string()), pa.array(seqs, pa.int64()),
+               pc.divide(ts_ns, 1_000_000).cast(schema.field("ts").type), ts_ns,
+               direction, pa.array(lens, pa.int64())]  # fmt: skip
+    return pa.table(columns, schema=schema)
+
+
+def _by_day(table: pa.Table) -> list[tuple[str, pa.Table]]:
+    """Split rows by the UTC day of ts_ns (the partition), sorted by session, seq and time."""
+    if not table.num_rows:
+        return []
+    table = table.sort_by([("session_id", "ascending"), ("seq", "ascending"),
+                           ("ts_ns", "ascending")])  # fmt: skip
+    day = pc.divide(table["ts_ns"], _DAY_NS)
+    bounds = pc.min_max(day)
+    first, last = bounds["min"].as_py(), bounds["max"].as_py()
+    if first == last:
+        return [(_day_name(first), table)]
+    return [(_day_name(d), table.filter(pc.equal(day, d))) for d in range(first, last + 1)
+            if pc.any(pc.equal(day, d)).as_py()]  # fmt: skip
 
 
 def session_row(record: SessionRecord) -> dict[str, Any]:
@@ -317,10 +414,22 @@ def session_row(record: SessionRecord) -> dict[str, Any]:
 
 
 def _parquet(table: str, rows: list[dict[str, Any]]) -> bytes:
+    return _write_parquet(pa.Table.from_pylist(rows, schema=arrow_schema(table)))
+
+
+def _write_parquet(data: pa.Table) -> bytes:
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema(table)), buf, compression="zstd")
+    pq.write_table(data, buf, compression="zstd")
     return buf.getvalue()
 
 
+_DAY_NS = 86_400 * 1_000_000_000
+
+
 def _day(ns: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ns / 1e9))
+    return _day_name(ns // _DAY_NS)
+
+
+@functools.lru_cache(maxsize=64)
+def _day_name(day_index: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day_index * 86_400))

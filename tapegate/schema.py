@@ -60,7 +60,9 @@ EVENTS = (
     Column("outcome", pa.string(), "string", "command tag, SQLSTATE or rule"),
     Column("rows", pa.int64(), "bigint", "rows returned or affected"),
     Column("duration_ms", pa.float64(), "double", "request to completion"),
-    Column("attrs", pa.string(), "string", "all attributes, JSON"),
+    Column(
+        "event", pa.string(), "string", "the whole event as sealed: ts, dir, type, attrs (JSON)"
+    ),
 )
 
 FRAMES = (

@@ -139,3 +139,22 @@ def test_chunk_sealed_after_delivery_is_flagged(archive) -> None:
     pipe.process_object("o", b"".join(s.records), delivered_ns=T0 - 10**12)
     (rec,) = index.sessions()
     assert any(a.startswith("clock") for a in rec.alerts) and not rec.verified
+
+
+def test_events_of_unexpected_types_still_land_in_the_table(archive) -> None:
+    """A writer that puts odd types in attrs (rows as text, a boolean result) is not refused."""
+    from tapegate.tape import Direction, Event, TapeWriter
+    from tests.tapes import make_header
+
+    pipe, signer, _index, duck = archive
+    from nacl.public import PrivateKey
+
+    writer = TapeWriter(make_header(), signer, [PrivateKey.generate().public_key])
+    writer.add_event(Event(T0, "result", Direction.SERVER_TO_CLIENT,
+                           {"tag": "SELECT 1", "rows": "one", "result": True}))  # fmt: skip
+    writer.add_event(Event(T0 + 1, "query", Direction.CLIENT_TO_SERVER, {"sql": "SELECT 2"}))
+    pipe.process_object("odd", writer.close(T0 + 2, "client_terminate"), NOW)
+    _, rows = duck.query("SELECT type, text, outcome, rows FROM events ORDER BY ts_ns")
+    assert rows == [("result", None, "SELECT 1", None), ("query", "SELECT 2", None, None)]
+    _, rows = duck.query("SELECT event FROM events WHERE type = 'result'")
+    assert '"rows":"one"' in rows[0][0], "the event as sealed is kept whole"

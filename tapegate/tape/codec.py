@@ -75,14 +75,27 @@ class Record:
     prev_digest: bytes
     key_id: bytes
     meta: dict[str, Any]
-    frames: tuple[FrameRef, ...]
+    # The frame index as columns (decoded in C by struct.iter_unpack, not frame by frame).
+    frame_ts: tuple[int, ...]
+    frame_dir: tuple[int, ...]
+    frame_len: tuple[int, ...]
     payload_len: int
+    meta_len: int
     digest: bytes  # SHA-256 of the body: what the next chunk's prev_digest must equal
 
     @property
     def body(self) -> memoryview:
         """Everything the signature covers: the record without its last 64 bytes."""
         return memoryview(self.raw)[:-SIGNATURE_LEN]
+
+    @property
+    def frames(self) -> tuple[FrameRef, ...]:
+        return tuple(map(FrameRef, self.frame_ts, self.frame_dir, self.frame_len))
+
+    @property
+    def meta_bytes(self) -> bytes:
+        start = FIXED_LEN + self.payload_len
+        return self.raw[start : start + self.meta_len]
 
     @property
     def signature(self) -> bytes:
@@ -104,7 +117,9 @@ def encode_meta(
     end: dict[str, Any] | None = None,
 ) -> bytes:
     """The meta object. Events arrive already serialised (the writer sizes them as they come)."""
-    parts = [b'{"events":[', b",".join(event_json), b"]"]
+    # One event per line: JSON allows the whitespace, and an archive can then cut the events
+    # out of the bytes without parsing them one by one. Readers must not rely on it.
+    parts = [b'{"events":[\n', b",\n".join(event_json), b"\n]"]
     if session is not None:
         parts += [b',"session":', dump_json(session)]
     if end is not None:
@@ -202,15 +217,15 @@ def decode_record(raw: bytes) -> Record:
     if (seq == 0) != ("session" in meta):
         raise TapeFormatError("meta.session must be present in chunk 0 and only there")
     index_end = meta_end + index_len
-    frames = tuple(FrameRef(*entry) for entry in INDEX_ENTRY.iter_unpack(raw[meta_end:index_end]))
-    for ref in frames:
-        if ref.direction not in (0, 1):
-            raise TapeFormatError(f"frame direction {ref.direction} is neither 0 nor 1")
-    plain_len = sum(ref.length for ref in frames)
-    expected_payload = plain_len + AEAD_TAG_LEN if frames else 0
+    entries = list(INDEX_ENTRY.iter_unpack(raw[meta_end:index_end]))
+    ts, dirs, lens = (tuple(col) for col in zip(*entries, strict=True)) if entries else ((), (), ())
+    if dirs and not set(dirs) <= {0, 1}:
+        raise TapeFormatError(f"frame direction {max(dirs)} is neither 0 nor 1")
+    plain_len = sum(lens)
+    expected_payload = plain_len + AEAD_TAG_LEN if entries else 0
     if payload_len != expected_payload:
         raise TapeFormatError(
-            f"payload_len {payload_len} does not match {len(frames)} frames of {plain_len} bytes"
+            f"payload_len {payload_len} does not match {len(entries)} frames of {plain_len} bytes"
         )
     raw = bytes(raw)
     return Record(
@@ -222,8 +237,11 @@ def decode_record(raw: bytes) -> Record:
         prev_digest=prev_digest,
         key_id=key_id,
         meta=meta,
-        frames=frames,
+        frame_ts=ts,
+        frame_dir=dirs,
+        frame_len=lens,
         payload_len=payload_len,
+        meta_len=meta_len,
         digest=hashlib.sha256(memoryview(raw)[:-SIGNATURE_LEN]).digest(),
     )
 
