@@ -44,8 +44,9 @@ the meta's shape and the per-chunk summary), about a third is building the event
 the one-event-per-line meta into lines, Arrow's JSON reader, the derived columns), and the rest is
 Parquet writing, SQLite and signature checks. A pgbench-like tape is half events by bytes, so
 the per-event cost, not the bytes, sets the rate. Tried, and kept: columnar tables with Arrow's
-JSON reader instead of row dicts (29 → 37 MB/s in this bench's earlier runs). Measured and not
-adopted: orjson decodes these metas only twice as fast as json, too little to reach the goal.
+JSON reader instead of row dicts (29 → 37 MB/s in this bench's earlier runs). Not adopted:
+orjson, which in a side measurement (not in bench/) decoded these metas about twice as fast as
+json: too little to reach the goal on its own.
 Not done yet: a pipeline decode that skips building Python objects for events altogether.
 """
 
