@@ -38,16 +38,17 @@ from tapegate.tape import Direction, Event, Identity, SessionHeader, TapeWriter
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 NOTES = """
-Where the time goes in the chatty mix (cProfile over `process_object`): about a quarter is
-`json.loads` of each chunk's meta (every event becomes Python objects once, for verification of
-the meta's shape and the per-chunk summary), about a third is building the events table (cutting
-the one-event-per-line meta into lines, Arrow's JSON reader, the derived columns), and the rest is
-Parquet writing, SQLite and signature checks. A pgbench-like tape is half events by bytes, so
-the per-event cost, not the bytes, sets the rate. Tried, and kept: columnar tables with Arrow's
-JSON reader instead of row dicts (29 → 37 MB/s in this bench's earlier runs). Not adopted:
-orjson, which in a side measurement (not in bench/) decoded these metas about twice as fast as
-json: too little to reach the goal on its own.
-Not done yet: a pipeline decode that skips building Python objects for events altogether.
+Where the time goes in the chatty mix (cProfile over `process_object`): the largest parts are
+writing the Parquet files (ZSTD), Arrow's JSON reader over the events, and the `event` column
+(each event kept whole as JSON); then the session summaries (one small Parquet file per session
+an object touches), SQLite and decoding. A pgbench-like tape is half events by bytes, so the cost
+per event, not per byte, sets the rate. Tried, and kept: building the tables column-wise from
+events parsed in bulk by Arrow's JSON reader, cut out of the meta's bytes without turning them
+into Python objects; sorting chunks instead of rows; dictionary encoding only for columns with
+few distinct values. Measured and not adopted: dropping the `event` column (a few percent);
+orjson in a side measurement (not in bench/), about twice as fast as json for these metas, which
+the bulk path no longer calls. Not done: writing events and frames once per batch of objects
+rather than once per object, which would amortise the Parquet cost on small objects.
 """
 
 

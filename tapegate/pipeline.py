@@ -69,15 +69,52 @@ class Pipeline:
 
     def process_object(self, key: str, data: bytes, delivered_ns: int) -> ObjectReport:
         report = ObjectReport(key)
+        alerts: dict[str, list[str]] = defaultdict(list)
+        verified = self._verified(data, delivered_ns, report, alerts)
+        # Session then seq order: the tables come out sorted without sorting their rows.
+        verified.sort(key=lambda r: (r.session_id.bytes, r.seq))
+        headers = self._headers(verified)
+        # Every event of the object, parsed at once; each chunk owns a slice of the rows.
+        events, spans = _event_table(verified, headers)
+        is_statement = pc.is_in(events["type"], pa.array(sorted(_STATEMENT_EVENTS)))
+        fresh: dict[str, list[Record]] = defaultdict(list)
+        kept: list[pa.Table] = []
+        for rec, (start, stop) in zip(verified, spans, strict=True):
+            sid = str(rec.session_id)
+            stats = _span_stats(events, is_statement, start, stop)
+            claim, held = self.index.claim_chunk(_entry(rec, key, *stats))
+            if claim is Claim.CONFLICT:
+                report.conflicts += 1
+                alerts[sid].append(
+                    f"conflict at seq {rec.seq}: digest {rec.digest.hex()[:16]} "
+                    f"differs from the first copy {str(held)[:16]}"
+                )
+            elif claim is Claim.DUPLICATE:
+                report.duplicates += 1
+            else:
+                report.new += 1
+                fresh[sid].append(rec)
+                kept.append(events.slice(start, stop - start))
+        now = time.time_ns()
+        for sid in report.sessions:
+            self._update_session(sid, fresh.get(sid, []), alerts.get(sid, []), key, now)
+        new_events = pa.concat_tables(kept) if kept else events.schema.empty_table()
+        report.files_written += self._write_tables(key, new_events, _frame_table(fresh))
+        return report
+
+    def _verified(
+        self, data: bytes, delivered_ns: int, report: ObjectReport, alerts: dict[str, list[str]]
+    ) -> list[Record]:
+        """The object's records that decode and carry a valid signature of a trusted key,
+        each (session, seq, digest) once."""
         records, split_errors = split_records(data)
         report.rejected += [f"bytes at offset {e.offset}: {e.reason}" for e in split_errors]
-        fresh: dict[str, list[Record]] = defaultdict(list)
-        alerts: dict[str, list[str]] = defaultdict(list)
+        out: list[Record] = []
         seen: set[tuple[str, int, bytes]] = set()
         for raw in records:
             report.records += 1
             try:
-                rec = decode_record(raw)
+                rec = decode_record(raw, events=False)
             except TapeFormatError as exc:
                 report.rejected.append(f"undecodable record: {exc}")
                 continue
@@ -98,24 +135,19 @@ class Pipeline:
                 report.duplicates += 1
                 continue
             seen.add((sid, rec.seq, rec.digest))
-            claim, held = self.index.claim_chunk(_entry(rec, key))
-            if claim is Claim.CONFLICT:
-                report.conflicts += 1
-                alerts[sid].append(
-                    f"conflict at seq {rec.seq}: digest {rec.digest.hex()[:16]} "
-                    f"differs from the first copy {str(held)[:16]}"
-                )
-            elif claim is Claim.DUPLICATE:
-                report.duplicates += 1
-            else:
-                report.new += 1
-                fresh[sid].append(rec)
-        now = time.time_ns()
-        headers = {sid: self._update_session(sid, fresh.get(sid, []), alerts.get(sid, []), key,
-                                             now)
-                   for sid in report.sessions}  # fmt: skip
-        report.files_written += self._write_tables(key, fresh, headers)
-        return report
+            out.append(rec)
+        return out
+
+    def _headers(self, records: list[Record]) -> dict[str, dict[str, Any]]:
+        """Each session's header: from its chunk 0 here, else from the index."""
+        headers: dict[str, dict[str, Any]] = {}
+        for rec in records:
+            if rec.seq == 0:
+                headers[str(rec.session_id)] = rec.meta["session"]
+        for sid in {str(r.session_id) for r in records} - headers.keys():
+            known = self.index.get_session(sid)
+            headers[sid] = (known.header if known else None) or {}
+        return headers
 
     def sweep(self, now_ns: int | None = None) -> list[str]:
         """Mark sessions that stayed open past the grace period as truncated."""
@@ -134,7 +166,7 @@ class Pipeline:
 
     def _update_session(
         self, sid: str, fresh: list[Record], alerts: list[str], key: str, now_ns: int
-    ) -> dict[str, Any] | None:
+    ) -> None:
         record = self.index.get_session(sid) or SessionRecord(sid)
         for alert in alerts:
             if alert not in record.alerts:
@@ -152,7 +184,6 @@ class Pipeline:
         summarize(record, self.index.chunks(sid))
         self.index.put_session(record)
         self._write_session(record)
-        return record.header
 
     def _write_session(self, record: SessionRecord) -> None:
         day = _day(record.started_ns or record.last_seen_ns or time.time_ns())
@@ -162,11 +193,7 @@ class Pipeline:
 
     # -- events and frames --------------------------------------------------------------------
 
-    def _write_tables(
-        self, key: str, fresh: dict[str, list[Record]], headers: dict[str, Any]
-    ) -> list[str]:
-        events = _event_table(fresh, headers)
-        frames = _frame_table(fresh)
+    def _write_tables(self, key: str, events: pa.Table, frames: pa.Table) -> list[str]:
         # One file per delivered object and day: processing the object again rewrites the same
         # file with the same rows instead of adding a copy.
         object_id = hashlib.sha256(key.encode()).hexdigest()[:20]
@@ -234,10 +261,9 @@ def _chain_problems(entries: list[ChunkEntry]) -> tuple[list[str], bool, str | N
     return problems, complete, head
 
 
-def _entry(rec: Record, key: str) -> ChunkEntry:
+def _entry(rec: Record, key: str, statements: int, first_ns: int, last_ns: int) -> ChunkEntry:
     c2s = sum(n for n, d in zip(rec.frame_len, rec.frame_dir, strict=True) if d == 0)
-    times = [*rec.frame_ts, *(e["ts"] for e in rec.meta["events"])]
-    statements = sum(1 for e in rec.meta["events"] if e.get("type") in _STATEMENT_EVENTS)
+    frame_first = rec.frame_ts[0] if rec.frame_ts else rec.sealed_ns
     return ChunkEntry(
         session_id=str(rec.session_id),
         seq=rec.seq,
@@ -249,9 +275,20 @@ def _entry(rec: Record, key: str) -> ChunkEntry:
         bytes_c2s=c2s,
         bytes_s2c=sum(rec.frame_len) - c2s,
         statements=statements,
-        first_ns=min(times, default=rec.sealed_ns),
-        last_ns=max(times, default=rec.sealed_ns),
+        first_ns=min(first_ns, frame_first),
+        last_ns=max(last_ns, rec.frame_ts[-1] if rec.frame_ts else 0),
     )
+
+
+def _span_stats(
+    events: pa.Table, is_statement: pa.ChunkedArray, start: int, stop: int
+) -> tuple[int, int, int]:
+    """(statements, first ts, last ts) of one chunk's rows of the events table."""
+    if stop <= start:
+        return 0, 2**63 - 1, 0
+    bounds = pc.min_max(events["ts_ns"].slice(start, stop - start))
+    count = pc.sum(is_statement.slice(start, stop - start)).as_py() or 0
+    return count, bounds["min"].as_py(), bounds["max"].as_py()
 
 
 _EVENT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -264,53 +301,68 @@ _EVENT_FIELDS = pa.schema([
 ])  # fmt: skip
 
 
-def _event_lines(rec: Record) -> list[bytes]:
-    """Each event of a chunk as one line of JSON, cut from the meta bytes when the writer put
-    one event per line (the reference writer does), else serialised again."""
-    count = len(rec.meta["events"])
-    if not count:
-        return []
-    lines = rec.meta_bytes.split(b"\n", count + 1)
-    if lines[0] == b'{"events":[' and len(lines) == count + 2 and lines[-1].startswith(b"]"):
-        return [line[:-1] if line.endswith(b",") else line for line in lines[1:-1]]
-    return [_EVENT_JSON.encode(ev).encode() for ev in rec.meta["events"]]
+def _event_ndjson(rec: Record) -> tuple[bytes, int]:
+    """A chunk's events as newline-delimited JSON, and how many there are.
+
+    When the meta has the reference writer's layout (decode_record(events=False) kept the
+    events' bytes), they are cut out of the bytes without being parsed here."""
+    if rec.events_json is not None:
+        section = rec.events_json
+        if not section:
+            return b"", 0
+        return section.replace(b",\n", b"\n"), section.count(b"\n") + 1
+    events = rec.meta["events"]
+    return b"\n".join(_EVENT_JSON.encode(ev).encode() for ev in events), len(events)
 
 
-def _event_table(fresh: dict[str, list[Record]], headers: dict[str, Any]) -> pa.Table:
-    """All events of an object's new chunks, parsed in bulk by Arrow's JSON reader."""
-    lines: list[bytes] = []
+def _event_table(
+    records: list[Record], headers: dict[str, dict[str, Any]]
+) -> tuple[pa.Table, list[tuple[int, int]]]:
+    """All events of the records, parsed in bulk by Arrow's JSON reader, and each record's
+    span of rows."""
+    parts: list[bytes] = []
+    spans: list[tuple[int, int]] = []
     context: dict[str, list[Any]] = {k: [] for k in ("session_id", "seq", "subject", "target",
                                                        "protocol")}  # fmt: skip
-    for sid, recs in fresh.items():
+    rows = 0
+    for rec in records:
+        ndjson, count = _event_ndjson(rec)
+        spans.append((rows, rows + count))
+        rows += count
+        if not count:
+            continue
+        parts.append(ndjson)
+        sid = str(rec.session_id)
         header = headers.get(sid) or {}
-        subject = header.get("identity", {}).get("subject")
-        for rec in recs:
-            cut = _event_lines(rec)
-            lines += cut
-            for name, value in (("session_id", sid), ("seq", rec.seq), ("subject", subject),
-                                ("target", header.get("target")),
-                                ("protocol", header.get("protocol"))):  # fmt: skip
-                context[name] += [value] * len(cut)
+        for name, value in (("session_id", sid), ("seq", rec.seq),
+                            ("subject", header.get("identity", {}).get("subject")),
+                            ("target", header.get("target")),
+                            ("protocol", header.get("protocol"))):  # fmt: skip
+            context[name] += [value] * count
     schema = arrow_schema("events")
-    if not lines:
-        return schema.empty_table()
+    if not rows:
+        return schema.empty_table(), spans
+    text = b"\n".join(parts)
     try:
         parsed = pa_json.read_json(
-            io.BytesIO(b"\n".join(lines)),
+            io.BytesIO(text),
             read_options=pa_json.ReadOptions(use_threads=False, block_size=4 << 20),
             parse_options=pa_json.ParseOptions(
                 explicit_schema=_EVENT_FIELDS, unexpected_field_behavior="ignore"
             ),
         )
     except pa.ArrowInvalid:  # a field of an unexpected type somewhere: go event by event
-        parsed = pa.Table.from_pylist([_coerce(json.loads(line)) for line in lines],
+        parsed = pa.Table.from_pylist([_coerce(json.loads(line)) for line in text.split(b"\n")],
                                       schema=_EVENT_FIELDS)  # fmt: skip
+    if parsed.num_rows != rows:
+        raise TapeFormatError(f"{parsed.num_rows} events parsed where {rows} were sealed")
     attrs = parsed["attrs"]
 
     def attr(name: str) -> pa.ChunkedArray:
         return pc.struct_field(attrs, name)
 
     ts_ns = parsed["ts"]
+    whole = pc.split_pattern(pa.array([text.decode("utf-8")]), "\n")
     columns = {
         "session_id": pa.array(context["session_id"], pa.string()),
         "seq": pa.array(context["seq"], pa.int64()),
@@ -325,9 +377,9 @@ def _event_table(fresh: dict[str, list[Record]], headers: dict[str, Any]) -> pa.
         "outcome": pc.coalesce(attr("tag"), attr("sqlstate"), attr("rule"), attr("result")),
         "rows": attr("rows"),
         "duration_ms": pc.divide(attr("duration_ns").cast(pa.float64()), 1e6),
-        "event": pa.array(lines, pa.binary()).cast(pa.string()),
+        "event": pc.list_flatten(whole),
     }
-    return pa.table([columns[f.name] for f in schema], schema=schema)
+    return pa.table([columns[f.name] for f in schema], schema=schema), spans
 
 
 def _coerce(event: dict[str, Any]) -> dict[str, Any]:
@@ -372,11 +424,9 @@ def _frame_table(fresh: dict[str, list[Record]]) -> pa.Table:
 
 
 def _by_day(table: pa.Table) -> list[tuple[str, pa.Table]]:
-    """Split rows by the UTC day of ts_ns (the partition), sorted by session, seq and time."""
+    """Split rows (already in session, seq, time order) by the UTC day of ts_ns."""
     if not table.num_rows:
         return []
-    table = table.sort_by([("session_id", "ascending"), ("seq", "ascending"),
-                           ("ts_ns", "ascending")])  # fmt: skip
     day = pc.divide(table["ts_ns"], _DAY_NS)
     bounds = pc.min_max(day)
     first, last = bounds["min"].as_py(), bounds["max"].as_py()
@@ -417,9 +467,15 @@ def _parquet(table: str, rows: list[dict[str, Any]]) -> bytes:
     return _write_parquet(pa.Table.from_pylist(rows, schema=arrow_schema(table)))
 
 
+# Columns with few distinct values; dictionary-encoding SQL text or whole events only costs time.
+_DICTIONARY = ["session_id", "direction", "type", "subject", "target", "protocol", "outcome",
+               "status", "issuer", "gateway", "end_reason"]  # fmt: skip
+
+
 def _write_parquet(data: pa.Table) -> bytes:
     buf = io.BytesIO()
-    pq.write_table(data, buf, compression="zstd")
+    columns = [c for c in _DICTIONARY if c in data.column_names]
+    pq.write_table(data, buf, compression="zstd", use_dictionary=columns)
     return buf.getvalue()
 
 

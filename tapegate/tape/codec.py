@@ -82,6 +82,9 @@ class Record:
     payload_len: int
     meta_len: int
     digest: bytes  # SHA-256 of the body: what the next chunk's prev_digest must equal
+    # With decode_record(events=False) on the reference layout: the events' bytes, unparsed
+    # (one event per line, lines joined by ",\n"); meta["events"] is then left empty.
+    events_json: bytes | None = None
 
     @property
     def body(self) -> memoryview:
@@ -173,8 +176,14 @@ def encode_fixed(
     )
 
 
-def decode_record(raw: bytes) -> Record:
-    """Parse one record. Raises TapeFormatError, never anything else, for bad bytes."""
+_EVENTS_HEAD = b'{"events":[\n'
+
+
+def decode_record(raw: bytes, events: bool = True) -> Record:
+    """Parse one record. Raises TapeFormatError, never anything else, for bad bytes.
+
+    `events=False` lets a caller that parses events in bulk (the archive pipeline) skip turning
+    them into Python objects; it only applies when the meta has the reference layout."""
     if len(raw) < MIN_RECORD_BYTES:
         raise TapeFormatError(f"record of {len(raw)} bytes is shorter than the minimum")
     (
@@ -205,9 +214,18 @@ def decode_record(raw: bytes) -> Record:
         raise TapeFormatError(f"index_len {index_len} is not a multiple of {INDEX_ENTRY.size}")
     meta_start = FIXED_LEN + payload_len
     meta_end = meta_start + meta_len
+    meta_bytes = raw[meta_start:meta_end]
+    events_json = None
+    if not events and meta_bytes.startswith(_EVENTS_HEAD):
+        close = meta_bytes.rfind(b"\n]")
+        if close >= len(_EVENTS_HEAD) - 1:
+            events_json = meta_bytes[len(_EVENTS_HEAD) : close]
+            meta_bytes = b'{"events":[]' + meta_bytes[close + 2 :]
     try:
-        meta = json.loads(raw[meta_start:meta_end].decode("utf-8"))
+        meta = json.loads(meta_bytes.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
+        if events_json is not None:  # not the layout after all: parse it whole
+            return decode_record(raw, events=True)
         raise TapeFormatError(f"meta is not UTF-8 JSON: {exc}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("events"), list):
         raise TapeFormatError("meta is not an object with an events list")
@@ -242,6 +260,7 @@ def decode_record(raw: bytes) -> Record:
         frame_len=lens,
         payload_len=payload_len,
         meta_len=meta_len,
+        events_json=events_json,
         digest=hashlib.sha256(memoryview(raw)[:-SIGNATURE_LEN]).digest(),
     )
 
