@@ -66,6 +66,15 @@ def pgbench(host: str, port: int, user: str, password: str, db: str, seconds: in
     return float(match.group(1))
 
 
+def prepare_pgbench(pg: PgServer) -> None:
+    """pgbench's tables at scale 10, readable by the app role the targets log in as."""
+    env = {**os.environ, "PGPASSWORD": pg.password}
+    subprocess.run(["pgbench", "-i", "-q", "-s", "10", "-h", pg.host, "-p", str(pg.port),
+                    "-U", pg.superuser, "app"], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    pg.psql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO app")
+
+
 def start_pgbouncer(pg: PgServer, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     (tmp / "userlist.txt").write_text(f'"app" "{APP_PASSWORD}"\n')
@@ -196,11 +205,7 @@ def main() -> None:
     pg = start_postgres(max_connections=args.idle + 100)
     procs: list[subprocess.Popen] = []
     try:
-        env = {**os.environ, "PGPASSWORD": pg.password}
-        subprocess.run(["pgbench", "-i", "-q", "-s", "10", "-h", pg.host, "-p", str(pg.port),
-                        "-U", pg.superuser, "app"], env=env, check=True,
-                       capture_output=True)  # fmt: skip
-        pg.psql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO app")
+        prepare_pgbench(pg)
         bouncer, bouncer_port = start_pgbouncer(pg, tmp)
         procs.append(bouncer)
         gate, gate_port = start_tapegate(pg, tmp)

@@ -22,7 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_gateway import copy_rate, pgbench, start_tapegate, tapegate_token
+from bench.bench_gateway import (
+    copy_rate,
+    pgbench,
+    prepare_pgbench,
+    start_tapegate,
+    tapegate_token,
+)
 from tapegate.throwaway_pg import start_postgres
 
 
@@ -37,11 +43,7 @@ def main() -> None:
     out = Path(tempfile.gettempdir()) / f"tapegate-profile-{args.mode}.txt"
     pg = start_postgres()
     try:
-        env = {**os.environ, "PGPASSWORD": pg.password}
-        subprocess.run(["pgbench", "-i", "-q", "-s", "10", "-h", pg.host, "-p", str(pg.port),
-                        "-U", pg.superuser, "app"], env=env, check=True,
-                       capture_output=True)  # fmt: skip
-        pg.psql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO app")
+        prepare_pgbench(pg)
         gate, port = start_tapegate(pg, tmp)
         token = tapegate_token(tmp)
         argv = [spy_bin, "record", "-p", str(gate.pid), "-o", str(out), "-f", "raw", "-r", "200"]

@@ -207,8 +207,8 @@ def _progress(state: str, waited: float) -> None:
 def cmd_sessions(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from tapegate.pipeline import session_row
     from tapegate.present import as_json, as_table
+    from tapegate.tables import session_row
 
     config = _load(args)
     since = time.time_ns() - parse_duration(args.since) * 10**9 if args.since else None

@@ -12,10 +12,7 @@ chunks rather than incremented.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import io
-import json
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -24,12 +21,18 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pa_json
-import pyarrow.parquet as pq
 from nacl.signing import VerifyKey
 
 from tapegate.archive import ChunkEntry, Claim, Index, ObjectStore, SessionRecord
-from tapegate.schema import arrow_schema
+from tapegate.tables import (
+    by_day,
+    day_of,
+    event_table,
+    frame_table,
+    session_parquet,
+    session_row,
+    write_parquet,
+)
 from tapegate.tape import Record, TapeFormatError, decode_record, split_records
 from tapegate.tape.codec import ZERO_DIGEST
 from tapegate.tape.seal import check_signature
@@ -75,7 +78,7 @@ class Pipeline:
         verified.sort(key=lambda r: (r.session_id.bytes, r.seq))
         headers = self._headers(verified)
         # Every event of the object, parsed at once; each chunk owns a slice of the rows.
-        events, spans = _event_table(verified, headers)
+        events, spans = event_table(verified, headers)
         is_statement = pc.is_in(events["type"], pa.array(sorted(_STATEMENT_EVENTS)))
         fresh: dict[str, list[Record]] = defaultdict(list)
         kept: list[pa.Table] = []
@@ -99,7 +102,7 @@ class Pipeline:
         for sid in report.sessions:
             self._update_session(sid, fresh.get(sid, []), alerts.get(sid, []), key, now)
         new_events = pa.concat_tables(kept) if kept else events.schema.empty_table()
-        report.files_written += self._write_tables(key, new_events, _frame_table(fresh))
+        report.files_written += self._write_tables(key, new_events, frame_table(fresh))
         return report
 
     def _verified(
@@ -186,10 +189,10 @@ class Pipeline:
         self._write_session(record)
 
     def _write_session(self, record: SessionRecord) -> None:
-        day = _day(record.started_ns or record.last_seen_ns or time.time_ns())
+        day = day_of(record.started_ns or record.last_seen_ns or time.time_ns())
         row = session_row(record)
         self.curated.put(f"sessions/dt={day}/{record.session_id}.parquet",
-                         _parquet("sessions", [row]))  # fmt: skip
+                         session_parquet(row))  # fmt: skip
 
     # -- events and frames --------------------------------------------------------------------
 
@@ -199,9 +202,9 @@ class Pipeline:
         object_id = hashlib.sha256(key.encode()).hexdigest()[:20]
         written = []
         for name, table in (("events", events), ("frames", frames)):
-            for day, part in _by_day(table):
+            for day, part in by_day(table):
                 path = f"{name}/dt={day}/{object_id}.parquet"
-                self.curated.put(path, _write_parquet(part))
+                self.curated.put(path, write_parquet(part))
                 written.append(path)
         return written
 
@@ -289,203 +292,3 @@ def _span_stats(
     bounds = pc.min_max(events["ts_ns"].slice(start, stop - start))
     count = pc.sum(is_statement.slice(start, stop - start)).as_py() or 0
     return count, bounds["min"].as_py(), bounds["max"].as_py()
-
-
-_EVENT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-# The fields of an event the table derives columns from; anything else stays in `event` only.
-_EVENT_FIELDS = pa.schema([
-    ("ts", pa.int64()), ("dir", pa.string()), ("type", pa.string()),
-    ("attrs", pa.struct([(name, pa.string()) for name in
-                         ("sql", "command", "tag", "sqlstate", "rule", "result")]
-                        + [("rows", pa.int64()), ("duration_ns", pa.int64())])),
-])  # fmt: skip
-
-
-def _event_ndjson(rec: Record) -> tuple[bytes, int]:
-    """A chunk's events as newline-delimited JSON, and how many there are.
-
-    When the meta has the reference writer's layout (decode_record(events=False) kept the
-    events' bytes), they are cut out of the bytes without being parsed here."""
-    if rec.events_json is not None:
-        section = rec.events_json
-        if not section:
-            return b"", 0
-        return section.replace(b",\n", b"\n"), section.count(b"\n") + 1
-    events = rec.meta["events"]
-    return b"\n".join(_EVENT_JSON.encode(ev).encode() for ev in events), len(events)
-
-
-def _event_table(
-    records: list[Record], headers: dict[str, dict[str, Any]]
-) -> tuple[pa.Table, list[tuple[int, int]]]:
-    """All events of the records, parsed in bulk by Arrow's JSON reader, and each record's
-    span of rows."""
-    parts: list[bytes] = []
-    spans: list[tuple[int, int]] = []
-    context: dict[str, list[Any]] = {k: [] for k in ("session_id", "seq", "subject", "target",
-                                                       "protocol")}  # fmt: skip
-    rows = 0
-    for rec in records:
-        ndjson, count = _event_ndjson(rec)
-        spans.append((rows, rows + count))
-        rows += count
-        if not count:
-            continue
-        parts.append(ndjson)
-        sid = str(rec.session_id)
-        header = headers.get(sid) or {}
-        for name, value in (("session_id", sid), ("seq", rec.seq),
-                            ("subject", header.get("identity", {}).get("subject")),
-                            ("target", header.get("target")),
-                            ("protocol", header.get("protocol"))):  # fmt: skip
-            context[name] += [value] * count
-    schema = arrow_schema("events")
-    if not rows:
-        return schema.empty_table(), spans
-    text = b"\n".join(parts)
-    try:
-        parsed = pa_json.read_json(
-            io.BytesIO(text),
-            read_options=pa_json.ReadOptions(use_threads=False, block_size=4 << 20),
-            parse_options=pa_json.ParseOptions(
-                explicit_schema=_EVENT_FIELDS, unexpected_field_behavior="ignore"
-            ),
-        )
-    except pa.ArrowInvalid:  # a field of an unexpected type somewhere: go event by event
-        parsed = pa.Table.from_pylist([_coerce(json.loads(line)) for line in text.split(b"\n")],
-                                      schema=_EVENT_FIELDS)  # fmt: skip
-    if parsed.num_rows != rows:
-        raise TapeFormatError(f"{parsed.num_rows} events parsed where {rows} were sealed")
-    attrs = parsed["attrs"]
-
-    def attr(name: str) -> pa.ChunkedArray:
-        return pc.struct_field(attrs, name)
-
-    ts_ns = parsed["ts"]
-    whole = pc.split_pattern(pa.array([text.decode("utf-8")]), "\n")
-    columns = {
-        "session_id": pa.array(context["session_id"], pa.string()),
-        "seq": pa.array(context["seq"], pa.int64()),
-        "ts": pc.divide(ts_ns, 1_000_000).cast(schema.field("ts").type),
-        "ts_ns": ts_ns,
-        "direction": parsed["dir"],
-        "type": parsed["type"],
-        "text": pc.coalesce(attr("sql"), attr("command")),
-        "subject": pa.array(context["subject"], pa.string()),
-        "target": pa.array(context["target"], pa.string()),
-        "protocol": pa.array(context["protocol"], pa.string()),
-        "outcome": pc.coalesce(attr("tag"), attr("sqlstate"), attr("rule"), attr("result")),
-        "rows": attr("rows"),
-        "duration_ms": pc.divide(attr("duration_ns").cast(pa.float64()), 1e6),
-        "event": pc.list_flatten(whole),
-    }
-    return pa.table([columns[f.name] for f in schema], schema=schema), spans
-
-
-def _coerce(event: dict[str, Any]) -> dict[str, Any]:
-    """An event reduced to _EVENT_FIELDS, with values of another type made to fit or dropped."""
-    attrs = event.get("attrs") if isinstance(event.get("attrs"), dict) else {}
-    out: dict[str, Any] = {}
-    for spec in _EVENT_FIELDS.field("attrs").type:
-        value = attrs.get(spec.name)
-        if pa.types.is_string(spec.type):
-            out[spec.name] = None if value is None else str(value)
-        else:
-            out[spec.name] = (
-                value if isinstance(value, int) and not isinstance(value, bool) else None
-            )
-    ts = event.get("ts")
-    return {"ts": ts if isinstance(ts, int) else 0,
-            "dir": event.get("dir") if isinstance(event.get("dir"), str) else None,
-            "type": str(event.get("type")), "attrs": out}  # fmt: skip
-
-
-def _frame_table(fresh: dict[str, list[Record]]) -> pa.Table:
-    sids: list[str] = []
-    seqs: list[int] = []
-    ts: list[int] = []
-    dirs: list[int] = []
-    lens: list[int] = []
-    for sid, recs in fresh.items():
-        for rec in recs:
-            count = len(rec.frame_ts)
-            sids += [sid] * count
-            seqs += [rec.seq] * count
-            ts += rec.frame_ts
-            dirs += rec.frame_dir
-            lens += rec.frame_len
-    schema = arrow_schema("frames")
-    ts_ns = pa.array(ts, pa.int64())
-    direction = pc.if_else(pc.equal(pa.array(dirs, pa.int8()), 0), "c2s", "s2c")
-    columns = [pa.array(sids, pa.string()), pa.array(seqs, pa.int64()),
-               pc.divide(ts_ns, 1_000_000).cast(schema.field("ts").type), ts_ns,
-               direction, pa.array(lens, pa.int64())]  # fmt: skip
-    return pa.table(columns, schema=schema)
-
-
-def _by_day(table: pa.Table) -> list[tuple[str, pa.Table]]:
-    """Split rows (already in session, seq, time order) by the UTC day of ts_ns."""
-    if not table.num_rows:
-        return []
-    day = pc.divide(table["ts_ns"], _DAY_NS)
-    bounds = pc.min_max(day)
-    first, last = bounds["min"].as_py(), bounds["max"].as_py()
-    if first == last:
-        return [(_day_name(first), table)]
-    return [(_day_name(d), table.filter(pc.equal(day, d))) for d in range(first, last + 1)
-            if pc.any(pc.equal(day, d)).as_py()]  # fmt: skip
-
-
-def session_row(record: SessionRecord) -> dict[str, Any]:
-    header = record.header or {}
-    ident = header.get("identity", {})
-    return {
-        "session_id": record.session_id,
-        "subject": ident.get("subject"),
-        "issuer": ident.get("issuer"),
-        "email": ident.get("email"),
-        "groups": list(ident.get("groups") or []),
-        "target": header.get("target"),
-        "protocol": header.get("protocol"),
-        "client_addr": header.get("client_addr"),
-        "gateway": header.get("gateway"),
-        "started_at": record.started_ns // 1_000_000 if record.started_ns else None,
-        "ended_at": record.ended_ns // 1_000_000 if record.ended_ns else None,
-        "status": record.status,
-        "end_reason": (record.end or {}).get("reason"),
-        "verified": record.verified,
-        "chunks": record.chunks,
-        "bytes_client": record.bytes_client,
-        "bytes_server": record.bytes_server,
-        "statements": record.statements,
-        "head_digest": record.head_digest,
-        "problems": "\n".join(record.problems) or None,
-    }
-
-
-def _parquet(table: str, rows: list[dict[str, Any]]) -> bytes:
-    return _write_parquet(pa.Table.from_pylist(rows, schema=arrow_schema(table)))
-
-
-# Columns with few distinct values; dictionary-encoding SQL text or whole events only costs time.
-_DICTIONARY = ["session_id", "direction", "type", "subject", "target", "protocol", "outcome",
-               "status", "issuer", "gateway", "end_reason"]  # fmt: skip
-
-
-def _write_parquet(data: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    columns = [c for c in _DICTIONARY if c in data.column_names]
-    pq.write_table(data, buf, compression="zstd", use_dictionary=columns)
-    return buf.getvalue()
-
-
-_DAY_NS = 86_400 * 1_000_000_000
-
-
-def _day(ns: int) -> str:
-    return _day_name(ns // _DAY_NS)
-
-
-@functools.lru_cache(maxsize=64)
-def _day_name(day_index: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(day_index * 86_400))

@@ -1,9 +1,8 @@
-"""Listeners, connection lifecycle and shutdown: the only module that touches sockets.
+"""One PostgreSQL client connection, from the startup packet to the final chunk.
 
-Each PostgreSQL client connection goes: startup (TLS, GSSENC refusal, cancel) → cleartext
-password = OIDC token → policy → upstream login with the target's credential → relay, recorded
-both ways → final chunk. Protocol decisions are made by the sans-IO code in `protocols/`; this
-module moves bytes and keeps time.
+startup (TLS, GSSENC refusal, cancel) → cleartext password = OIDC token → policy → upstream login
+with the target's credential → relay, recorded both ways → final chunk. The wire logic is the
+sans-IO code in `protocols/postgres/`; this module does the reading, writing and waiting.
 """
 
 from __future__ import annotations
@@ -11,30 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
-import signal
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gateway_task import policy
-from gateway_task.health import HealthServer
-from gateway_task.identity import OidcVerifier, TokenError
-from gateway_task.metrics import GatewayMetrics
+from gateway_task.identity import TokenError
 from gateway_task.protocols.postgres import messages as m
 from gateway_task.protocols.postgres.login import LoginError, UpstreamLogin
 from gateway_task.protocols.postgres.relay import PgRelay, RelayLimits
 from gateway_task.recorder import Recorder, RecordingUnavailable
 from gateway_task.secrets import CredentialError, target_password
-from gateway_task.sinks import Sink
-from gateway_task.sinks.local import LocalFolderSink
-from gateway_task.tls import server_context, upstream_context
-from tapegate.archive.embedded import LocalArchive
-from tapegate.config import Config, Target
-from tapegate.keys import LocalKeyStore
+from gateway_task.tls import upstream_context
+from tapegate.config import Target
 from tapegate.tape import Direction, Event, Identity, SessionHeader, TapeWriter
+
+if TYPE_CHECKING:
+    from gateway_task.server.gateway import Gateway
 
 log = logging.getLogger("tapegate.gateway")
 
@@ -42,9 +37,6 @@ C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 READ_SIZE = 256 * 1024
 STARTUP_TIMEOUT_S = 30.0
 UPSTREAM_TIMEOUT_S = 10.0
-TICK_S = 0.1
-ARCHIVE_SCAN_S = 0.5
-EMF_INTERVAL_S = 60.0
 
 
 class _Refused(Exception):
@@ -64,168 +56,6 @@ class PgSession:
     tasks: list[asyncio.Task[str]] = field(default_factory=list)
     relay: PgRelay | None = None
     end_reason: str | None = None
-
-
-class Gateway:
-    def __init__(
-        self,
-        config: Config,
-        *,
-        sink: Sink | None = None,
-        verifier: OidcVerifier | None = None,
-        archive: LocalArchive | None = None,
-    ) -> None:
-        self.config = config
-        keys = LocalKeyStore(config.data_dir)
-        self.signer = keys.signing_key()
-        self.auditors = keys.auditor_public_keys()
-        self.sink: Sink = sink or make_sink(config)
-        self.metrics = GatewayMetrics(config.gateway_name)
-        self.metrics.gauges["sessions_active"] = lambda: len(self.sessions)
-        self.metrics.gauges["sink_failing"] = lambda: float(self.sink.failure is not None)
-        self.metrics.sources.append(self._sink_metrics)
-        self.verifier = verifier or OidcVerifier(config.identity)
-        self.tls = server_context(config.tls, config.data_dir)
-        self.sessions: set[PgSession] = set()
-        self.cancel_keys: dict[tuple[int, int], PgSession] = {}
-        self.addresses: dict[str, str] = {}
-        self._servers: list[asyncio.AbstractServer] = []
-        self._connections: set[asyncio.Task[None]] = set()
-        self._ticker: asyncio.Task[None] | None = None
-        self._dev_issuer = None
-        self._stopping = False
-        self._archiver: asyncio.Task[None] | None = None
-        self.archive = archive
-
-    async def start(self) -> None:
-        if self.config.identity.is_dev:
-            from gateway_task.dev_issuer import DevIssuerServer
-
-            self._dev_issuer = DevIssuerServer(
-                self.config.data_dir, self.config.identity.dev_listen
-            )
-            self._dev_issuer.start()
-            self.addresses["dev_issuer"] = self.config.identity.issuer_url
-        if self.config.listen_health is not None:
-            health = HealthServer(self.metrics, self._not_ready)
-            addr = self.config.listen_health
-            server = await asyncio.start_server(health.handle, addr.host, addr.port)
-            host, port = server.sockets[0].getsockname()[:2]
-            self.addresses["health"] = f"{host}:{port}"
-            self._servers.append(server)
-        listen = self.config.listen_postgres
-        if listen is not None:
-            server = await asyncio.start_server(self._accept, listen.host, listen.port)
-            host, port = server.sockets[0].getsockname()[:2]
-            self.addresses["postgres"] = f"{host}:{port}"
-            self._servers.append(server)
-        self._ticker = asyncio.create_task(self._tick_forever())
-        if self.archive is not None:
-            self._archiver = asyncio.create_task(self._archive_forever())
-
-    async def stop(self, drain_s: float = 5.0) -> None:
-        """Stop accepting, let busy sessions finish for up to drain_s, close the rest."""
-        self._stopping = True
-        for server in self._servers:
-            server.close()
-        deadline = time.monotonic() + drain_s
-        while any(s.relay is not None and not s.relay.idle for s in self.sessions):
-            if time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.05)
-        for session in list(self.sessions):
-            session.end_reason = session.end_reason or "gateway_shutdown"
-            for task in session.tasks:
-                task.cancel()
-        if self._connections:
-            _, unfinished = await asyncio.wait(self._connections, timeout=drain_s + 5)
-            for task in unfinished:  # still in startup or login: nothing recorded to close
-                task.cancel()
-            if unfinished:
-                await asyncio.wait(unfinished, timeout=5)
-        if self._ticker:
-            self._ticker.cancel()
-        lost = await asyncio.to_thread(self.sink.close)
-        if lost:
-            log.error("the archive is failing: %d bytes of sealed records were not delivered", lost)
-        if self._archiver is not None:
-            self._archiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._archiver
-            await asyncio.to_thread(self.archive.scan)  # what the last flush delivered
-        if self._dev_issuer is not None:
-            self._dev_issuer.stop()
-
-    def _not_ready(self) -> str | None:
-        if self._stopping:
-            return "shutting down"
-        if self.sink.failure is not None:
-            return f"archive failing: {self.sink.failure}"
-        if "postgres" not in self.addresses:
-            return "not listening yet"
-        return None
-
-    def _sink_metrics(self) -> dict[str, float]:
-        stats = getattr(self.sink, "stats", {})
-        names = {"records_sent": "sink_records_sent", "bytes_sent": "sink_bytes_sent",
-                 "failed_entries": "sink_failures", "retries": "sink_retries",
-                 "calls": "sink_calls", "ack_seconds_sum": "seal_to_ack_seconds_sum",
-                 "ack_count": "seal_to_ack_seconds_count",
-                 "ack_seconds_max": "seal_to_ack_seconds_max"}  # fmt: skip
-        out = {metric: float(stats[key]) for key, metric in names.items() if key in stats}
-        if hasattr(self.sink, "spool_bytes"):
-            out["spool_bytes"] = float(self.sink.spool_bytes)
-        return out
-
-    async def _tick_forever(self) -> None:
-        # On Fargate (ECS sets this variable) the metrics go to CloudWatch as EMF log lines.
-        emf = bool(os.environ.get("ECS_CONTAINER_METADATA_URI_V4"))
-        last_emf = time.monotonic()
-        while True:
-            await asyncio.sleep(TICK_S)
-            if emf and time.monotonic() - last_emf >= EMF_INTERVAL_S:
-                print(self.metrics.emf(), flush=True)
-                last_emf = time.monotonic()
-            now = time.time_ns()
-            for session in list(self.sessions):
-                try:
-                    session.recorder.tick(now)
-                except RecordingUnavailable:
-                    session.end_reason = "recording_failed"
-                    for task in session.tasks:
-                        task.cancel()
-            self.sink.tick(time.monotonic_ns())
-
-    async def _archive_forever(self) -> None:
-        """The embedded pipeline: index each delivered object within about a second."""
-        assert self.archive is not None
-        last_sweep = time.monotonic()
-        while True:
-            await asyncio.sleep(ARCHIVE_SCAN_S)
-            try:
-                for report in await asyncio.to_thread(self.archive.scan):
-                    if report.rejected or report.conflicts:
-                        log.warning("archive: %s: %s", report.key, "; ".join(report.rejected[:5]))
-                if time.monotonic() - last_sweep > 60:
-                    await asyncio.to_thread(self.archive.pipeline.sweep)
-                    last_sweep = time.monotonic()
-            except Exception:  # keep serving; the next scan retries what failed
-                log.exception("archive scan failed")
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.create_task(self._connection(reader, writer))
-        self._connections.add(task)
-        task.add_done_callback(self._connections.discard)
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await PgConnection(self, reader, writer).run()
-        except Exception:  # a bug in one session must not take others down
-            log.exception("session failed")
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
 
 class PgConnection:
@@ -626,23 +456,6 @@ class PgConnection:
             await self._send(data)
 
 
-def make_sink(config: Config) -> Sink:
-    if config.sink.kind == "firehose":
-        import boto3
-
-        from gateway_task.sinks.firehose import FirehoseSink
-
-        client = boto3.client("firehose", region_name=config.sink.region)
-        return FirehoseSink(
-            config.sink.stream or "",
-            client,
-            config.sink.spool_dir or config.data_dir / "spool",
-            flush_ms=config.sink.flush_ms,
-            spool_max_bytes=config.sink.spool_max_bytes,
-        )
-    return LocalFolderSink(config.delivery_dir, config.sink.flush_bytes, config.sink.flush_ms)
-
-
 def _unrecordable(why: str) -> bytes:
     return m.error_response(
         "58030",
@@ -660,16 +473,3 @@ async def _guarded(fn: Callable[[], object]) -> str:
 
 
 # -- `tapegate up` ---------------------------------------------------------------------------
-
-
-async def serve(config: Config, ready: Callable[[dict[str, str]], None]) -> None:
-    """Run until SIGTERM/SIGINT, then shut down cleanly."""
-    gateway = Gateway(config, archive=LocalArchive(config))
-    await gateway.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    ready(gateway.addresses)
-    await stop.wait()
-    await gateway.stop()
