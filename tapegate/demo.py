@@ -28,6 +28,7 @@ from tapegate.tape import (
     open_session_key,
     split_records,
 )
+from tapegate.tape.codec import FIXED_LEN
 
 
 def _pg(tag: bytes, body: bytes) -> bytes:
@@ -161,10 +162,11 @@ def _audit(data_dir: Path, config_file: Path) -> int:
     cli_main(["query", sql, "--config", str(config_file)])
     tampered = data_dir / "tampered.bin"
     data = bytearray(b"".join(records))
-    offset = len(data) // 2
+    # A byte of recorded traffic: the first chunk's (encrypted) payload.
+    offset = FIXED_LEN + decode_record(records[0]).payload_len // 2
     data[offset] ^= 0x20
     tampered.write_bytes(bytes(data))
-    print(f"\n6. Flip one byte (offset {offset}) in a copy and verify again:")
+    print(f"\n6. Flip one byte of recorded traffic (offset {offset}) in a copy, verify again:")
     status = cli_main(["verify", "--data-dir", str(data_dir), str(tampered)])
     print(f"   exit status {status}: the change is detected and located.")
     return 0 if status == 1 else 1
