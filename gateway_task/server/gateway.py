@@ -217,7 +217,9 @@ def make_sink(config: Config) -> Sink:
 
 async def serve(config: Config, ready: Callable[[dict[str, str]], None]) -> None:
     """Run until SIGTERM/SIGINT, then shut down cleanly."""
-    gateway = Gateway(config, archive=LocalArchive(config))
+    # With the folder sink the embedded archive runs here too; with Firehose, the Lambda does.
+    archive = LocalArchive(config) if config.sink.kind == "local" else None
+    gateway = Gateway(config, archive=archive)
     await gateway.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -69,6 +69,7 @@ class PgConnection:
         self.tls = False
         self.params: dict[str, str] = {}
         self.started_ns = time.time_ns()
+        self.identity: Identity | None = None  # once the token is verified
 
     async def run(self) -> None:
         try:
@@ -201,7 +202,7 @@ class PgConnection:
 
     def _record_refusal(self, refusal: _Refused) -> None:
         self.gw.metrics.inc("sessions_refused")
-        identity = getattr(self, "identity", None) or Identity(
+        identity = self.identity or Identity(
             issuer=self.gw.config.identity.issuer_url, subject="(unverified)"
         )
         target = self.params.get("database") or "(none)"

@@ -48,7 +48,6 @@ class LocalFolderSink:
         self._failure: str | None = None
         self._closing = False
         self._thread: threading.Thread | None = None
-        self.objects_written = 0
         self.stats = {"records_sent": 0, "bytes_sent": 0, "calls": 0, "failed_entries": 0,
                       "retries": 0, "ack_seconds_sum": 0.0, "ack_count": 0,
                       "ack_seconds_max": 0.0}  # fmt: skip
@@ -146,7 +145,6 @@ class LocalFolderSink:
                     self._queue.popleft()
                     self._pending_bytes -= size
                     self._failure = None
-                    self.objects_written += 1
                     attempt = 0
                     self._cond.notify_all()
                 for ack in acks:

@@ -9,7 +9,6 @@ accepted.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import uuid
 from collections.abc import Sequence
@@ -173,10 +172,6 @@ class TapeWriter:
         """The seq the next sealed chunk will carry."""
         return self._seq
 
-    @property
-    def pending(self) -> bool:
-        return bool(self._index or self._events)
-
     def add_frame(self, ts_ns: int, direction: Direction, data: bytes) -> list[bytes]:
         self._check_open()
         out: list[bytes] = []
@@ -217,10 +212,6 @@ class TapeWriter:
         if self._closed or self._first_ns is None:
             return []
         return [self._seal(now_ns)]
-
-    def due_ns(self) -> int | None:
-        """When the pending chunk must be sealed by age, or None when nothing is pending."""
-        return None if self._first_ns is None else self._first_ns + self._max_age_ns
 
     def close(self, now_ns: int, reason: str) -> bytes:
         """Seal the final chunk (with whatever is pending) carrying the end reason and totals."""
@@ -284,13 +275,3 @@ class TapeWriter:
         self._pending_bytes = 0
         self._first_ns = None
         return record
-
-
-def describe(record: bytes) -> str:
-    """One line about a record, for logs and the demo."""
-    rec = codec.decode_record(record)
-    meta = json.dumps({k: v for k, v in rec.meta.items() if k != "events"})[:80]
-    return (
-        f"seq={rec.seq} final={rec.final} bytes={len(record)} frames={len(rec.frames)} "
-        f"events={len(rec.meta['events'])} digest={rec.digest.hex()[:16]}… {meta}"
-    )
