@@ -13,6 +13,8 @@ chunks rather than incremented.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import operator
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -265,7 +267,7 @@ def _chain_problems(entries: list[ChunkEntry]) -> tuple[list[str], bool, str | N
 
 
 def _entry(rec: Record, key: str, statements: int, first_ns: int, last_ns: int) -> ChunkEntry:
-    c2s = sum(n for n, d in zip(rec.frame_len, rec.frame_dir, strict=True) if d == 0)
+    c2s = sum(itertools.compress(rec.frame_len, map(operator.not_, rec.frame_dir)))
     frame_first = rec.frame_ts[0] if rec.frame_ts else rec.sealed_ns
     return ChunkEntry(
         session_id=str(rec.session_id),

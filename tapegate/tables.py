@@ -30,6 +30,11 @@ _EVENT_FIELDS = pa.schema([
 ])  # fmt: skip
 
 
+# Event types whose attributes the columns carry (text, outcome, rows, duration): the bulk of a
+# busy session's events, not repeated whole in the `event` column.
+_COVERED = pa.array(["query", "result", "execute", "parse"])
+
+
 def _event_ndjson(rec: Record) -> tuple[bytes, int]:
     """A chunk's events as newline-delimited JSON, and how many there are.
 
@@ -51,8 +56,10 @@ def event_table(
     span of rows."""
     parts: list[bytes] = []
     spans: list[tuple[int, int]] = []
-    context: dict[str, list[Any]] = {k: [] for k in ("session_id", "seq", "subject", "target",
-                                                       "protocol")}  # fmt: skip
+    # Per chunk: its values for the columns every one of its events shares, and how many.
+    context: dict[str, list[Any]] = {n: [] for n in ("session_id", "seq", "subject", "target",
+                                                     "protocol")}  # fmt: skip
+    counts: list[int] = []
     rows = 0
     for rec in records:
         ndjson, count = _event_ndjson(rec)
@@ -61,13 +68,14 @@ def event_table(
         if not count:
             continue
         parts.append(ndjson)
+        counts.append(count)
         sid = str(rec.session_id)
         header = headers.get(sid) or {}
-        for name, value in (("session_id", sid), ("seq", rec.seq),
-                            ("subject", header.get("identity", {}).get("subject")),
-                            ("target", header.get("target")),
-                            ("protocol", header.get("protocol"))):  # fmt: skip
-            context[name] += [value] * count
+        context["session_id"].append(sid)
+        context["seq"].append(rec.seq)
+        context["subject"].append(header.get("identity", {}).get("subject"))
+        context["target"].append(header.get("target"))
+        context["protocol"].append(header.get("protocol"))
     schema = arrow_schema("events")
     if not rows:
         return schema.empty_table(), spans
@@ -90,23 +98,30 @@ def event_table(
     def attr(name: str) -> pa.ChunkedArray:
         return pc.struct_field(attrs, name)
 
+    owner = _owners(counts)
     ts_ns = parsed["ts"]
-    whole = pc.split_pattern(pa.array([text.decode("utf-8")]), "\n")
+    # The whole event only where the columns do not already carry what it says.
+    detail = pc.invert(pc.is_in(parsed["type"], _COVERED))
+    if pc.any(detail).as_py():
+        whole = pc.list_flatten(pc.split_pattern(pa.array([text.decode("utf-8")]), "\n"))
+        event = pc.if_else(detail, whole, pa.scalar(None, pa.string()))
+    else:
+        event = pa.nulls(rows, pa.string())
     columns = {
-        "session_id": pa.array(context["session_id"], pa.string()),
-        "seq": pa.array(context["seq"], pa.int64()),
+        "session_id": pc.take(pa.array(context["session_id"], pa.string()), owner),
+        "seq": pc.take(pa.array(context["seq"], pa.int64()), owner),
         "ts": pc.divide(ts_ns, 1_000_000).cast(schema.field("ts").type),
         "ts_ns": ts_ns,
         "direction": parsed["dir"],
         "type": parsed["type"],
         "text": pc.coalesce(attr("sql"), attr("command")),
-        "subject": pa.array(context["subject"], pa.string()),
-        "target": pa.array(context["target"], pa.string()),
-        "protocol": pa.array(context["protocol"], pa.string()),
+        "subject": pc.take(pa.array(context["subject"], pa.string()), owner),
+        "target": pc.take(pa.array(context["target"], pa.string()), owner),
+        "protocol": pc.take(pa.array(context["protocol"], pa.string()), owner),
         "outcome": pc.coalesce(attr("tag"), attr("sqlstate"), attr("rule"), attr("result")),
         "rows": attr("rows"),
         "duration_ms": pc.divide(attr("duration_ns").cast(pa.float64()), 1e6),
-        "event": pc.list_flatten(whole),
+        "event": event,
     }
     return pa.table([columns[f.name] for f in schema], schema=schema), spans
 
@@ -132,24 +147,34 @@ def _coerce(event: dict[str, Any]) -> dict[str, Any]:
 def frame_table(fresh: dict[str, list[Record]]) -> pa.Table:
     sids: list[str] = []
     seqs: list[int] = []
+    counts: list[int] = []
     ts: list[int] = []
     dirs: list[int] = []
     lens: list[int] = []
     for sid, recs in fresh.items():
         for rec in recs:
             count = len(rec.frame_ts)
-            sids += [sid] * count
-            seqs += [rec.seq] * count
+            sids.append(sid)
+            seqs.append(rec.seq)
+            counts.append(count)
             ts += rec.frame_ts
             dirs += rec.frame_dir
             lens += rec.frame_len
     schema = arrow_schema("frames")
     ts_ns = pa.array(ts, pa.int64())
     direction = pc.if_else(pc.equal(pa.array(dirs, pa.int8()), 0), "c2s", "s2c")
-    columns = [pa.array(sids, pa.string()), pa.array(seqs, pa.int64()),
+    owner = _owners(counts)
+    columns = [pc.take(pa.array(sids, pa.string()), owner),
+               pc.take(pa.array(seqs, pa.int64()), owner),
                pc.divide(ts_ns, 1_000_000).cast(schema.field("ts").type), ts_ns,
                direction, pa.array(lens, pa.int64())]  # fmt: skip
     return pa.table(columns, schema=schema)
+
+
+def _owners(counts: list[int]) -> pa.Array:
+    """Row → index of the chunk it came from, for rows laid out chunk after chunk."""
+    parts = [pa.repeat(pa.scalar(i, pa.int32()), n) for i, n in enumerate(counts) if n]
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.int32())
 
 
 def by_day(table: pa.Table) -> list[tuple[str, pa.Table]]:
@@ -202,10 +227,17 @@ _DICTIONARY = ["session_id", "direction", "type", "subject", "target", "protocol
                "status", "issuer", "gateway", "end_reason"]  # fmt: skip
 
 
+# Min/max statistics where queries filter (Athena skips row groups with them); computing them for
+# SQL text costs time and saves nothing.
+_STATISTICS = ["session_id", "seq", "ts", "ts_ns", "type", "subject", "target", "started_at",
+               "status"]  # fmt: skip
+
+
 def write_parquet(data: pa.Table) -> bytes:
     buf = io.BytesIO()
     columns = [c for c in _DICTIONARY if c in data.column_names]
-    pq.write_table(data, buf, compression="zstd", use_dictionary=columns)
+    stats = [c for c in _STATISTICS if c in data.column_names]
+    pq.write_table(data, buf, compression="zstd", use_dictionary=columns, write_statistics=stats)
     return buf.getvalue()
 
 

@@ -153,8 +153,11 @@ def test_events_of_unexpected_types_still_land_in_the_table(archive) -> None:
     writer.add_event(Event(T0, "result", Direction.SERVER_TO_CLIENT,
                            {"tag": "SELECT 1", "rows": "one", "result": True}))  # fmt: skip
     writer.add_event(Event(T0 + 1, "query", Direction.CLIENT_TO_SERVER, {"sql": "SELECT 2"}))
-    pipe.process_object("odd", writer.close(T0 + 2, "client_terminate"), NOW)
+    writer.add_event(Event(T0 + 2, "error", Direction.SERVER_TO_CLIENT, {"sqlstate": 42}))
+    pipe.process_object("odd", writer.close(T0 + 3, "client_terminate"), NOW)
     _, rows = duck.query("SELECT type, text, outcome, rows FROM events ORDER BY ts_ns")
-    assert rows == [("result", None, "SELECT 1", None), ("query", "SELECT 2", None, None)]
-    _, rows = duck.query("SELECT event FROM events WHERE type = 'result'")
-    assert '"rows":"one"' in rows[0][0], "the event as sealed is kept whole"
+    assert rows == [("result", None, "SELECT 1", None), ("query", "SELECT 2", None, None),
+                    ("error", None, "42", None)]  # fmt: skip
+    _, rows = duck.query("SELECT type, event FROM events ORDER BY ts_ns")
+    assert rows[0][1] is None and rows[1][1] is None, "query and result live in the columns"
+    assert '"sqlstate":42' in rows[2][1], "an error is kept whole, as sealed"
