@@ -38,17 +38,18 @@ from tapegate.tape import Direction, Event, Identity, SessionHeader, TapeWriter
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 NOTES = """
-Where the time goes in the chatty mix (cProfile over `process_object`): the largest parts are
-writing the Parquet files (ZSTD), Arrow's JSON reader over the events, and the `event` column
-(each event kept whole as JSON); then the session summaries (one small Parquet file per session
-an object touches), SQLite and decoding. A pgbench-like tape is half events by bytes, so the cost
-per event, not per byte, sets the rate. Tried, and kept: building the tables column-wise from
-events parsed in bulk by Arrow's JSON reader, cut out of the meta's bytes without turning them
-into Python objects; sorting chunks instead of rows; dictionary encoding only for columns with
-few distinct values. Measured and not adopted: dropping the `event` column (a few percent);
-orjson in a side measurement (not in bench/), about twice as fast as json for these metas, which
-the bulk path no longer calls. Not done: writing events and frames once per batch of objects
-rather than once per object, which would amortise the Parquet cost on small objects.
+Where the time goes in the chatty mix (cProfile over `process_object`, 48 MB): Arrow's JSON
+reader over the events is the largest part (it parses about 190 MB/s of event JSON, and a
+pgbench-like tape is more than half events by bytes), then writing the Parquet files (ZSTD),
+cutting the events out of each chunk's meta, decoding records and the per-session summary files.
+Tried, and kept, in this order (chatty MB/s in this bench): building the tables column-wise
+instead of one dict per row (29 → 37); events cut from the meta's bytes and parsed in bulk,
+chunks sorted instead of rows (→ 58); whole events kept only for the types whose attributes the
+columns do not carry, per-chunk values expanded in Arrow, the SQLite index committing without an
+fsync per chunk, statistics only on filtered columns (→ about 90; the table above).
+Not adopted: orjson (a side measurement, not in bench/, found it about twice as fast as json on
+these metas, which the bulk path no longer parses). Not done: a faster events decoder than
+Arrow's JSON reader, e.g. events sealed in a binary layout or as Arrow IPC next to the JSON.
 """
 
 
