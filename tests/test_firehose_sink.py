@@ -129,3 +129,19 @@ def test_urgent_put_acknowledges_after_firehose_accepts(tmp_path: Path) -> None:
     ack.result(timeout=5)
     assert client.accepted == [b"now"]
     sink.close()
+
+
+def test_acks_wait_while_nothing_holds_the_records(tmp_path: Path) -> None:
+    """With Firehose down and the spool full, an urgent put is not acknowledged until sent."""
+    client = FakeFirehose()
+    client.down = True
+    sink = _sink(tmp_path, client, attempts=1, spool_max_bytes=1024)
+    record = record_session(exchanges=1).records[0]  # larger than the whole spool
+    ack = sink.put([record], urgent=True)
+    assert ack is not None
+    time.sleep(0.3)
+    assert not ack.done(), "neither Firehose nor the spool holds the record yet"
+    client.down = False
+    ack.result(timeout=5)
+    assert client.accepted == [record]
+    sink.close()

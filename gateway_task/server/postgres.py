@@ -383,6 +383,10 @@ class PgConnection:
                     )
                     return "error"
                 recorder.events(events)
+                reply = relay.take_reply()
+                if reply:
+                    recorder.frame(S2C, reply, ts)
+                    self.writer.write(reply)
                 if forward:
                     if acked:  # nothing reaches the upstream before its chunk is accepted
                         await recorder.commit()

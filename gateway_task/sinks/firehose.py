@@ -159,9 +159,16 @@ class FirehoseSink:
                 continue
             batch, acks, handed = item
             unsent = self._send(batch)
-            if unsent:
-                self._spill(unsent)
-            elif self._spool_files():
+            if unsent and not self._spill(unsent):
+                # Neither Firehose nor the spool holds them: keep them (and their acks) at the
+                # head of the queue and try again after a pause.
+                with self._cond:
+                    self._queue[0] = (unsent, acks, handed)
+                    if self._closing:
+                        return
+                self._sleep(self.max_delay_s)
+                continue
+            if not unsent and self._spool_files():
                 self._drain_spool()
             with self._cond:
                 self._queue.popleft()
@@ -200,7 +207,8 @@ class FirehoseSink:
             pending = failed
         return pending
 
-    def _spill(self, records: list[bytes]) -> None:
+    def _spill(self, records: list[bytes]) -> bool:
+        """Write records to the spool; False (and the sink failing) when it is full."""
         size = sum(len(r) for r in records)
         if self.spool_bytes + size > self.spool_max_bytes:
             self._failure = (
@@ -208,11 +216,7 @@ class FirehoseSink:
                 f"({self.spool_max_bytes} bytes)"
             )
             log.error(self._failure)
-            # Keep the records in memory at the head of the queue: they are retried, not lost.
-            with self._cond:
-                self._queue.insert(1, (records, [], time.monotonic()))
-            self._sleep(self.max_delay_s)
-            return
+            return False
         self._spool_seq += 1
         path = self.spool / f"{self._spool_seq:012d}.bin"
         tmp = path.with_suffix(".tmp")
@@ -223,6 +227,7 @@ class FirehoseSink:
         os.replace(tmp, path)
         self.stats["spooled_records"] += len(records)
         log.warning("spooled %d records to %s", len(records), path)
+        return True
 
     def _spool_files(self) -> list[Path]:
         return sorted(self.spool.glob("*.bin"))

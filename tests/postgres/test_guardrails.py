@@ -74,3 +74,29 @@ def test_denial_in_a_pipeline_keeps_order(gw: RunningGateway, tables: None) -> N
                 p.sync()
         assert first.fetchone() == (1,)
         assert conn.execute("SELECT %s::text", ("after",)).fetchone() == ("after",)
+
+
+def test_asyncpg_prepare_of_a_denied_statement(gw: RunningGateway, tables: None) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def scenario() -> None:
+        conn = await asyncpg.connect(
+            host=gw.host,
+            port=gw.port,
+            user="agent",
+            password=gw.token(),
+            database="appdb",
+            ssl="require",
+        )
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="guardrail"):
+                await asyncio.wait_for(conn.prepare("DROP TABLE keepme"), 10)
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await asyncio.wait_for(conn.execute("DROP TABLE keepme"), 10)
+            assert await conn.fetchval("SELECT count(*) FROM keepme") == 0
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())

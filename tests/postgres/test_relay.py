@@ -110,3 +110,34 @@ def test_server_garbage_raises_only_protocol_errors(chunks: list[bytes]) -> None
         return
     # Whatever was not held back as an incomplete header went through unchanged.
     assert b"".join(chunks).startswith(forwarded)
+
+
+def test_denied_parse_answered_on_flush_when_nothing_is_outstanding() -> None:
+    """Parse + Describe + Flush (no Sync yet): PostgreSQL would send the error at the Flush."""
+    relay = PgRelay(_deny_drop)
+    batch = (
+        m.message(b"P", b"s1\x00DROP TABLE t\x00\x00\x00")
+        + m.message(b"D", b"Ss1\x00")
+        + m.message(b"H")
+    )
+    forward, _ = relay.from_client(batch, 1)
+    assert forward == b""
+    reply = relay.take_reply()
+    assert reply[:1] == b"E" and b"42501" in reply
+    forward, _ = relay.from_client(m.SYNC, 2)
+    assert forward == m.SYNC
+    out, _ = relay.from_server(m.ready_for_query(b"I"), 3)
+    assert b"".join(out) == m.ready_for_query(b"I"), "the error is not sent twice"
+
+
+def test_flush_waits_when_earlier_messages_are_unanswered() -> None:
+    relay = PgRelay(_deny_drop)
+    ok = m.message(b"P", b"\x00SELECT 1\x00\x00\x00") + m.message(b"B", b"\x00\x00" + bytes(6))
+    relay.from_client(ok, 1)
+    relay.from_client(m.message(b"P", b"\x00DROP TABLE t\x00\x00\x00") + m.message(b"H"), 2)
+    assert relay.take_reply() == b"", "the upstream still owes answers: the error waits"
+    relay.from_client(m.SYNC, 3)
+    out, _ = relay.from_server(m.message(b"1") + m.message(b"2") + m.ready_for_query(b"I"), 4)
+    sent = b"".join(out)
+    assert sent.startswith(m.message(b"1") + m.message(b"2"))
+    assert b"42501" in sent and sent.endswith(m.ready_for_query(b"I"))

@@ -28,7 +28,9 @@ _U32 = struct.Struct(">I")
 # Server messages whose bodies the scanner keeps (bounded) to turn into events.
 _READ_BODY = frozenset(b"TCEINAZGHWs")
 _MAX_KEPT_BODY = 64 * 1024
-_MAX_NAMED = 10_000  # prepared statements / portals remembered for events
+_MAX_NAMED = 10_000
+# Extended-protocol messages that open a batch the upstream answers at the next Sync.
+_BATCH_MESSAGES = frozenset(b"PBEDCH")  # prepared statements / portals remembered for events
 
 
 @dataclass
@@ -60,6 +62,8 @@ class PgRelay:
         self._client = m.MessageReader(self.limits.max_message_bytes)
         self._discarding = False  # after a denied Parse: drop messages until Sync
         self._pending_denial: bytes | None = None
+        self._batch_open = False  # extended-protocol messages forwarded since the last Sync
+        self._reply = bytearray()  # bytes for the client that no upstream answer carries
         self._syncs_sent = 0  # Query / Sync / FunctionCall forwarded: each earns a ReadyForQuery
         self._rfq_seen = 0
         self._inject: dict[int, bytes] = {}  # ReadyForQuery number → bytes to send before it
@@ -96,12 +100,33 @@ class PgRelay:
                 if tag == ord("S"):
                     # The Sync that ends the batch carries the denied Parse's error.
                     self._discarding = False
+                    self._batch_open = False
                     forward += whole
                     self._sync_sent(ts, "sync", inject=self._pending_denial)
                     self._pending_denial = None
+                elif tag == ord("H") and self._pending_denial and self._quiet:
+                    # A Flush asks for the error now (PostgreSQL would send it); with nothing
+                    # else outstanding it can go straight to the client, in order.
+                    self._reply += self._pending_denial
+                    self._pending_denial = None
                 continue
-            forward += self._client_message(tag, body, whole, ts, events)
+            sent = self._client_message(tag, body, whole, ts, events)
+            if sent and tag in _BATCH_MESSAGES:
+                self._batch_open = True
+            elif tag == ord("S"):
+                self._batch_open = False
+            forward += sent
         return bytes(forward), events
+
+    @property
+    def _quiet(self) -> bool:
+        """Nothing forwarded is still unanswered, and no batch is open upstream."""
+        return not self._batch_open and self._rfq_seen == self._syncs_sent and not self._requests
+
+    def take_reply(self) -> bytes:
+        """Bytes the relay itself answers the client with (sent after from_client)."""
+        reply, self._reply = bytes(self._reply), bytearray()
+        return reply
 
     def _client_message(
         self, tag: int, body: bytes, whole: bytes, ts: int, events: list[Event]
