@@ -329,6 +329,7 @@ class PgConnection:
                 database=target.database,
                 password=password,
                 application_name=self.params.get("application_name") or "tapegate",
+                client_params=self.params,
             )
             writer.write(login.startup())
             await writer.drain()

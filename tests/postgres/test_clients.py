@@ -241,3 +241,11 @@ def test_pgbench_select_only(gw: RunningGateway, pg: PgServer) -> None:
     assert out.returncode == 0, out.stderr
     assert "number of transactions actually processed: 800/800" in out.stdout
     _all_intact(gw)
+
+
+def test_client_startup_parameters_reach_the_upstream(gw: RunningGateway) -> None:
+    dsn = gw.dsn(gw.token(), options="'-c search_path=audit,public -c statement_timeout=1234'")
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SHOW search_path").fetchone() == ("audit,public",)
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("1234ms",)
+        assert conn.execute("SELECT current_user").fetchone() == ("app",), "the target's role"

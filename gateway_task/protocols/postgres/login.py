@@ -15,6 +15,9 @@ from scramp import ScramClient, ScramException
 
 from gateway_task.protocols.postgres import messages as m
 
+# Startup parameters that name who and what the client connects to: the gateway decides these.
+_NOT_PASSED_ON = frozenset({"user", "database", "replication", "application_name"})
+
 
 class LoginError(Exception):
     """The upstream refused or broke the login. `fields` holds its ErrorResponse, if any."""
@@ -30,6 +33,9 @@ class UpstreamLogin:
     database: str
     password: str
     application_name: str = "tapegate"
+    # The client's own startup parameters (client_encoding, DateStyle, options, ...), passed on
+    # so that nothing about the session changes; user and database are the target's.
+    client_params: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)  # ParameterStatus, in arrival order
     backend_key: tuple[int, int] | None = None
     status: bytes = b"I"
@@ -41,13 +47,11 @@ class UpstreamLogin:
         self._scram: ScramClient | None = None
 
     def startup(self) -> bytes:
-        return m.StartupMessage(
-            {
-                "user": self.user,
-                "database": self.database,
-                "application_name": self.application_name,
-            }
-        ).encode()
+        params = {k: v for k, v in self.client_params.items() if k not in _NOT_PASSED_ON}
+        params["user"] = self.user
+        params["database"] = self.database
+        params["application_name"] = self.application_name
+        return m.StartupMessage(params).encode()
 
     def receive(self, data: bytes) -> bytes:
         """Consume server bytes; return bytes to send back (possibly empty)."""
