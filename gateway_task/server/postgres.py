@@ -70,6 +70,7 @@ class PgConnection:
         self.params: dict[str, str] = {}
         self.started_ns = time.time_ns()
         self.identity: Identity | None = None  # once the token is verified
+        self.startup = m.StartupMessage()  # the client's, once read
 
     async def run(self) -> None:
         try:
@@ -82,6 +83,7 @@ class PgConnection:
         if startup is None:
             return
         self.params = startup.params
+        self.startup = startup
         try:
             identity, target = await asyncio.wait_for(self._authenticate(), STARTUP_TIMEOUT_S)
         except _Refused as refusal:
@@ -143,6 +145,9 @@ class PgConnection:
         if isinstance(found, policy.Refusal):
             raise _Refused(found.code, found.message, found.hint)
         target = found
+        if self.startup.needs_negotiation:
+            options = [k for k in self.params if k.startswith("_pq_.")]
+            self.writer.write(m.negotiate_protocol_version(options))
         self.writer.write(m.auth_request(m.AUTH_CLEARTEXT))
         await self.writer.drain()
         head = await self.reader.readexactly(5)

@@ -149,3 +149,27 @@ def test_tls_optional_admits_plain(pg, tmp_path, tls_mode: str) -> None:
         assert out.stdout.strip() == "plain ok"
     finally:
         running.stop()
+
+
+def test_newer_protocol_minor_is_negotiated_down(gw: RunningGateway) -> None:
+    """A client asking for 3.2 with a protocol option gets NegotiateProtocolVersion (3.0, the
+    option unrecognised), as PostgreSQL answers, and carries on in 3.0."""
+    import struct
+
+    from gateway_task.protocols.postgres import messages as m
+
+    client = RawPg(gw.host, gw.port)
+    body = struct.pack(">I", (3 << 16) | 2) + b"user\0agent\0database\0appdb\0_pq_.test\0x\0\0"
+    client.send_raw(struct.pack(">I", len(body) + 4) + body)
+    tag, payload = client.read_message()
+    assert tag == ord("v")
+    newest, count = struct.unpack_from(">II", payload)
+    assert newest == 196608 and count == 1 and payload[8:] == b"_pq_.test\0"
+    tag, _ = client.read_message()
+    assert tag == ord("R")
+    client.send_raw(m.password_message(gw.token().encode()))
+    client._authed = True
+    reply = client.read_until_ready()
+    assert reply[-1][0] == ord("Z")
+    assert client.query("SELECT 1")[-1][0] == ord("Z")
+    client.close()

@@ -47,7 +47,11 @@ class UpstreamLogin:
         self._scram: ScramClient | None = None
 
     def startup(self) -> bytes:
-        params = {k: v for k, v in self.client_params.items() if k not in _NOT_PASSED_ON}
+        params = {
+            k: v
+            for k, v in self.client_params.items()
+            if k not in _NOT_PASSED_ON and not k.startswith("_pq_.")
+        }
         params["user"] = self.user
         params["database"] = self.database
         params["application_name"] = self.application_name

@@ -113,6 +113,12 @@ class CancelRequest:
 @dataclass(frozen=True)
 class StartupMessage:
     params: dict[str, str] = field(default_factory=dict)
+    minor: int = 0  # protocol 3.minor the client asked for; the gateway speaks 3.0
+
+    @property
+    def needs_negotiation(self) -> bool:
+        """A newer minor or protocol options (`_pq_.*`): answer NegotiateProtocolVersion."""
+        return self.minor > 0 or any(k.startswith("_pq_.") for k in self.params)
 
     def encode(self) -> bytes:
         body = _I32.pack(PROTOCOL_3)
@@ -136,8 +142,8 @@ def decode_startup(body: bytes) -> StartupPacket:
     if code == CANCEL_REQUEST and len(body) == 12:
         pid, secret = struct.unpack_from(">ii", body, 4)
         return CancelRequest(pid, secret)
-    if code != PROTOCOL_3:
-        major, minor = code >> 16, code & 0xFFFF
+    major, minor = code >> 16, code & 0xFFFF
+    if major != 3:
         raise ProtocolError(f"unsupported frontend protocol {major}.{minor}: 3.0 is required")
     parts = body[4:].split(b"\0")
     # The list ends with a lone terminator (two empty strings after the split).
@@ -149,7 +155,14 @@ def decode_startup(body: bytes) -> StartupPacket:
             params[parts[i].decode()] = parts[i + 1].decode()
     except UnicodeDecodeError:
         raise ProtocolError("startup parameters are not UTF-8") from None
-    return StartupMessage(params)
+    return StartupMessage(params, minor)
+
+
+def negotiate_protocol_version(options: list[str]) -> bytes:
+    """NegotiateProtocolVersion: the gateway speaks 3.0 and none of the `_pq_` options."""
+    body = _I32.pack(PROTOCOL_3) + _I32.pack(len(options))
+    body += b"".join(cstr(o) for o in options)
+    return message(b"v", body)
 
 
 # -- building messages ----------------------------------------------------------------------
