@@ -8,6 +8,9 @@
 - COPY TO STDOUT of about 1 GB to /dev/null with psql, direct and through tapegate, MB/s;
 - RSS of the gateway process per idle session, with N sessions open.
 
+The gateway records with the folder sink and without the embedded pipeline, as on Fargate where
+the pipeline runs in Lambda; `tapegate up`'s default also indexes on the same cores.
+
 All servers run on this machine: PostgreSQL, pgbouncer, the gateway (`tapegate up` in its own
 process) and the clients share its two cores, which is part of what the ratios show.
 """
@@ -105,6 +108,9 @@ def start_tapegate(pg: PgServer, tmp: Path) -> tuple[subprocess.Popen[str], int]
         "identity": {"issuer": "dev", "dev_listen": f"127.0.0.1:{free_port()}"},
         "listen": {"postgres": f"127.0.0.1:{port}"},
         "tls": "optional",
+        # The gateway alone, as on Fargate (the pipeline runs in Lambda there): with the
+        # embedded pipeline on, this machine would also index everything it records.
+        "archive": {"kind": "local", "embedded_pipeline": False},
         "targets": [{"name": "appdb", "protocol": "postgres", "upstream": f"{pg.host}:{pg.port}",
                      "database": "app", "username": "app", "password_env": "APPDB_PASSWORD",
                      "upstream_tls": "disable", "allow_groups": ["agents"],

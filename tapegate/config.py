@@ -121,6 +121,9 @@ class ArchiveConfig:
     table: str | None = None  # DynamoDB session index
     workgroup: str | None = None  # Athena
     database: str | None = None  # Glue
+    # `tapegate up` with the folder sink also runs the pipeline (the embedded archive); off, it
+    # only records, as on Fargate where the pipeline runs in Lambda.
+    embedded_pipeline: bool = True
 
 
 @dataclass(frozen=True)
@@ -379,7 +382,10 @@ def _sink(raw: Any, base_dir: Path) -> SinkConfig:
 def _archive(raw: Any) -> ArchiveConfig:
     m = _mapping(raw, "archive")
     keys = {"kind", "region", "evidence_bucket", "curated_bucket", "table", "workgroup", "database"}
-    _only(m, "archive", keys)
+    _only(m, "archive", keys | {"embedded_pipeline"})
+    embedded = m.get("embedded_pipeline", True)
+    if not isinstance(embedded, bool):
+        raise ConfigError("archive.embedded_pipeline", "must be true or false")
     kind = _str(m.get("kind", "local"), "archive.kind")
     if kind not in ("local", "aws"):
         raise ConfigError("archive.kind", "must be local or aws")
@@ -388,7 +394,7 @@ def _archive(raw: Any) -> ArchiveConfig:
         for required in ("evidence_bucket", "curated_bucket", "table"):
             if required not in values:
                 raise ConfigError(f"archive.{required}", "is required for kind aws")
-    return ArchiveConfig(kind=kind, **values)
+    return ArchiveConfig(kind=kind, embedded_pipeline=embedded, **values)
 
 
 # -- small checkers ------------------------------------------------------------------------------

@@ -91,3 +91,11 @@ def test_yaml_syntax_error(tmp_path: Path) -> None:
     path.write_text("targets: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+def test_archive_section() -> None:
+    config = parse_config({"archive": {"kind": "local", "embedded_pipeline": False}})
+    assert config.archive.kind == "local" and not config.archive.embedded_pipeline
+    assert parse_config({}).archive.embedded_pipeline
+    with pytest.raises(ConfigError, match="table: is required for kind aws"):
+        parse_config({"archive": {"kind": "aws", "evidence_bucket": "e", "curated_bucket": "c"}})

@@ -218,7 +218,8 @@ def make_sink(config: Config) -> Sink:
 async def serve(config: Config, ready: Callable[[dict[str, str]], None]) -> None:
     """Run until SIGTERM/SIGINT, then shut down cleanly."""
     # With the folder sink the embedded archive runs here too; with Firehose, the Lambda does.
-    archive = LocalArchive(config) if config.sink.kind == "local" else None
+    embedded = config.sink.kind == "local" and config.archive.embedded_pipeline
+    archive = LocalArchive(config) if embedded else None
     gateway = Gateway(config, archive=archive)
     await gateway.start()
     stop = asyncio.Event()
