@@ -99,3 +99,8 @@ def test_archive_section() -> None:
     assert parse_config({}).archive.embedded_pipeline
     with pytest.raises(ConfigError, match="table: is required for kind aws"):
         parse_config({"archive": {"kind": "aws", "evidence_bucket": "e", "curated_bucket": "c"}})
+
+
+def test_the_shipped_example_parses() -> None:
+    config = load_config(Path(__file__).parent.parent / "examples" / "tapegate.yaml")
+    assert config.targets["appdb"].deny and config.durability == "buffered"
