@@ -28,10 +28,3 @@ class Sink(Protocol):
 
     def close(self) -> int:
         """Flush and release resources; return the bytes that could not be delivered."""
-
-
-def record_ack(stats: dict[str, float], seconds: float) -> None:
-    """Seal-to-acknowledge latency, as the sinks' `stats` keep it for the metrics."""
-    stats["ack_seconds_sum"] += seconds
-    stats["ack_count"] += 1
-    stats["ack_seconds_max"] = max(stats["ack_seconds_max"], seconds)

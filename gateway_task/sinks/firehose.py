@@ -18,15 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import random
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from gateway_task.sinks import SinkError, record_ack
+from gateway_task.sinks.batching import BatchingSink
 from tapegate.tape import split_records
 
 log = logging.getLogger("tapegate.sink.firehose")
@@ -36,7 +33,9 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024
 RETRYABLE_CODES = {"ServiceUnavailableException", "InternalFailure", "ThrottlingException"}
 
 
-class FirehoseSink:
+class FirehoseSink(BatchingSink):
+    thread_name = "tapegate-firehose"
+
     def __init__(
         self,
         stream: str,
@@ -49,102 +48,28 @@ class FirehoseSink:
         base_delay_s: float = 0.1,
         max_delay_s: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
-        metrics: Any = None,
     ) -> None:
+        super().__init__(flush_ms=flush_ms, max_records=MAX_BATCH_RECORDS,
+                         max_bytes=MAX_BATCH_BYTES)  # fmt: skip
         self.stream = stream
         self.client = client
         self.spool = Path(spool_dir)
         self.spool.mkdir(parents=True, exist_ok=True)
-        self.flush_ns = flush_ms * 1_000_000
         self.spool_max_bytes = spool_max_bytes
         self.attempts = attempts
         self.base_delay_s = base_delay_s
         self.max_delay_s = max_delay_s
         self._sleep = sleep
-        self.metrics = metrics
-        self._batch: list[bytes] = []
-        self._batch_bytes = 0
-        self._oldest_ns: int | None = None
-        self._acks: list[Future[None]] = []
-        self._queue: deque[tuple[list[bytes], list[Future[None]], float]] = deque()
-        self._cond = threading.Condition()
-        self._closing = False
-        self._failure: str | None = None
         self._spool_seq = max((int(p.stem) for p in self.spool.glob("*.bin")), default=0)
-        # Counters for /metrics and the EMF log lines.
-        self.stats = {"records_sent": 0, "bytes_sent": 0, "calls": 0, "failed_entries": 0,
-                      "retries": 0, "spooled_records": 0, "drained_records": 0,
-                      "ack_seconds_sum": 0.0, "ack_count": 0, "ack_seconds_max": 0.0}  # fmt: skip
-        self._thread = threading.Thread(target=self._send_forever, name="tapegate-firehose",
-                                        daemon=True)  # fmt: skip
-        self._thread.start()
-
-    # -- the Sink interface ----------------------------------------------------------------
-
-    @property
-    def failure(self) -> str | None:
-        return self._failure
+        self.stats.update({"spooled_records": 0, "drained_records": 0})
+        with self._cond:
+            self._start()  # at once: a spool left by the last run drains without waiting
 
     @property
     def spool_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.spool.glob("*.bin"))
 
-    def put(self, records: list[bytes], urgent: bool = False) -> Future[None] | None:
-        """Accept records; with `urgent`, send now and return a future set once Firehose (or
-        the spool on disk) holds them — what `durability: acked` waits for."""
-        ack: Future[None] | None = None
-        if records:
-            if self._oldest_ns is None:
-                self._oldest_ns = time.monotonic_ns()
-            for record in records:
-                if (len(self._batch) >= MAX_BATCH_RECORDS
-                        or self._batch_bytes + len(record) > MAX_BATCH_BYTES):  # fmt: skip
-                    self._hand_off()
-                self._batch.append(record)
-                self._batch_bytes += len(record)
-            if urgent:
-                ack = Future()
-                self._acks.append(ack)
-                self._hand_off()
-        if self._failure is not None:
-            raise SinkError(self._failure)
-        return ack
-
-    def tick(self, now_ns: int | None = None) -> None:
-        now = time.monotonic_ns() if now_ns is None else now_ns
-        if self._batch and now - (self._oldest_ns or now) >= self.flush_ns:
-            self._hand_off()
-
-    def flush(self, timeout: float = 30.0) -> bool:
-        self._hand_off()
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._queue:
-                if not self._cond.wait(timeout=max(0.0, deadline - time.monotonic())):
-                    break
-            return not self._queue
-
-    def close(self) -> int:
-        self.flush()
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join(timeout=10)
-        with self._cond:
-            return sum(len(r) for batch, _, _ in self._queue for r in batch)
-
-    # -- the sender thread ---------------------------------------------------------------
-
-    def _hand_off(self) -> None:
-        if not self._batch and not self._acks:
-            return
-        batch, acks = self._batch, self._acks
-        self._batch, self._batch_bytes, self._oldest_ns, self._acks = [], 0, None, []
-        with self._cond:
-            self._queue.append((batch, acks, time.monotonic()))
-            self._cond.notify_all()
-
-    def _send_forever(self) -> None:
+    def _deliver_forever(self) -> None:
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
@@ -153,29 +78,23 @@ class FirehoseSink:
                         break  # idle: a good time to drain the spool
                 if self._closing and not self._queue:
                     return
-                item = self._queue[0] if self._queue else None
-            if item is None:
+                batch = self._queue[0] if self._queue else None
+            if batch is None:
                 self._drain_spool()
                 continue
-            batch, acks, handed = item
-            unsent = self._send(batch)
+            unsent = self._send(batch.records)
             if unsent and not self._spill(unsent):
                 # Neither Firehose nor the spool holds them: keep them (and their acks) at the
                 # head of the queue and try again after a pause.
                 with self._cond:
-                    self._queue[0] = (unsent, acks, handed)
+                    batch.records = unsent
                     if self._closing:
                         return
                 self._sleep(self.max_delay_s)
                 continue
             if not unsent and self._spool_files():
                 self._drain_spool()
-            with self._cond:
-                self._queue.popleft()
-                self._cond.notify_all()
-            record_ack(self.stats, time.monotonic() - handed)
-            for ack in acks:
-                ack.set_result(None)
+            self._delivered(batch)
 
     def _send(self, records: list[bytes]) -> list[bytes]:
         """PutRecordBatch with retries of the failed entries only. Returns what is still unsent."""
