@@ -41,6 +41,7 @@ from tapegate.tape.seal import check_signature
 
 DEFAULT_SKEW_NS = 5 * 60 * 1_000_000_000  # a chunk sealed this long after delivery is flagged
 DEFAULT_GRACE_NS = 15 * 60 * 1_000_000_000  # open and silent this long: truncated
+OPEN_ROW_REFRESH_NS = 60 * 1_000_000_000
 _STATEMENT_EVENTS = frozenset({"query", "execute", "blocked"})
 
 
@@ -162,6 +163,7 @@ class Pipeline:
             if record.last_seen_ns and now - record.last_seen_ns >= self.grace_ns:
                 record.status = "truncated"
                 record.problems = _chain_problems(self.index.chunks(record.session_id))[0]
+                record.table_status, record.table_written_ns = record.status, now
                 self.index.put_session(record)
                 self._write_session(record)
                 changed.append(record.session_id)
@@ -187,8 +189,12 @@ class Pipeline:
         if key not in record.object_keys and len(record.object_keys) < 1000:
             record.object_keys.append(key)
         summarize(record, self.index.chunks(sid))
+        due = _table_due(record, now_ns)
+        if due:
+            record.table_status, record.table_written_ns = record.status, now_ns
         self.index.put_session(record)
-        self._write_session(record)
+        if due:
+            self._write_session(record)
 
     def _write_session(self, record: SessionRecord) -> None:
         day = day_of(record.started_ns or record.last_seen_ns or time.time_ns())
@@ -209,6 +215,19 @@ class Pipeline:
                 self.curated.put(path, write_parquet(part))
                 written.append(path)
         return written
+
+
+def _table_due(record: SessionRecord, now_ns: int) -> bool:
+    """Whether the sessions table needs this session's row (again).
+
+    The index is the live view; the table is for SQL over settled sessions. A row is written
+    when a session settles (closed, truncated, tampered) or its status changes, and while it
+    stays open, once it has been open a minute and then at most once a minute, so that a busy
+    session is not rewritten for every object."""
+    if record.status != "open":
+        return record.status != record.table_status
+    since = record.table_written_ns or record.started_ns or record.last_seen_ns
+    return now_ns - since >= OPEN_ROW_REFRESH_NS
 
 
 def summarize(record: SessionRecord, entries: list[ChunkEntry]) -> None:

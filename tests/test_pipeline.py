@@ -161,3 +161,41 @@ def test_events_of_unexpected_types_still_land_in_the_table(archive) -> None:
     _, rows = duck.query("SELECT type, event FROM events ORDER BY ts_ns")
     assert rows[0][1] is None and rows[1][1] is None, "query and result live in the columns"
     assert '"sqlstate":42' in rows[2][1], "an error is kept whole, as sealed"
+
+
+def test_a_long_open_session_has_its_row_and_it_is_rewritten_when_it_closes(archive) -> None:
+    import time
+
+    pipe, signer, index, duck = archive
+    now = time.time_ns()
+    s = record_session(exchanges=4, signer=signer)  # started at T0, long before now
+    pipe.process_object("o1", b"".join(s.records[:-1]), now)
+    assert [r.status for r in index.sessions()] == ["open"]
+    _, rows = duck.query("SELECT status FROM sessions")
+    assert rows == [("open",)], "open for more than a minute: the table shows it"
+    pipe.process_object("o2", s.records[-1], now)
+    _, rows = duck.query("SELECT status, verified FROM sessions")
+    assert rows == [("closed", True)]
+
+
+def test_a_young_open_session_waits_for_its_row(tmp_path) -> None:
+    import time
+
+    from nacl.public import PrivateKey
+
+    from tapegate.tape import Direction, TapeWriter
+    from tests.tapes import make_header
+
+    signer = SigningKey.generate()
+    curated = tmp_path / "c"
+    pipe = Pipeline(Keyring.of(signer.verify_key), SqliteIndex(tmp_path / "i.sqlite"),
+                    LocalObjectStore(curated))  # fmt: skip
+    now = time.time_ns()
+    writer = TapeWriter(make_header(now), signer, [PrivateKey.generate().public_key])
+    first = writer.add_frame(now, Direction.CLIENT_TO_SERVER, b"x" * 300_000)
+    pipe.process_object("o1", b"".join(first), now)
+    assert pipe.index.sessions()[0].status == "open"
+    assert not list(curated.glob("sessions/*/*.parquet"))
+    pipe.process_object("o2", writer.close(now + 1, "client_terminate"), now)
+    _, rows = DuckDBQuery(curated).query("SELECT status FROM sessions")
+    assert rows == [("closed",)]

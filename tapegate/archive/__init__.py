@@ -56,6 +56,8 @@ class SessionRecord:
     ended_ns: int | None = None
     last_seen_ns: int = 0
     object_keys: list[str] = field(default_factory=list)
+    table_status: str | None = None  # the status last written to the sessions table
+    table_written_ns: int = 0
 
     @property
     def subject(self) -> str | None:
