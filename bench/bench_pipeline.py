@@ -46,7 +46,7 @@ Tried, and kept, in this order (chatty MB/s in this bench): building the tables 
 instead of one dict per row (29 → 37); events cut from the meta's bytes and parsed in bulk,
 chunks sorted instead of rows (→ 58); whole events kept only for the types whose attributes the
 columns do not carry, per-chunk values expanded in Arrow, the SQLite index committing without an
-fsync per chunk, statistics only on filtered columns (→ about 90; the table above).
+fsync per chunk, statistics only on filtered columns (→ 83 to 94 across runs).
 Not adopted: orjson (a side measurement, not in bench/, found it about twice as fast as json on
 these metas, which the bulk path no longer parses). Not done: a faster events decoder than
 Arrow's JSON reader, e.g. events sealed in a binary layout or as Arrow IPC next to the JSON.
