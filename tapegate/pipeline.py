@@ -79,7 +79,9 @@ class Pipeline:
         verified = self._verified(data, delivered_ns, report, alerts)
         # Session then seq order: the tables come out sorted without sorting their rows.
         verified.sort(key=lambda r: (r.session_id.bytes, r.seq))
-        headers = self._headers(verified)
+        # Each session's record is read from the index once per object.
+        known = {sid: self.index.get_session(sid) or SessionRecord(sid) for sid in report.sessions}
+        headers = _headers(verified, known)
         # Every event of the object, parsed at once; each chunk owns a slice of the rows.
         events, spans = event_table(verified, headers)
         is_statement = pc.is_in(events["type"], pa.array(sorted(_STATEMENT_EVENTS)))
@@ -103,7 +105,7 @@ class Pipeline:
                 kept.append(events.slice(start, stop - start))
         now = time.time_ns()
         for sid in report.sessions:
-            self._update_session(sid, fresh.get(sid, []), alerts.get(sid, []), key, now)
+            self._update_session(known[sid], fresh.get(sid, []), alerts.get(sid, []), key, now)
         new_events = pa.concat_tables(kept) if kept else events.schema.empty_table()
         report.files_written += self._write_tables(key, new_events, frame_table(fresh))
         return report
@@ -144,17 +146,6 @@ class Pipeline:
             out.append(rec)
         return out
 
-    def _headers(self, records: list[Record]) -> dict[str, dict[str, Any]]:
-        """Each session's header: from its chunk 0 here, else from the index."""
-        headers: dict[str, dict[str, Any]] = {}
-        for rec in records:
-            if rec.seq == 0:
-                headers[str(rec.session_id)] = rec.meta["session"]
-        for sid in {str(r.session_id) for r in records} - headers.keys():
-            known = self.index.get_session(sid)
-            headers[sid] = (known.header if known else None) or {}
-        return headers
-
     def sweep(self, now_ns: int | None = None) -> list[str]:
         """Mark sessions that stayed open past the grace period as truncated."""
         now = time.time_ns() if now_ns is None else now_ns
@@ -172,9 +163,9 @@ class Pipeline:
     # -- sessions -------------------------------------------------------------------------
 
     def _update_session(
-        self, sid: str, fresh: list[Record], alerts: list[str], key: str, now_ns: int
+        self, record: SessionRecord, fresh: list[Record], alerts: list[str], key: str, now_ns: int
     ) -> None:
-        record = self.index.get_session(sid) or SessionRecord(sid)
+        sid = record.session_id
         for alert in alerts:
             if alert not in record.alerts:
                 record.alerts.append(alert)
@@ -215,6 +206,15 @@ class Pipeline:
                 self.curated.put(path, write_parquet(part))
                 written.append(path)
         return written
+
+
+def _headers(records: list[Record], known: dict[str, SessionRecord]) -> dict[str, dict[str, Any]]:
+    """Each session's header: from its chunk 0 in this object, else as the index knows it."""
+    headers = {sid: record.header or {} for sid, record in known.items()}
+    for rec in records:
+        if rec.seq == 0:
+            headers[str(rec.session_id)] = rec.meta["session"]
+    return headers
 
 
 def _table_due(record: SessionRecord, now_ns: int) -> bool:
