@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tapegate.config import Config, ConfigError, load_config
-from tapegate.keys import KeyFileError, Keyring, LocalKeyStore
-from tapegate.tape import Verdict, decode_record, split_records, verify_session
+from tapegate.tape import Verdict, decode_record
 from tapegate.tape.codec import TapeFormatError
 
 DEFAULT_DATA_DIR = Path(".tapegate")
@@ -39,23 +38,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tapegate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-
-    verify = sub.add_parser(
-        "verify",
-        help="check sealed records: signatures, chain, completeness",
-        description="Verify delivery objects (sealed records as the archive stores them).",
-    )
-    verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    verify.add_argument(
-        "--trust",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="PUBFILE",
-        help="an Ed25519 public key file (hex) to trust; repeatable. Default: the data dir's keys.",
-    )
-    verify.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    verify.set_defaults(func=cmd_verify)
 
     up = sub.add_parser(
         "up",
@@ -100,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true")
     _config_arg(query)
     query.set_defaults(func=cmd_query)
+
+    from tapegate.audit.commands import add_commands  # show, replay, verify, export
+
+    add_commands(sub)
 
     demo = sub.add_parser("demo", help="run an agent session through the gateway and audit it")
     demo.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR / "demo")
@@ -245,38 +231,6 @@ def cmd_query(args: argparse.Namespace) -> int:
     else:
         print(as_table(columns, rows))
     return 0
-
-
-def _trusted(args: argparse.Namespace) -> Keyring:
-    try:
-        if args.trust:
-            return Keyring.from_files(args.trust)
-        return LocalKeyStore(args.data_dir).trusted()
-    except (OSError, KeyFileError) as exc:
-        raise UsageError(f"cannot load trusted keys: {exc}") from None
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    trusted = _trusted(args)
-    records: list[bytes] = []
-    for path in args.files:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-        found, errors = split_records(data)
-        records += found
-        for err in errors:
-            print(f"{path}: damaged bytes at offset {err.offset}: {err.reason}")
-    if not records:
-        print("no sealed records found")
-        return 1
-    ok = True
-    for session_id, group in _by_session(records).items():
-        verdict = verify_session(group, trusted, session_id)
-        print(format_verdict(verdict))
-        ok = ok and verdict.intact
-    return 0 if ok else 1
 
 
 def _by_session(records: list[bytes]) -> dict[object, list[bytes]]:

@@ -121,6 +121,12 @@ class ArchiveConfig:
     table: str | None = None  # DynamoDB session index
     workgroup: str | None = None  # Athena
     database: str | None = None  # Glue
+    # The gateway's Ed25519 public key(s) for auditors on AWS: an SSM parameter (hex, several
+    # comma-separated during rotation). Locally the data dir's keys are used.
+    public_key_param: str | None = None
+    # The auditor's X25519 private key: a file path or a Secrets Manager secret ARN. Locally it
+    # defaults to <data_dir>/keys/auditor.key.
+    auditor_key: str | None = None
     # `tapegate up` with the folder sink also runs the pipeline (the embedded archive); off, it
     # only records, as on Fargate where the pipeline runs in Lambda.
     embedded_pipeline: bool = True
@@ -381,7 +387,17 @@ def _sink(raw: Any, base_dir: Path) -> SinkConfig:
 
 def _archive(raw: Any) -> ArchiveConfig:
     m = _mapping(raw, "archive")
-    keys = {"kind", "region", "evidence_bucket", "curated_bucket", "table", "workgroup", "database"}
+    keys = {
+        "kind",
+        "region",
+        "evidence_bucket",
+        "curated_bucket",
+        "table",
+        "workgroup",
+        "database",
+        "public_key_param",
+        "auditor_key",
+    }
     _only(m, "archive", keys | {"embedded_pipeline"})
     embedded = m.get("embedded_pipeline", True)
     if not isinstance(embedded, bool):

@@ -97,3 +97,29 @@ class LocalKeyStore:
         self.signing_key()
         paths = [self.dir / "signing.pub", *sorted((self.dir / "trusted").glob("*.pub"))]
         return Keyring.from_files(paths)
+
+
+def load_auditor_key(spec: str, region: str | None = None) -> PrivateKey:
+    """An auditor's X25519 private key (hex) from a file, or from a Secrets Manager secret when
+    `spec` is a secret ARN. Raises KeyFileError with one line saying what is wrong."""
+    if spec.startswith("arn:aws:secretsmanager:"):
+        try:
+            import boto3
+
+            region = region or spec.split(":")[3]
+            value = boto3.client("secretsmanager", region_name=region).get_secret_value(
+                SecretId=spec
+            )["SecretString"]
+        except Exception as exc:  # botocore's errors carry the useful message
+            raise KeyFileError(f"cannot read auditor key secret {spec}: {exc}") from None
+        try:
+            raw = bytes.fromhex(value.strip())
+        except ValueError:
+            raise KeyFileError(f"auditor key secret {spec}: not hex") from None
+        if len(raw) != 32:
+            raise KeyFileError(f"auditor key secret {spec}: expected 32 bytes, found {len(raw)}")
+        return PrivateKey(raw)
+    try:
+        return PrivateKey(_read_hex(Path(spec), 32))
+    except OSError as exc:
+        raise KeyFileError(f"cannot read auditor key {spec}: {exc.strerror}") from None

@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import io
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,3 +59,33 @@ def _cell(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     return str(value).replace("\n", " ")
+
+
+class Output:
+    """Lines for people: styled by rich on a terminal, plain text when piped or redirected."""
+
+    def __init__(self) -> None:
+        self._console = None
+        if sys.stdout.isatty():
+            from rich.console import Console
+
+            self._console = Console(highlight=False)
+
+    def line(self, text: str, style: str = "") -> None:
+        if self._console is None:
+            print(text, flush=True)
+            return
+        from rich.text import Text
+
+        self._console.print(Text(text, style=style or ""), soft_wrap=True)
+
+    def pair(self, label: str, value: str, style: str = "") -> None:
+        """A `label  value` line with the label in bold on a terminal."""
+        if self._console is None:
+            print(f"{label:<11} {value}" if label else value, flush=True)
+            return
+        from rich.text import Text
+
+        text = Text(f"{label:<11} ", style="bold")
+        text.append(value, style=style or "")
+        self._console.print(text, soft_wrap=True)

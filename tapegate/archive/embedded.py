@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tapegate.archive.local import DuckDBQuery, LocalObjectStore, SqliteIndex
 from tapegate.config import Config
-from tapegate.keys import LocalKeyStore
+from tapegate.keys import Keyring, LocalKeyStore
 from tapegate.pipeline import ObjectReport, Pipeline
 
 
@@ -22,12 +22,17 @@ class LocalArchive:
     def __init__(self, config: Config) -> None:
         root = Path(config.data_dir) / "archive"
         self.deliveries = LocalObjectStore(config.delivery_dir)
+        self.evidence = self.deliveries  # the raw evidence is what the sink delivered
         self.index = SqliteIndex(root / "index.sqlite")
         self.curated_root = root / "curated"
         self.curated = LocalObjectStore(self.curated_root)
         self.query_engine = DuckDBQuery(self.curated_root)
         self._keys = LocalKeyStore(config.data_dir)
         self._pipeline: Pipeline | None = None
+        self.default_auditor_key = self._keys.dir / "auditor.key"
+
+    def trusted(self) -> Keyring:
+        return self._keys.trusted()
 
     @property
     def pipeline(self) -> Pipeline:

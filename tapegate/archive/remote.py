@@ -1,11 +1,13 @@
-"""The AWS archive as the CLI reads it: the DynamoDB index and Athena, via the boto3 chain."""
+"""The AWS archive as the CLI reads it: the evidence bucket, the DynamoDB index and Athena, via
+the standard boto3 credential chain."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from tapegate.archive.aws import AthenaQuery, DynamoIndex
+from tapegate.archive.aws import AthenaQuery, DynamoIndex, S3ObjectStore
 from tapegate.config import ArchiveConfig
+from tapegate.keys import KeyFileError, Keyring
 
 
 class AwsArchive:
@@ -15,6 +17,10 @@ class AwsArchive:
         import boto3
 
         session = boto3.session.Session(region_name=config.region)
+        self._session = session
+        self._public_key_param = config.public_key_param
+        self.default_auditor_key = None
+        self.evidence = S3ObjectStore(config.evidence_bucket or "", session.client("s3"))
         self.index = DynamoIndex(config.table or "", session.client("dynamodb"))
         self.query_engine = AthenaQuery(
             config.workgroup or "primary",
@@ -22,3 +28,19 @@ class AwsArchive:
             session.client("athena"),
             progress=progress,
         )
+
+    def trusted(self) -> Keyring:
+        """The gateway's public key(s) from the SSM parameter the CDK stack writes."""
+        if not self._public_key_param:
+            raise KeyFileError(
+                "archive.public_key_param is not set: name the SSM parameter holding the "
+                "gateway's public key, or pass --trust PUBFILE"
+            )
+        try:
+            value = self._session.client("ssm").get_parameter(Name=self._public_key_param)
+            keys = value["Parameter"]["Value"]
+            return Keyring.of(*(bytes.fromhex(k.strip()) for k in keys.split(",") if k.strip()))
+        except Exception as exc:  # botocore's and nacl's errors both name the problem
+            raise KeyFileError(
+                f"cannot load the gateway key from {self._public_key_param}: {exc}"
+            ) from None

@@ -330,6 +330,34 @@ def decode_row_description(body: bytes) -> list[str]:
     return names
 
 
+def data_row(values: list[bytes | None]) -> bytes:
+    body = bytearray(_I16.pack(len(values)))
+    for value in values:
+        body += _I32.pack(-1) if value is None else _I32.pack(len(value)) + value
+    return message(b"D", bytes(body))
+
+
+def decode_data_row(body: bytes) -> list[bytes | None]:
+    """A DataRow's column values as sent (text or binary, as the query asked); None is NULL."""
+    if len(body) < 2:
+        raise ProtocolError("DataRow message truncated")
+    (n,) = _I16.unpack_from(body, 0)
+    pos, values = 2, []
+    for _ in range(n):
+        if len(body) < pos + 4:
+            raise ProtocolError("DataRow message truncated")
+        (length,) = _I32.unpack_from(body, pos)
+        pos += 4
+        if length < 0:
+            values.append(None)
+            continue
+        if len(body) < pos + length:
+            raise ProtocolError("DataRow value runs past the message")
+        values.append(body[pos : pos + length])
+        pos += length
+    return values
+
+
 def decode_command_complete(body: bytes) -> str:
     tag, _ = _cstr_at(body, 0)
     return tag

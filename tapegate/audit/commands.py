@@ -1,0 +1,351 @@
+"""`tapegate show | replay | verify | export`: the auditor's commands, on either archive kind.
+
+Every verdict here comes from the raw delivered records and the trusted public keys; the index
+only says which objects to read. Bad input (an unknown session, a corrupt bundle, a wrong key,
+no archive) is one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from nacl.public import PrivateKey
+
+from tapegate.audit.bundle import BundleError, read_bundle, write_bundle
+from tapegate.audit.evidence import EvidenceError, SessionEvidence, gather, parse_session_id
+from tapegate.audit.render import JsonLines, RenderError, TextTimeline, asciicast, har
+from tapegate.audit.summary import format_summary, summarize, summary_lines
+from tapegate.audit.timeline import Replay, auditor_keyring, extend, open_replay
+from tapegate.cli import (
+    UsageError,
+    _archive,
+    _by_session,
+    _config_arg,
+    _load,
+    format_verdict,
+)
+from tapegate.keys import KeyFileError, Keyring, LocalKeyStore, load_auditor_key
+from tapegate.present import Output
+from tapegate.tape import Verdict, split_records, verify_session
+
+
+def add_commands(sub: Any) -> None:
+    show = sub.add_parser("show", help="a session's header, identity, verdict and summary")
+    show.add_argument("session", metavar="SESSION")
+    show.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    _trust_arg(show)
+    _config_arg(show)
+    show.set_defaults(func=cmd_show)
+
+    replay = sub.add_parser(
+        "replay",
+        help="a session's timeline: statements, results, errors, blocked statements",
+        description="Replay a session from its sealed records. Payloads (result rows, terminal "
+        "output) need the auditor private key; without it, events and sizes are shown.",
+    )
+    replay.add_argument("session", metavar="SESSION")
+    replay.add_argument("--format", choices=["text", "json", "cast", "har"], default="text")
+    replay.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        metavar="X",
+        help="pace output at X times recorded speed (idle gaps capped at 2 s); "
+        "default: all at once",
+    )
+    replay.add_argument("--follow", action="store_true", help="tail an open session live")
+    replay.add_argument("--max-rows", type=int, default=20, help="rows shown per result")
+    replay.add_argument(
+        "--auditor-key",
+        metavar="FILE|SECRET_ARN",
+        help="the auditor's X25519 private key (default: archive.auditor_key, "
+        "else the data dir's keys/auditor.key)",
+    )
+    _trust_arg(replay)
+    _config_arg(replay)
+    replay.set_defaults(func=cmd_replay)
+
+    verify = sub.add_parser(
+        "verify",
+        help="check a session, an evidence bundle or delivery files: signatures, chain, end",
+        description="Verify from the raw evidence: a SESSION id (read from the archive's "
+        "delivered objects), an evidence BUNDLE (offline, with the keys it carries unless "
+        "--trust pins them), or delivery object FILEs. Exit 0 when intact, 1 naming each "
+        "problem, 2 for usage errors.",
+    )
+    verify.add_argument("targets", nargs="+", metavar="SESSION|BUNDLE|FILE")
+    _trust_arg(verify)
+    verify.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="for FILEs: whose keys to trust (default: the config's data dir)",
+    )
+    _config_arg(verify)
+    verify.set_defaults(func=cmd_verify)
+
+    export = sub.add_parser(
+        "export",
+        help="write an evidence bundle (zip) that `tapegate verify FILE` checks offline",
+    )
+    export.add_argument("session", metavar="SESSION")
+    export.add_argument("-o", "--output", required=True, type=Path, metavar="FILE")
+    _trust_arg(export)
+    _config_arg(export)
+    export.set_defaults(func=cmd_export)
+
+
+def _trust_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PUBFILE",
+        help="an Ed25519 public key file (hex) to trust instead of the archive's; repeatable",
+    )
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def _trusted(args: argparse.Namespace, archive: Any) -> Keyring:
+    try:
+        return Keyring.from_files(args.trust) if args.trust else archive.trusted()
+    except (OSError, KeyFileError) as exc:
+        raise UsageError(f"cannot load trusted keys: {exc}") from None
+
+
+def _evidence(args: argparse.Namespace) -> tuple[Any, SessionEvidence, Verdict]:
+    try:
+        sid = parse_session_id(args.session)
+        archive = _archive(_load(args))
+        evidence = gather(sid, archive.index, archive.evidence)
+    except EvidenceError as exc:
+        raise UsageError(str(exc)) from None
+    except Exception as exc:  # no archive at all, no credentials, no such bucket...
+        raise UsageError(f"cannot read the archive: {str(exc).splitlines()[0]}") from None
+    verdict = evidence.verify(_trusted(args, archive))
+    if not verdict.records or verdict.records[0].seq != 0:
+        problems = "; ".join(str(p) for p in verdict.problems) or "no records"
+        raise UsageError(f"session {sid}: no verified chunk 0 to read ({problems})")
+    return archive, evidence, verdict
+
+
+def _auditor_keys(args: argparse.Namespace, archive: Any) -> dict[bytes, PrivateKey]:
+    spec = args.auditor_key or _load(args).archive.auditor_key
+    if spec is None:
+        default = archive.default_auditor_key
+        if default is None or not Path(default).exists():
+            return {}
+        spec = str(default)
+    try:
+        return auditor_keyring([load_auditor_key(spec, _load(args).archive.region)])
+    except KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    _, evidence, verdict = _evidence(args)
+    summary = summarize(open_replay(verdict.records, {}), verdict)
+    summary["damaged_bytes"] = evidence.damage
+    out = Output()
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        for label, value, style in summary_lines(summary):
+            out.pair(label, value, style)
+        for damage in evidence.damage:
+            out.line(f"damaged     {damage}", "red")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    archive, _, verdict = _evidence(args)
+    keys = _auditor_keys(args, archive)
+    replay = open_replay(_contiguous(verdict), keys)
+    out = Output()
+    try:
+        if args.format in ("cast", "har"):
+            for line in (asciicast if args.format == "cast" else har)(replay):
+                print(line)
+            return 0
+    except RenderError as exc:
+        raise UsageError(str(exc)) from None
+    if args.format == "json":
+        jsonl = JsonLines(replay, args.max_rows)
+        if replay.payload_note:
+            print(f"tapegate: {replay.payload_note}", file=sys.stderr)
+
+        def emit(events: list[dict[str, Any]], frames: list[Any]) -> None:
+            for line in jsonl.lines(events, frames):
+                print(line, flush=args.follow)
+    else:
+        text = TextTimeline(replay, args.max_rows)
+        for style, line in text.header():
+            out.line(line, style)
+        pacer = _Pacer(args.speed)
+
+        def emit(events: list[dict[str, Any]], frames: list[Any]) -> None:
+            for ev, (style, line) in _with_events(events, text.lines(events, frames)):
+                if ev is not None:
+                    pacer.wait(int(ev.get("ts", 0)))
+                out.line(line, style)
+
+    emit(replay.events, replay.frames)
+    if args.follow:
+        _follow(args, replay, emit)
+    if args.format == "text":
+        for style, line in text.footer():
+            out.line(line, style)
+    return 0
+
+
+def _with_events(events: list[dict[str, Any]], lines: Any) -> Any:
+    """Pair each text line with the event it starts (None for continuation lines), for pacing."""
+    pending = iter(events)
+    for style, line in lines:
+        starts = line.startswith("+")
+        yield (next(pending, None) if starts else None), (style, line)
+
+
+class _Pacer:
+    def __init__(self, speed: float) -> None:
+        self.speed, self.last = speed, None
+
+    def wait(self, ts_ns: int) -> None:
+        if self.speed <= 0:
+            return
+        if self.last is not None and ts_ns > self.last:
+            time.sleep(min((ts_ns - self.last) / 1e9 / self.speed, 2.0))
+        self.last = ts_ns
+
+
+def _contiguous(verdict: Verdict) -> list[Any]:
+    """The accepted chunks from 0 up to the first gap: a replay never skips over a hole."""
+    out = []
+    for rec in verdict.records:
+        if rec.seq != len(out):
+            break
+        out.append(rec)
+    return out
+
+
+def _follow(args: argparse.Namespace, replay: Replay, emit: Any) -> None:
+    """Poll the archive once a second for the session's new chunks until its final chunk."""
+    try:
+        while replay.end is None:
+            time.sleep(1.0)
+            archive = _archive(_load(args))
+            evidence = gather(parse_session_id(args.session), archive.index, archive.evidence)
+            verdict = evidence.verify(_trusted(args, archive))
+            events, frames = extend(replay, _contiguous(verdict))
+            if events or frames:
+                emit(events, frames)
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    archive, evidence, verdict = _evidence(args)
+    trusted = _trusted(args, archive)
+    summary = summarize(open_replay(verdict.records, {}), verdict)
+    report = format_summary(summary) + (
+        "\n\nCheck this bundle on any machine with tapegate installed:\n"
+        f"    tapegate verify {args.output.name}\n"
+        "and compare the signing key's fingerprint it prints with the gateway's published one.\n"
+    )
+    try:
+        manifest = write_bundle(args.output, evidence, trusted, verdict, report)
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
+    records = sum(e.get("records", 0) for e in manifest["files"])
+    print(
+        f"wrote {args.output}: session {evidence.session_id}, {records} records from "
+        f"{len(evidence.pieces)} delivered object(s), verdict {verdict.status}"
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    files: list[Path] = []
+    ok = True
+    for target in args.targets:
+        path = Path(target)
+        if path.is_file() and zipfile.is_zipfile(path):
+            ok = _verify_bundle(args, path) and ok
+        elif path.exists():
+            files.append(path)
+        elif path.suffix in (".zip", ".bin") or "/" in target:
+            raise UsageError(f"cannot read {target}: no such file")
+        else:
+            args.session = target
+            _, evidence, verdict = _evidence(args)
+            for damage in evidence.damage:
+                print(damage)
+            print(format_verdict(verdict))
+            ok = ok and verdict.intact and not evidence.damage
+    if files:
+        ok = _verify_files(args, files) and ok
+    return 0 if ok else 1
+
+
+def _verify_bundle(args: argparse.Namespace, path: Path) -> bool:
+    try:
+        bundle = read_bundle(path)
+    except BundleError as exc:
+        print(f"{path}: NOT VERIFIED — {exc}")
+        return False
+    pinned = _trusted(args, None) if args.trust else None
+    verdict = bundle.verify(pinned)
+    print(
+        f"bundle {path}: {len(bundle.records)} records, "
+        f"{len(bundle.manifest.get('files', []))} files listed"
+    )
+    for problem in bundle.problems:
+        print(f"  - {problem}")
+    keys = pinned if pinned is not None else bundle.keys
+    for kid, vk in keys.items():
+        source = "pinned with --trust" if pinned is not None else "carried by the bundle"
+        print(f"  signing key {kid.hex()} ({source}): public key {bytes(vk).hex()}")
+    print(format_verdict(verdict))
+    return verdict.intact and not bundle.problems
+
+
+def _verify_files(args: argparse.Namespace, files: list[Path]) -> bool:
+    if args.trust:
+        trusted = _trusted(args, None)
+    else:
+        data_dir = args.data_dir or _load(args).data_dir
+        try:
+            trusted = LocalKeyStore(data_dir).trusted()
+        except (OSError, KeyFileError) as exc:
+            raise UsageError(f"cannot load trusted keys: {exc}") from None
+    records: list[bytes] = []
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        found, errors = split_records(data)
+        records += found
+        for err in errors:
+            print(f"{path}: damaged bytes at offset {err.offset}: {err.reason}")
+    if not records:
+        print("no sealed records found")
+        return False
+    ok = True
+    for session_id, group in _by_session(records).items():
+        verdict = verify_session(group, trusted, session_id)
+        print(format_verdict(verdict))
+        ok = ok and verdict.intact
+    return ok
