@@ -2,12 +2,15 @@
 
 The full demo starts a throwaway PostgreSQL and the gateway (dev issuer, local folder archive),
 runs an agent-like psql session through it — a few statements, one blocked by a guardrail —
-stops the gateway, verifies the session's tape, shows its timeline, and flips one byte to show the
-verifier catching it. `--tape-only` does the last part on a synthetic session, without servers.
+stops the gateway, and audits the session as an auditor would: lists and queries it, replays it,
+verifies it, exports an evidence bundle, verifies that bundle from another directory, and flips
+one byte in it to show the verifier catching it. `--tape-only` does the last part on a
+synthetic session, without servers.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 from pathlib import Path
@@ -63,7 +66,6 @@ SELECT count(*) AS still_there FROM customers;
 
 def run_demo(data_dir: Path) -> int:
     import asyncio
-    import os
     import shutil
 
     from tapegate.throwaway_pg import APP_PASSWORD, free_port, start_postgres
@@ -131,61 +133,73 @@ async def _agent_session(config: Config) -> None:
 
 
 def _audit(data_dir: Path, config_file: Path) -> int:
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+    from contextlib import redirect_stdout
+    from io import StringIO
+
     from tapegate.cli import main as cli_main
 
-    deliveries = sorted((data_dir / "deliveries").rglob("*.bin"))
-    print("\n3. The gateway has stopped; the archive holds the sealed session. Verify it:")
-    print("   $ tapegate verify <delivery objects>")
-    status = cli_main(["verify", "--data-dir", str(data_dir), *map(str, deliveries)])
-    if status != 0:
-        print("   unexpected: the recorded session did not verify")
-        return 1
-    records = [r for p in deliveries for r in split_records(p.read_bytes())[0]]
-    chunks = sorted((decode_record(r) for r in records), key=lambda r: r.seq)
-    print("\n4. Its timeline, from the events sealed in the chunks (no key needed):")
-    start = chunks[0].meta["session"]["started_ns"]
-    who = chunks[0].meta["session"]["identity"]
-    print(f"   identity: {who['subject']} via {who['issuer']} groups={who['groups']}")
-    for chunk in chunks:
-        for event in chunk.meta["events"]:
-            line = _describe_event(event)
-            if line:
-                print(f"   +{(event['ts'] - start) / 1e6:8.1f} ms  {line}")
-    end = chunks[-1].meta.get("end", {})
-    print(f"   end: {end.get('reason')}, totals {end.get('totals')}")
-    print("\n5. The archive indexed it (SQLite) and turned it into tables (Parquet):")
-    print(f"   $ tapegate sessions --config {config_file}")
-    cli_main(["sessions", "--config", str(config_file)])
+    cfg = ["--config", str(config_file)]
+    print("\n3. The gateway has stopped; the archive indexed the session (SQLite) and wrote its")
+    print("   tables (Parquet):")
+    print("   $ tapegate sessions")
+    cli_main(["sessions", *cfg])
+    listing = StringIO()
+    with redirect_stdout(listing):
+        cli_main(["sessions", "--json", *cfg])
+    session_id = json.loads(listing.getvalue())[0]["session_id"]
     sql = ("SELECT strftime(ts, '%H:%M:%S.%g') AS at, type, outcome, rows, text FROM events "
            "WHERE type IN ('query', 'result', 'blocked') ORDER BY ts_ns")  # fmt: skip
-    print(f'\n   $ tapegate query "{sql}" --config {config_file}')
-    cli_main(["query", sql, "--config", str(config_file)])
-    tampered = data_dir / "tampered.bin"
-    data = bytearray(b"".join(records))
-    # A byte of recorded traffic: the first chunk's (encrypted) payload.
-    offset = FIXED_LEN + decode_record(records[0]).payload_len // 2
-    data[offset] ^= 0x20
-    tampered.write_bytes(bytes(data))
-    print(f"\n6. Flip one byte of recorded traffic (offset {offset}) in a copy, verify again:")
-    status = cli_main(["verify", "--data-dir", str(data_dir), str(tampered)])
-    print(f"   exit status {status}: the change is detected and located.")
-    return 0 if status == 1 else 1
+    print(f'\n   $ tapegate query "{sql}"')
+    cli_main(["query", sql, *cfg])
 
+    print("\n4. Replay it: statements from the sealed events, result rows decrypted from the")
+    print("   recorded bytes with the auditor's private key (keys/auditor.key):")
+    print(f"   $ tapegate replay {session_id}")
+    cli_main(["replay", session_id, *cfg])
 
-def _describe_event(event: dict) -> str | None:
-    a = event["attrs"]
-    kind = event["type"]
-    if kind == "auth":
-        return f"auth {a['result']}"
-    if kind == "query":
-        return f"query    {a['sql']!r}"
-    if kind == "result":
-        return f"result   {a['tag']} ({a['rows']} rows, {a['duration_ns'] / 1e6:.1f} ms)"
-    if kind == "blocked":
-        return f"BLOCKED  {a['sql']!r} by {a['rule']}"
-    if kind == "error":
-        return f"error    {a['sqlstate']} {a['message']}"
-    return None
+    print("\n5. Verify it from the raw delivered records and the gateway's public key alone:")
+    print(f"   $ tapegate verify {session_id}")
+    if cli_main(["verify", session_id, *cfg]) != 0:
+        print("   unexpected: the recorded session did not verify")
+        return 1
+
+    bundle = data_dir / "evidence.zip"
+    print("\n6. Export an evidence bundle and verify it elsewhere, with nothing but the bundle:")
+    print(f"   $ tapegate export {session_id} -o {bundle}")
+    cli_main(["export", session_id, "-o", str(bundle), *cfg])
+    with tempfile.TemporaryDirectory(prefix="tapegate-elsewhere-") as elsewhere:
+        copy = Path(elsewhere) / "evidence.zip"
+        copy.write_bytes(bundle.read_bytes())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEGATE_")}
+        print(f"   (in {elsewhere}) $ tapegate verify evidence.zip")
+        check = [sys.executable, "-m", "tapegate.cli", "verify", "evidence.zip"]
+        result = subprocess.run(check, cwd=elsewhere, env=env, capture_output=True, text=True)
+        print("   " + result.stdout.strip().replace("\n", "\n   "))
+        if result.returncode != 0:
+            print("   unexpected: the bundle did not verify")
+            return 1
+
+        print("\n7. Flip one byte of recorded traffic inside the bundle, verify again:")
+        tampered = Path(elsewhere) / "tampered.zip"
+        with zipfile.ZipFile(copy) as src, zipfile.ZipFile(tampered, "w") as dst:
+            for item in src.infolist():
+                data = src.read(item)
+                if item.filename == "records/001.bin":
+                    data = bytearray(data)
+                    data[FIXED_LEN + 8] ^= 0x20  # inside chunk 0's encrypted payload
+                    data = bytes(data)
+                dst.writestr(item, data)
+        check[-1] = "tampered.zip"
+        print("   $ tapegate verify tampered.zip")
+        result = subprocess.run(check, cwd=elsewhere, env=env, capture_output=True, text=True)
+        print("   " + result.stdout.strip().replace("\n", "\n   "))
+    print(f"   exit status {result.returncode}: the change is detected and located.")
+    return 0 if result.returncode == 1 else 1
 
 
 def run_tape_demo(data_dir: Path) -> int:

@@ -122,7 +122,11 @@ def _trusted(args: argparse.Namespace, archive: Any) -> Keyring:
         raise UsageError(f"cannot load trusted keys: {exc}") from None
 
 
-def _evidence(args: argparse.Namespace) -> tuple[Any, SessionEvidence, Verdict]:
+def _evidence(
+    args: argparse.Namespace, readable: bool = True
+) -> tuple[Any, SessionEvidence, Verdict]:
+    """The session's evidence and verdict; with `readable`, a usage error unless chunk 0 (who,
+    what, the sealed session key) verified, since show, replay and export need it."""
     try:
         sid = parse_session_id(args.session)
         archive = _archive(_load(args))
@@ -132,7 +136,7 @@ def _evidence(args: argparse.Namespace) -> tuple[Any, SessionEvidence, Verdict]:
     except Exception as exc:  # no archive at all, no credentials, no such bucket...
         raise UsageError(f"cannot read the archive: {str(exc).splitlines()[0]}") from None
     verdict = evidence.verify(_trusted(args, archive))
-    if not verdict.records or verdict.records[0].seq != 0:
+    if readable and (not verdict.records or verdict.records[0].seq != 0):
         problems = "; ".join(str(p) for p in verdict.problems) or "no records"
         raise UsageError(f"session {sid}: no verified chunk 0 to read ({problems})")
     return archive, evidence, verdict
@@ -289,7 +293,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read {target}: no such file")
         else:
             args.session = target
-            _, evidence, verdict = _evidence(args)
+            _, evidence, verdict = _evidence(args, readable=False)
             for damage in evidence.damage:
                 print(damage)
             print(format_verdict(verdict))

@@ -113,6 +113,22 @@ def _sql(attrs: dict[str, Any]) -> str:
     return sql + (" …(truncated)" if attrs.get("sql_truncated") else "")
 
 
+def _params(params: list[Any]) -> str:
+    """$1='text', $2=<binary 0019>, $3=NULL; capped values say how long they were."""
+    shown = []
+    for n, value in enumerate(params, 1):
+        if value is None:
+            text = "NULL"
+        elif isinstance(value, dict) and "binary" in value:
+            text = f"<binary {value['binary']}>"
+        elif isinstance(value, dict):
+            text = f"'{value.get('text')}'…({value.get('length')} bytes)"
+        else:
+            text = f"'{value}'"
+        shown.append(f"${n}={text}")
+    return ", ".join(shown) or "(no parameters)"
+
+
 def _describe(ev: dict[str, Any]) -> tuple[str, str]:
     kind, a = str(ev.get("type")), ev.get("attrs") or {}
     if kind == "query":
@@ -122,7 +138,7 @@ def _describe(ev: dict[str, Any]) -> tuple[str, str]:
             f"  [{a['statement']}]" if a.get("statement") else ""
         )
     if kind == "bind":
-        return "", f"bind     params {json.dumps(a.get('params', []), ensure_ascii=False)}"
+        return "", f"bind     {_params(a.get('params') or [])}"
     if kind == "execute":
         return "cyan", f"execute  {_sql(a)}"
     if kind == "result":
