@@ -132,3 +132,24 @@ def test_not_a_bundle_and_no_such_file(tmp_path: Path, capsys) -> None:
     assert code == 1 and "not a tapegate evidence bundle" in out
     assert main(["verify", str(tmp_path / "absent.zip")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_raw_byte_flips_in_the_zip(bundle: Path, tmp_path: Path, capsys) -> None:
+    """Flipping bytes of the zip file itself: inside the stored records every flip is rejected;
+    anywhere at all, verify answers 0 or 1 and never raises. (A zip has bytes that change
+    nothing, such as file times, so not every flip outside the records can fail.)"""
+    raw = bundle.read_bytes()
+    records = zipfile.ZipFile(bundle).read("records/001.bin")
+    start = raw.index(records[:64])
+    flipped = tmp_path / "flipped.zip"
+    for offset in range(start, start + len(records), 97):
+        data = bytearray(raw)
+        data[offset] ^= 0x40
+        flipped.write_bytes(bytes(data))
+        assert main(["verify", str(flipped)]) == 1, offset
+    for offset in range(0, len(raw), 13):
+        data = bytearray(raw)
+        data[offset] ^= 0xFF
+        flipped.write_bytes(bytes(data))
+        assert main(["verify", str(flipped)]) in (0, 1), offset
+    capsys.readouterr()

@@ -73,7 +73,9 @@ def test_full_demo_records_blocks_and_verifies(tmp_path: Path, capsys) -> None:
     assert main(["demo", "--data-dir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "statement blocked by tapegate guardrail (kind DROP)" in out
-    assert "BLOCKED  'DROP TABLE customers;' by kind DROP" in out
+    assert "BLOCKED  DROP TABLE customers;  (guardrail kind DROP)" in out  # tapegate replay
+    assert "ada@example.com" in out.split("tapegate replay")[1]  # rows decrypted in the replay
+    assert "bundle evidence.zip" in out and "changed file records/001.bin" in out
     assert "intact" in out and "BROKEN" in out
     assert "still_there" in out
     assert "demo-agent  appdb" in out and "closed  True" in out  # tapegate sessions

@@ -18,7 +18,9 @@ import datetime as dt
 import hashlib
 import io
 import json
+import struct
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,13 @@ from tapegate.tape.verify import verify_session
 
 FORMAT = "tapegate evidence bundle v1"
 MANIFEST = "manifest.json"
+
+
+# What a damaged zip can raise while being opened or read: a bad CRC or header (BadZipFile), a
+# broken deflate stream (zlib.error), a length past the end (EOFError, struct.error), a mangled
+# compression method (NotImplementedError), bad JSON or text (ValueError).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, struct.error,
+               NotImplementedError, ValueError)  # fmt: skip
 
 
 class BundleError(Exception):
@@ -93,7 +102,10 @@ def write_bundle(
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
         for name, data in files.items():
-            zf.writestr(name, data)
+            # Records are ciphertext, which does not compress: stored as they are, so that the
+            # bundle holds the delivered bytes verbatim.
+            stored = name.startswith("records/")
+            zf.writestr(name, data, zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
     tmp.replace(path)
     return manifest
 
@@ -125,15 +137,16 @@ def read_bundle(path: Path) -> Bundle:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         names = set(zf.namelist())
-        manifest = json.loads(zf.read(MANIFEST))
-    except zipfile.BadZipFile as exc:
+    except _ZIP_ERRORS as exc:
         raise BundleError(
             f"{path} is not a readable zip ({exc}): truncated or not a bundle"
         ) from None
+    try:
+        manifest = json.loads(zf.read(MANIFEST))
     except KeyError:
         raise BundleError(f"{path} has no {MANIFEST}: not a tapegate evidence bundle") from None
-    except ValueError as exc:
-        raise BundleError(f"{path}: {MANIFEST} is not JSON ({exc})") from None
+    except _ZIP_ERRORS as exc:
+        raise BundleError(f"{path}: {MANIFEST} is damaged ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: {MANIFEST} does not describe a {FORMAT}")
     problems: list[str] = []
@@ -146,7 +159,7 @@ def read_bundle(path: Path) -> Bundle:
             continue
         try:
             contents[name] = zf.read(name)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:  # e.g. a CRC error
+        except _ZIP_ERRORS as exc:  # e.g. a CRC error
             problems.append(f"unreadable file {name}: {exc}")
             continue
         if hashlib.sha256(contents[name]).hexdigest() != entry.get("sha256"):

@@ -256,6 +256,8 @@ def _follow(args: argparse.Namespace, replay: Replay, emit: Any) -> None:
                 emit(events, frames)
     except KeyboardInterrupt:
         pass
+    except EvidenceError as exc:  # e.g. an object gone since the last look
+        raise UsageError(str(exc)) from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
