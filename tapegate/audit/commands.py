@@ -132,6 +132,8 @@ def _evidence(
         evidence = gather(sid, archive.index, archive.evidence)
     except EvidenceError as exc:
         raise UsageError(str(exc)) from None
+    except UsageError:
+        raise
     except Exception as exc:  # no archive at all, no credentials, no such bucket...
         raise UsageError(f"cannot read the archive: {str(exc).splitlines()[0]}") from None
     verdict = evidence.verify(_trusted(args, archive))
