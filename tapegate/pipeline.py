@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from nacl.signing import VerifyKey
 
 from tapegate.archive import ChunkEntry, Claim, Index, ObjectStore, SessionRecord
+from tapegate.schema import STATEMENT_EVENTS
 from tapegate.tables import (
     by_day,
     day_of,
@@ -42,7 +43,6 @@ from tapegate.tape.seal import check_signature
 DEFAULT_SKEW_NS = 5 * 60 * 1_000_000_000  # a chunk sealed this long after delivery is flagged
 DEFAULT_GRACE_NS = 15 * 60 * 1_000_000_000  # open and silent this long: truncated
 OPEN_ROW_REFRESH_NS = 60 * 1_000_000_000
-_STATEMENT_EVENTS = frozenset({"query", "execute", "blocked"})
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Pipeline:
         headers = _headers(verified, known)
         # Every event of the object, parsed at once; each chunk owns a slice of the rows.
         events, spans = event_table(verified, headers)
-        is_statement = pc.is_in(events["type"], pa.array(sorted(_STATEMENT_EVENTS)))
+        is_statement = pc.is_in(events["type"], pa.array(sorted(STATEMENT_EVENTS)))
         fresh: dict[str, list[Record]] = defaultdict(list)
         kept: list[pa.Table] = []
         for rec, (start, stop) in zip(verified, spans, strict=True):

@@ -74,6 +74,9 @@ FRAMES = (
     Column("length", pa.int64(), "bigint", "bytes (the bytes themselves stay sealed)"),
 )
 
+# The event types the `statements` column counts (the pipeline and `tapegate show` alike).
+STATEMENT_EVENTS = frozenset({"query", "execute", "blocked"})
+
 TABLES: dict[str, tuple[Column, ...]] = {"sessions": SESSIONS, "events": EVENTS, "frames": FRAMES}
 PARTITION = "dt"
 

@@ -29,6 +29,10 @@ class AwsArchive:
             progress=progress,
         )
 
+    def scan(self) -> list[object]:
+        """Nothing to do: in AWS the verify/index Lambda indexes objects as they arrive."""
+        return []
+
     def trusted(self) -> Keyring:
         """The gateway's public key(s) from the SSM parameter the CDK stack writes."""
         if not self._public_key_param:

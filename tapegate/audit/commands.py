@@ -208,7 +208,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     emit(replay.events, replay.frames)
     if args.follow:
-        _follow(args, replay, emit)
+        _follow(args, archive, replay, emit)
     if args.format == "text":
         for style, line in text.footer():
             out.line(line, style)
@@ -245,14 +245,15 @@ def _contiguous(verdict: Verdict) -> list[Any]:
     return out
 
 
-def _follow(args: argparse.Namespace, replay: Replay, emit: Any) -> None:
+def _follow(args: argparse.Namespace, archive: Any, replay: Replay, emit: Any) -> None:
     """Poll the archive once a second for the session's new chunks until its final chunk."""
+    sid = parse_session_id(args.session)
+    trusted = _trusted(args, archive)
     try:
         while replay.end is None:
             time.sleep(1.0)
-            archive = _archive(_load(args))
-            evidence = gather(parse_session_id(args.session), archive.index, archive.evidence)
-            verdict = evidence.verify(_trusted(args, archive))
+            archive.scan()  # the embedded archive indexes new deliveries; in AWS the Lambda does
+            verdict = gather(sid, archive.index, archive.evidence).verify(trusted)
             events, frames = extend(replay, _contiguous(verdict))
             if events or frames:
                 emit(events, frames)

@@ -8,6 +8,7 @@ look incomplete (a missing range), never intact when it is not.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,8 +61,6 @@ def parse_session_id(text: str) -> uuid.UUID:
 
 def gather(session_id: uuid.UUID, index: Index, objects: ObjectStore) -> SessionEvidence:
     """Fetch every object the index saw the session in, and keep the session's records."""
-    import hashlib
-
     sid = str(session_id)
     record = index.get_session(sid)
     if record is None:

@@ -7,9 +7,8 @@ from collections import Counter
 from typing import Any
 
 from tapegate.audit.timeline import Replay
+from tapegate.schema import STATEMENT_EVENTS
 from tapegate.tape import Direction, Verdict
-
-STATEMENT_TYPES = ("query", "execute", "blocked")  # as the pipeline counts them
 
 
 def _iso(ns: int | None) -> str | None:
@@ -42,7 +41,7 @@ def summarize(replay: Replay, verdict: Verdict) -> dict[str, Any]:
         "final_seq": verdict.final_seq,
         "head_digest": verdict.head_digest.hex() if verdict.head_digest else None,
         "signing_keys": sorted({r.key_id.hex() for r in verdict.records}),
-        "statements": sum(types[t] for t in STATEMENT_TYPES),
+        "statements": sum(types[t] for t in STATEMENT_EVENTS),
         "errors": types["error"],
         "blocked": types["blocked"],
         "bytes_client": sent,
