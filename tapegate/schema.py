@@ -90,10 +90,12 @@ def glue_columns(table: str) -> list[dict[str, str]]:
 
 
 def duckdb_view_sql(table: str, root: str) -> str:
-    """A view over every Parquet file of a table, with `dt` from the hive-style path."""
+    """A view over every Parquet file of a table, with `dt` from the hive-style path. `dt` is a
+    string, as in the Glue tables, so the same SQL compares it the same way on both engines."""
     columns = ", ".join(c.name for c in TABLES[table])
     pattern = f"{root.rstrip('/')}/{table}/*/*.parquet"
     return (
         f"CREATE OR REPLACE VIEW {table} AS SELECT {columns}, {PARTITION} "
-        f"FROM read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
+        f"FROM read_parquet('{pattern}', hive_partitioning = true, "
+        f"hive_types = {{'{PARTITION}': VARCHAR}}, union_by_name = true)"
     )

@@ -19,7 +19,7 @@ from functools import cache
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
@@ -35,6 +35,7 @@ from tapegate.pipeline import Pipeline
 logger = Logger(service="tapegate-verify-index")
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "tapegate"))
 processor = BatchProcessor(event_type=EventType.SQS)
+tracer = Tracer(service="tapegate-verify-index")
 
 
 @cache
@@ -53,6 +54,7 @@ def _clients() -> tuple[Any, Pipeline]:
     return s3, pipeline
 
 
+@tracer.capture_method
 def record_handler(record: SQSRecord) -> None:
     s3, pipeline = _clients()
     body = json.loads(record.body)
@@ -75,6 +77,7 @@ def record_handler(record: SQSRecord) -> None:
 
 @logger.inject_lambda_context
 @metrics.log_metrics
+@tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context

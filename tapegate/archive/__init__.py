@@ -6,6 +6,7 @@ DuckDB | Athena). The pipeline and the CLI see only these interfaces.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -98,4 +99,8 @@ class Index(Protocol):
 
 
 class QueryEngine(Protocol):
-    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+    def query(
+        self, sql: str, params: Sequence[Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+
+    def unload(self, table: str, day: str, destination: Any) -> None: ...

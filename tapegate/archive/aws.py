@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
+from datetime import date
 from typing import Any
 
 from tapegate.archive import ChunkEntry, Claim, SessionRecord
+from tapegate.schema import PARTITION, TABLES
 
 TABLE_SPEC: dict[str, Any] = {
     "KeySchema": [
@@ -186,30 +189,10 @@ class AthenaQuery:
         self.workgroup, self.database, self.client = workgroup, database, client
         self.poll_s, self.timeout_s, self._sleep, self.progress = poll_s, timeout_s, sleep, progress
 
-    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        qid = self.client.start_query_execution(
-            QueryString=sql,
-            WorkGroup=self.workgroup,
-            QueryExecutionContext={"Database": self.database},
-        )["QueryExecutionId"]
-        waited = 0.0
-        delay = self.poll_s
-        while True:
-            execution = self.client.get_query_execution(QueryExecutionId=qid)["QueryExecution"]
-            state = execution["Status"]["State"]
-            if state == "SUCCEEDED":
-                break
-            if state in ("FAILED", "CANCELLED"):
-                reason = execution["Status"].get("StateChangeReason", state)
-                raise RuntimeError(f"Athena query {state.lower()}: {reason}")
-            if waited >= self.timeout_s:
-                self.client.stop_query_execution(QueryExecutionId=qid)
-                raise TimeoutError(f"Athena query still {state} after {self.timeout_s:.0f} s")
-            if self.progress:
-                self.progress(state, waited)
-            self._sleep(delay)
-            waited += delay
-            delay = min(delay * 1.5, 5.0)
+    def query(
+        self, sql: str, params: Sequence[Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        qid = self._run(sql, params)
         columns: list[str] = []
         rows: list[tuple[Any, ...]] = []
         token: str | None = None
@@ -231,6 +214,54 @@ class AthenaQuery:
             token = page.get("NextToken")
             if not token:
                 return columns, rows
+
+    def unload(self, table: str, day: str, destination: str) -> None:
+        """One day of a table as Parquet under `destination` (s3://...; must be empty)."""
+        if table not in TABLES:
+            raise ValueError(f"no table {table!r}")
+        day = date.fromisoformat(day).isoformat()  # a literal below: only a real date gets in
+        self._run(
+            f"UNLOAD (SELECT * FROM {table} WHERE {PARTITION} = '{day}') TO '{destination}' "
+            "WITH (format = 'PARQUET', compression = 'ZSTD')"
+        )
+
+    def _run(self, sql: str, params: Sequence[Any] | None = None) -> str:
+        """Start a query and wait for it to succeed; returns its execution id."""
+        request: dict[str, Any] = {
+            "QueryString": sql,
+            "WorkGroup": self.workgroup,
+            "QueryExecutionContext": {"Database": self.database},
+        }
+        if params:
+            # Athena splices execution parameters into the SQL as written: quote strings.
+            request["ExecutionParameters"] = [_athena_literal(p) for p in params]
+        qid = self.client.start_query_execution(**request)["QueryExecutionId"]
+        waited = 0.0
+        delay = self.poll_s
+        while True:
+            execution = self.client.get_query_execution(QueryExecutionId=qid)["QueryExecution"]
+            state = execution["Status"]["State"]
+            if state == "SUCCEEDED":
+                return qid
+            if state in ("FAILED", "CANCELLED"):
+                reason = execution["Status"].get("StateChangeReason", state)
+                raise RuntimeError(f"Athena query {state.lower()}: {reason}")
+            if waited >= self.timeout_s:
+                self.client.stop_query_execution(QueryExecutionId=qid)
+                raise TimeoutError(f"Athena query still {state} after {self.timeout_s:.0f} s")
+            if self.progress:
+                self.progress(state, waited)
+            self._sleep(delay)
+            waited += delay
+            delay = min(delay * 1.5, 5.0)
+
+
+def _athena_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _athena_value(value: str | None, kind: str) -> Any:

@@ -6,12 +6,14 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from tapegate.archive import ChunkEntry, Claim, SessionRecord
-from tapegate.schema import TABLES, arrow_schema, duckdb_view_sql
+from tapegate.schema import PARTITION, TABLES, arrow_schema, duckdb_view_sql
 
 
 class LocalObjectStore:
@@ -155,23 +157,44 @@ class DuckDBQuery:
     def __init__(self, curated_root: Path) -> None:
         self.root = Path(curated_root)
 
-    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        import duckdb
-
-        con = duckdb.connect(":memory:")
+    def query(
+        self, sql: str, params: Sequence[Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        con = self._connect()
         try:
-            con.execute("SET TimeZone = 'UTC'")
-            for table in TABLES:
-                if any((self.root / table).glob("*/*.parquet")):
-                    con.execute(duckdb_view_sql(table, str(self.root)))
-                else:  # no files yet: an empty table of the right shape
-                    empty = arrow_schema(table).empty_table()
-                    con.register(f"_{table}_empty", empty)
-                    con.execute(
-                        f"CREATE VIEW {table} AS SELECT *, NULL::VARCHAR AS dt FROM _{table}_empty"
-                    )
-            cur = con.execute(sql)
+            cur = con.execute(sql, params) if params else con.execute(sql)
             columns = [d[0] for d in cur.description or []]
             return columns, cur.fetchall()
         finally:
             con.close()
+
+    def unload(self, table: str, day: str, destination: Path) -> None:
+        """One day of a table into Parquet files under `destination` (Athena's UNLOAD here)."""
+        if table not in TABLES:
+            raise ValueError(f"no table {table!r}")
+        day = date.fromisoformat(day).isoformat()  # a literal below: only a real date gets in
+        destination.mkdir(parents=True, exist_ok=True)
+        con = self._connect()
+        try:
+            con.execute(
+                f"COPY (SELECT * FROM {table} WHERE {PARTITION} = '{day}') "
+                f"TO '{destination / 'part-0.parquet'}' (FORMAT PARQUET, COMPRESSION ZSTD)"
+            )
+        finally:
+            con.close()
+
+    def _connect(self) -> Any:
+        import duckdb
+
+        con = duckdb.connect(":memory:")
+        con.execute("SET TimeZone = 'UTC'")
+        for table in TABLES:
+            if any((self.root / table).glob("*/*.parquet")):
+                con.execute(duckdb_view_sql(table, str(self.root)))
+            else:  # no files yet: an empty table of the right shape
+                empty = arrow_schema(table).empty_table()
+                con.register(f"_{table}_empty", empty)
+                con.execute(
+                    f"CREATE VIEW {table} AS SELECT *, NULL::VARCHAR AS dt FROM _{table}_empty"
+                )
+        return con
