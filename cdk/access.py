@@ -81,10 +81,16 @@ class AuditorAccess(Construct):
             ],
         )  # fmt: skip
         for bucket in [*buckets, storage.query_results]:
-            acknowledge(self.policy, objects_of(bucket),
-                        "An auditor reads any object of this bucket: that is the job.")
-        acknowledge(self.policy, objects_of(index.table, "/index/*"),
-                    "Sessions are listed by subject and by target: both GSIs of the index.")
+            acknowledge(
+                self.policy,
+                objects_of(bucket),
+                "An auditor reads any object of this bucket: that is the job.",
+            )
+        acknowledge(
+            self.policy,
+            objects_of(index.table, "/index/*"),
+            "Sessions are listed by subject and by target: both GSIs of the index.",
+        )
         self.role = iam.Role(
             self, "Role",
             description="tapegate auditor: read-only access to recorded sessions",

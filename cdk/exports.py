@@ -55,12 +55,29 @@ class ComplianceExports(Construct):
             actions=["glue:GetDatabase", "glue:GetTable", "glue:GetPartitions"],
             resources=analytics.catalog_arns(),
         ))  # fmt: skip
-        storage.allow(self.function, storage.curated, read=True, list_keys=True,
-                      why="Athena reads a day's Parquet files with the caller's credentials.")
-        storage.allow(self.function, storage.exports, read=True, write=True, list_keys=True,
-                      why="UNLOAD writes a fresh prefix per run; the manifest hashes each file.")
-        storage.allow(self.function, storage.query_results, read=True, write=True,
-                      list_keys=True, why="Athena's query result and metadata files.")
+        storage.allow(
+            self.function,
+            storage.curated,
+            read=True,
+            list_keys=True,
+            why="Athena reads a day's Parquet files with the caller's credentials.",
+        )
+        storage.allow(
+            self.function,
+            storage.exports,
+            read=True,
+            write=True,
+            list_keys=True,
+            why="UNLOAD writes a fresh prefix per run; the manifest hashes each file.",
+        )
+        storage.allow(
+            self.function,
+            storage.query_results,
+            read=True,
+            write=True,
+            list_keys=True,
+            why="Athena's query result and metadata files.",
+        )
 
         self.schedule = scheduler.Schedule(
             self, "Daily",

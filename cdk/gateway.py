@@ -42,8 +42,11 @@ def gateway_config(
     config: dict[str, Any] = {
         "data_dir": DATA_DIR,
         "gateway_name": GATEWAY_NAME,
-        "identity": {"issuer": settings.oidc_issuer, "audience": settings.oidc_audience,
-                     "groups_claim": settings.groups_claim},  # fmt: skip
+        "identity": {
+            "issuer": settings.oidc_issuer,
+            "audience": settings.oidc_audience,
+            "groups_claim": settings.groups_claim,
+        },
         "listen": {
             **{proto: f"0.0.0.0:{port}" for proto, port in settings.listeners.items()},
             "health": f"0.0.0.0:{settings.health_port}",
@@ -99,12 +102,14 @@ class Gateway(Construct):
             stream=ingest.stream.delivery_stream_name,
             region=stack.region,
             signing_key=gateway_key.secret.secret_arn,
-            archive={"evidence_bucket": storage.evidence.bucket_name,
-                     "curated_bucket": storage.curated.bucket_name,
-                     "table": index.table.table_name,
-                     "workgroup": analytics.workgroup_name,
-                     "database": analytics.database_name,
-                     "public_key_param": gateway_key.parameter_name},  # fmt: skip
+            archive={
+                "evidence_bucket": storage.evidence.bucket_name,
+                "curated_bucket": storage.curated.bucket_name,
+                "table": index.table.table_name,
+                "workgroup": analytics.workgroup_name,
+                "database": analytics.database_name,
+                "public_key_param": gateway_key.parameter_name,
+            },
         )
         secrets = {}
         if settings.targets_secret_arn:
@@ -119,18 +124,24 @@ class Gateway(Construct):
             logging=ecs.LogDrivers.aws_logs(stream_prefix="gateway", log_group=self.logs),
             environment={"TAPEGATE_CONFIG_YAML": stack.to_json_string(config)},
             secrets=secrets or None,
-            port_mappings=[ecs.PortMapping(container_port=p) for p in
-                           [*ports, settings.health_port]],  # fmt: skip
+            port_mappings=[
+                ecs.PortMapping(container_port=p) for p in [*ports, settings.health_port]
+            ],
             health_check=ecs.HealthCheck(
-                command=["CMD", "python", "-c", "import urllib.request; urllib.request."
-                         f"urlopen('http://127.0.0.1:{settings.health_port}/healthz')"],
+                command=[
+                    "CMD",
+                    "python",
+                    "-c",
+                    "import urllib.request; urllib.request."
+                    f"urlopen('http://127.0.0.1:{settings.health_port}/healthz')",
+                ],
                 interval=Duration.seconds(15),
                 start_period=Duration.seconds(30),
             ),
             stop_timeout=Duration.seconds(120),  # sessions get two minutes to finish
             readonly_root_filesystem=True,
             user="10001",
-        )  # fmt: skip
+        )
         # The data dir (self-signed TLS certificate, spool) is the only writable place.
         task.add_volume(name="data")
         container.add_mount_points(
@@ -142,8 +153,11 @@ class Gateway(Construct):
                    "(the signing key and target credentials are read from Secrets Manager).",
         ))  # fmt: skip
         self._grant(task.task_role, settings, ingest, gateway_key)
-        acknowledge(task, "AwsSolutions-IAM5[Resource::*]", "The execution role's "
-                    "ecr:GetAuthorizationToken has no resource-level permissions.")
+        acknowledge(
+            task,
+            "AwsSolutions-IAM5[Resource::*]",
+            "The execution role's ecr:GetAuthorizationToken has no resource-level permissions.",
+        )
 
         self.security_group = ec2.SecurityGroup(
             self, "TaskSecurityGroup", vpc=self.vpc,
@@ -187,8 +201,9 @@ class Gateway(Construct):
             self.target_groups[proto] = listener.add_targets(
                 f"{proto.title()}Targets",
                 port=port,
-                targets=[self.service.load_balancer_target(container_name=CONTAINER,
-                                                           container_port=port)],  # fmt: skip
+                targets=[
+                    self.service.load_balancer_target(container_name=CONTAINER, container_port=port)
+                ],
                 deregistration_delay=Duration.seconds(120),
                 health_check=elbv2.HealthCheck(
                     protocol=elbv2.Protocol.HTTP,

@@ -21,7 +21,9 @@ class Ingest(Construct):
         destination = firehose.S3Bucket(
             storage.evidence,
             data_output_prefix=DELIVERY_PREFIX + "!{timestamp:yyyy/MM/dd/HH}/",
-            error_output_prefix=ERROR_PREFIX + "!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd}/",
+            error_output_prefix=(
+                ERROR_PREFIX + "!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd}/"
+            ),
             buffering_interval=Duration.seconds(settings.buffer_interval_s),
             buffering_size=Size.mebibytes(settings.buffer_size_mib),
             encryption_key=storage.key,
@@ -33,10 +35,24 @@ class Ingest(Construct):
         )  # fmt: skip
         # The L2 construct grants its delivery role the bucket helpers' wildcards. Deletes are
         # denied by the evidence bucket policy and reads by its OnlyNamedReaders statement.
-        for finding in ("Action::s3:Abort*", "Action::s3:DeleteObject*", "Action::s3:GetBucket*",
-                        "Action::s3:GetObject*", "Action::s3:List*", "Action::kms:ReEncrypt*",
-                        "Action::kms:GenerateDataKey*"):
-            acknowledge(self.stream, f"AwsSolutions-IAM5[{finding}]", "Firehose's delivery role "
-                        "as the L2 construct grants it; the bucket policy denies deletes and reads.")
-        acknowledge(self.stream, objects_of(storage.evidence), "Firehose names each delivery "
-                    "object itself, under deliveries/ and errors/.")
+        for finding in (
+            "Action::s3:Abort*",
+            "Action::s3:DeleteObject*",
+            "Action::s3:GetBucket*",
+            "Action::s3:GetObject*",
+            "Action::s3:List*",
+            "Action::kms:ReEncrypt*",
+            "Action::kms:GenerateDataKey*",
+        ):
+            acknowledge(
+                self.stream,
+                f"AwsSolutions-IAM5[{finding}]",
+                "Firehose's delivery "
+                "role as the L2 construct grants it; the bucket policy denies deletes "
+                "and reads.",
+            )
+        acknowledge(
+            self.stream,
+            objects_of(storage.evidence),
+            "Firehose names each delivery object itself, under deliveries/ and errors/.",
+        )

@@ -43,8 +43,11 @@ class KeyGenerator(Construct):
                            "service-role/AWSLambdaBasicExecutionRole]", reason="The Provider "
                            "framework's function only writes its own logs."),
         )  # fmt: skip
-        acknowledge(self.provider, objects_of(self.function, ":*"),
-                    "The framework may invoke any version of the one key-generation function.")
+        acknowledge(
+            self.provider,
+            objects_of(self.function, ":*"),
+            "The framework may invoke any version of the one key-generation function.",
+        )
 
 
 class KeyPair(Construct):

@@ -80,10 +80,18 @@ class Pipeline(Construct):
             self.queue, batch_size=10, report_batch_item_failures=True,
             max_batching_window=Duration.seconds(5),
         ))  # fmt: skip
-        storage.allow(self.function, storage.evidence, read=True,
-                      why="Reads each delivered object it is notified of; keys are per delivery.")
-        storage.allow(self.function, storage.curated, write=True,
-                      why="Writes Parquet per session and delivery under the table prefixes.")
+        storage.allow(
+            self.function,
+            storage.evidence,
+            read=True,
+            why="Reads each delivered object it is notified of; keys are per delivery.",
+        )
+        storage.allow(
+            self.function,
+            storage.curated,
+            write=True,
+            why="Writes Parquet per session and delivery under the table prefixes.",
+        )
         self.function.add_to_role_policy(iam.PolicyStatement(
             actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"],
             resources=[index.table.table_arn],  # the base table only: no index is needed

@@ -94,8 +94,9 @@ class Settings:
             groups_claim=_str(get("groups_claim"), "groups_claim", d.groups_claim),
             listeners=listeners,
             health_port=_int(get("health_port"), "health_port", d.health_port, 1, 65535),
-            retention_days=_int(get("retention_days"), "retention_days", d.retention_days,
-                                1, 36500),  # fmt: skip
+            retention_days=_int(
+                get("retention_days"), "retention_days", d.retention_days, 1, 36500
+            ),
             lock_mode=lock_mode,
             vpc_id=_str(get("vpc_id"), "vpc_id", "") or None,
             vpc_cidr=_cidr(get("vpc_cidr"), d.vpc_cidr),
@@ -109,18 +110,27 @@ class Settings:
             internet_facing=_bool(get("internet_facing"), "internet_facing", d.internet_facing),
             desired_count=_int(get("desired_count"), "desired_count", d.desired_count, 1, 100),
             max_count=_int(get("max_count"), "max_count", d.max_count, 1, 100),
-            sessions_per_task=_int(get("sessions_per_task"), "sessions_per_task",
-                                   d.sessions_per_task, 1, 100000),  # fmt: skip
-            verify_concurrency=_int(get("verify_concurrency"), "verify_concurrency",
-                                    d.verify_concurrency, 1, 1000),  # fmt: skip
-            athena_bytes_cutoff=_int(get("athena_bytes_cutoff"), "athena_bytes_cutoff",
-                                     d.athena_bytes_cutoff, 10 * 1024**2, 2**62),  # fmt: skip
-            buffer_interval_s=_int(get("buffer_interval_s"), "buffer_interval_s",
-                                   d.buffer_interval_s, 0, 900),  # fmt: skip
-            buffer_size_mib=_int(get("buffer_size_mib"), "buffer_size_mib", d.buffer_size_mib,
-                                 1, 128),  # fmt: skip
-            break_glass_principal=_str(get("break_glass_principal"), "break_glass_principal",
-                                       "") or None,  # fmt: skip
+            sessions_per_task=_int(
+                get("sessions_per_task"), "sessions_per_task", d.sessions_per_task, 1, 100000
+            ),
+            verify_concurrency=_int(
+                get("verify_concurrency"), "verify_concurrency", d.verify_concurrency, 1, 1000
+            ),
+            athena_bytes_cutoff=_int(
+                get("athena_bytes_cutoff"),
+                "athena_bytes_cutoff",
+                d.athena_bytes_cutoff,
+                10 * 1024**2,
+                2**62,
+            ),
+            buffer_interval_s=_int(
+                get("buffer_interval_s"), "buffer_interval_s", d.buffer_interval_s, 0, 900
+            ),
+            buffer_size_mib=_int(
+                get("buffer_size_mib"), "buffer_size_mib", d.buffer_size_mib, 1, 128
+            ),
+            break_glass_principal=_str(get("break_glass_principal"), "break_glass_principal", "")
+            or None,
             alarm_email=_str(get("alarm_email"), "alarm_email", "") or None,
         )
         if settings.max_count < settings.desired_count:

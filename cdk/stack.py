@@ -62,10 +62,12 @@ class TapegateStack(Stack):
         )  # fmt: skip
         # Reads are denied to everyone else by the bucket policies, whatever IAM says.
         self.storage.restrict_reads(
-            self.storage.evidence, [self.access.role, self.pipeline.function.role]  # type: ignore[list-item]
+            self.storage.evidence,
+            [self.access.role, self.pipeline.function.role],  # type: ignore[list-item]
         )
         self.storage.restrict_reads(
-            self.storage.curated, [self.access.role, self.exports.function.role]  # type: ignore[list-item]
+            self.storage.curated,
+            [self.access.role, self.exports.function.role],  # type: ignore[list-item]
         )
         self.alarms = Alarms(
             self, "Alarms",
@@ -96,15 +98,28 @@ class TapegateStack(Stack):
 
     def _acknowledge_library_findings(self) -> None:
         """Findings on resources the CDK library adds to the stack itself."""
-        acknowledge(self, "CloudFormation-Validate::W7001", "The Firehose construct's region "
-                    "CIDR mapping is only used for HTTP endpoints, which this stack has none of.")
+        acknowledge(
+            self,
+            "CloudFormation-Validate::W7001",
+            "The Firehose construct's region "
+            "CIDR mapping is only used for HTTP endpoints, which this stack has none of.",
+        )
         for child in self.node.children:
             if child.node.id.startswith("BucketNotificationsHandler"):
-                acknowledge(child, "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:"
-                            "policy/service-role/AWSLambdaBasicExecutionRole]", "CDK's own "
-                            "handler that sets the evidence bucket's notification at deploy.")
-                acknowledge(child, "AwsSolutions-IAM5[Resource::*]", "s3:PutBucketNotification "
-                            "for the bucket CDK configures, as CDK writes it.")
+                acknowledge(
+                    child,
+                    "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:"
+                    "policy/service-role/AWSLambdaBasicExecutionRole]",
+                    "CDK's own handler that sets the evidence bucket's notification at deploy.",
+                )
+                acknowledge(
+                    child,
+                    "AwsSolutions-IAM5[Resource::*]",
+                    "s3:PutBucketNotification for the bucket CDK configures, as CDK writes it.",
+                )
             if child.node.id.startswith("SchedulerRoleForTarget"):
-                acknowledge(child, objects_of(self.exports.function, ":*"),
-                            "The schedule may invoke any version of the export function.")
+                acknowledge(
+                    child,
+                    objects_of(self.exports.function, ":*"),
+                    "The schedule may invoke any version of the export function.",
+                )

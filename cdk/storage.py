@@ -81,8 +81,11 @@ class Storage(Construct):
                      "s3:ListBucketVersions", "s3:GetObjectRetention"],
             resources=[self.evidence.bucket_arn, self.evidence.arn_for_objects("*")],
         ))  # fmt: skip
-        acknowledge(self.break_glass, objects_of(self.evidence),
-                    "Break-glass deletion is per object version, named at the time of use.")
+        acknowledge(
+            self.break_glass,
+            objects_of(self.evidence),
+            "Break-glass deletion is per object version, named at the time of use.",
+        )
 
     def _bucket(
         self,

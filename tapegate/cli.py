@@ -158,10 +158,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         run = uvloop.run
     except ImportError:
         run = asyncio.run
+    from tapegate.keys import KeyFileError
+
     try:
         run(serve(config, ready))
     except OSError as exc:
         raise UsageError(f"cannot start: {exc.strerror or exc}") from None
+    except KeyFileError as exc:
+        raise UsageError(f"cannot start: {exc}") from None
     return 0
 
 

@@ -133,6 +133,14 @@ class ArchiveConfig:
 
 
 @dataclass(frozen=True)
+class KeysConfig:
+    """Where the gateway's keys come from. Unset: the data dir's keys/ (made on first use)."""
+
+    signing_key: str | None = None  # a file or a Secrets Manager ARN holding the seed (hex)
+    auditor_public_keys: tuple[bytes, ...] = ()  # X25519 keys the session keys are sealed to
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path(".tapegate")
     gateway_name: str = "local"
@@ -145,6 +153,7 @@ class Config:
     sink: SinkConfig = field(default_factory=SinkConfig)
     durability: str = "buffered"  # buffered | acked
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
     source: str = "built-in defaults"
 
     @property
@@ -164,6 +173,13 @@ def find_config_file(explicit: str | os.PathLike[str] | None) -> Path | None:
 
 def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     path = find_config_file(explicit)
+    if path is None and os.environ.get("TAPEGATE_CONFIG_YAML"):
+        # A container (Fargate) gets its whole config in the environment; targets may come
+        # separately from a secret that ECS injects as $TAPEGATE_TARGETS.
+        raw = _yaml(os.environ["TAPEGATE_CONFIG_YAML"], "$TAPEGATE_CONFIG_YAML") or {}
+        if os.environ.get("TAPEGATE_TARGETS") and isinstance(raw, dict):
+            raw["targets"] = _yaml(os.environ["TAPEGATE_TARGETS"], "$TAPEGATE_TARGETS")
+        return _replace(parse_config(raw), source="$TAPEGATE_CONFIG_YAML")
     if path is None:
         return Config()
     try:
@@ -174,6 +190,13 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(str(path), f"not valid YAML: {exc}") from None
     config = parse_config(raw or {}, base_dir=path.parent)
     return _replace(config, source=str(path))
+
+
+def _yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, f"not valid YAML: {exc}") from None
 
 
 def _replace(config: Config, **changes: Any) -> Config:
@@ -201,6 +224,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
             "sink",
             "archive",
             "durability",
+            "keys",
         },
     )
     data_dir = _path(top.get("data_dir", ".tapegate"), "data_dir", base_dir)
@@ -231,6 +255,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
         sink=_sink(top.get("sink", {}), base_dir),
         archive=_archive(top.get("archive", {})),
         durability=_durability(top.get("durability", "buffered")),
+        keys=_keys(top.get("keys", {})),
     )
 
 
@@ -411,6 +436,25 @@ def _archive(raw: Any) -> ArchiveConfig:
             if required not in values:
                 raise ConfigError(f"archive.{required}", "is required for kind aws")
     return ArchiveConfig(kind=kind, embedded_pipeline=embedded, **values)
+
+
+def _keys(raw: Any) -> KeysConfig:
+    m = _mapping(raw, "keys")
+    _only(m, "keys", {"signing_key", "auditor_public_keys"})
+    signing = _str(m["signing_key"], "keys.signing_key") if "signing_key" in m else None
+    auditors = m.get("auditor_public_keys", [])
+    if not isinstance(auditors, list):
+        raise ConfigError("keys.auditor_public_keys", "must be a list of hex keys")
+    parsed = []
+    for i, key in enumerate(auditors):
+        try:
+            raw_key = bytes.fromhex(_str(key, f"keys.auditor_public_keys[{i}]"))
+        except ValueError:
+            raw_key = b""
+        if len(raw_key) != 32:
+            raise ConfigError(f"keys.auditor_public_keys[{i}]", "must be 64 hex digits")
+        parsed.append(raw_key)
+    return KeysConfig(signing_key=signing, auditor_public_keys=tuple(parsed))
 
 
 # -- small checkers ------------------------------------------------------------------------------

@@ -102,6 +102,16 @@ class LocalKeyStore:
 def load_auditor_key(spec: str, region: str | None = None) -> PrivateKey:
     """An auditor's X25519 private key (hex) from a file, or from a Secrets Manager secret when
     `spec` is a secret ARN. Raises KeyFileError with one line saying what is wrong."""
+    return PrivateKey(_load_secret_hex(spec, "auditor key", region))
+
+
+def load_signing_key(spec: str, region: str | None = None) -> SigningKey:
+    """A gateway's Ed25519 seed (hex) from a file or a Secrets Manager secret ARN (on AWS the
+    stack's key generator writes it there and only the task may read it)."""
+    return SigningKey(_load_secret_hex(spec, "signing key", region))
+
+
+def _load_secret_hex(spec: str, what: str, region: str | None) -> bytes:
     if spec.startswith("arn:aws:secretsmanager:"):
         try:
             import boto3
@@ -111,15 +121,15 @@ def load_auditor_key(spec: str, region: str | None = None) -> PrivateKey:
                 SecretId=spec
             )["SecretString"]
         except Exception as exc:  # botocore's errors carry the useful message
-            raise KeyFileError(f"cannot read auditor key secret {spec}: {exc}") from None
+            raise KeyFileError(f"cannot read {what} secret {spec}: {exc}") from None
         try:
             raw = bytes.fromhex(value.strip())
         except ValueError:
-            raise KeyFileError(f"auditor key secret {spec}: not hex") from None
+            raise KeyFileError(f"{what} secret {spec}: not hex") from None
         if len(raw) != 32:
-            raise KeyFileError(f"auditor key secret {spec}: expected 32 bytes, found {len(raw)}")
-        return PrivateKey(raw)
+            raise KeyFileError(f"{what} secret {spec}: expected 32 bytes, found {len(raw)}")
+        return raw
     try:
-        return PrivateKey(_read_hex(Path(spec), 32))
+        return _read_hex(Path(spec), 32)
     except OSError as exc:
-        raise KeyFileError(f"cannot read auditor key {spec}: {exc.strerror}") from None
+        raise KeyFileError(f"cannot read {what} {spec}: {exc.strerror}") from None

@@ -104,3 +104,38 @@ def test_archive_section() -> None:
 def test_the_shipped_example_parses() -> None:
     config = load_config(Path(__file__).parent.parent / "examples" / "tapegate.yaml")
     assert config.targets["appdb"].deny and config.durability == "buffered"
+
+
+def test_keys_section_names_the_signing_key_and_auditor_keys(tmp_path) -> None:
+    from tapegate.config import parse_config
+
+    auditor = "ab" * 32
+    config = parse_config({"keys": {"signing_key": "arn:aws:secretsmanager:eu-west-1:1:secret:s",
+                                    "auditor_public_keys": [auditor]}})  # fmt: skip
+    assert config.keys.signing_key.endswith(":secret:s")
+    assert config.keys.auditor_public_keys == (bytes.fromhex(auditor),)
+    with pytest.raises(ConfigError, match=r"keys.auditor_public_keys\[0\]: must be 64 hex"):
+        parse_config({"keys": {"auditor_public_keys": ["abc"]}})
+    with pytest.raises(ConfigError, match=r"keys\.signing: unknown key"):
+        parse_config({"keys": {"signing": "x"}})
+
+
+def test_a_container_gets_its_config_and_targets_from_the_environment(monkeypatch) -> None:
+    import json
+
+    from tapegate.config import load_config
+
+    monkeypatch.delenv("TAPEGATE_CONFIG", raising=False)
+    monkeypatch.chdir("/")
+    monkeypatch.setenv("TAPEGATE_CONFIG_YAML", json.dumps(
+        {"gateway_name": "fargate", "listen": {"postgres": "0.0.0.0:5432"}}))  # fmt: skip
+    monkeypatch.setenv("TAPEGATE_TARGETS", json.dumps([
+        {"name": "appdb", "protocol": "postgres", "upstream": "db.internal:5432",
+         "database": "app", "username": "app",
+         "secret_arn": "arn:aws:secretsmanager:x", "allow_groups": ["agents"]}]))  # fmt: skip
+    config = load_config()
+    assert config.gateway_name == "fargate" and config.source == "$TAPEGATE_CONFIG_YAML"
+    assert list(config.targets) == ["appdb"]
+    monkeypatch.setenv("TAPEGATE_CONFIG_YAML", "listen: [")
+    with pytest.raises(ConfigError, match=r"\$TAPEGATE_CONFIG_YAML: not valid YAML"):
+        load_config()

@@ -16,6 +16,8 @@ import signal
 import time
 from collections.abc import Callable
 
+from nacl.public import PublicKey
+
 from gateway_task.health import HealthServer
 from gateway_task.identity import OidcVerifier
 from gateway_task.metrics import GatewayMetrics
@@ -26,7 +28,7 @@ from gateway_task.sinks.local import LocalFolderSink
 from gateway_task.tls import server_context
 from tapegate.archive.embedded import LocalArchive
 from tapegate.config import Config
-from tapegate.keys import LocalKeyStore
+from tapegate.keys import LocalKeyStore, load_signing_key
 
 log = logging.getLogger("tapegate.gateway")
 
@@ -47,8 +49,14 @@ class Gateway:
     ) -> None:
         self.config = config
         keys = LocalKeyStore(config.data_dir)
-        self.signer = keys.signing_key()
-        self.auditors = keys.auditor_public_keys()
+        if config.keys.signing_key:
+            self.signer = load_signing_key(config.keys.signing_key, config.sink.region)
+        else:
+            self.signer = keys.signing_key()
+        if config.keys.auditor_public_keys:
+            self.auditors = [PublicKey(k) for k in config.keys.auditor_public_keys]
+        else:
+            self.auditors = keys.auditor_public_keys()
         self.sink: Sink = sink or make_sink(config)
         self.metrics = GatewayMetrics(config.gateway_name)
         self.metrics.gauges["sessions_active"] = lambda: len(self.sessions)
