@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 # Debian packages the tests and the demo drive for real.
 DEBIAN_PACKAGES := postgresql postgresql-client
 
-.PHONY: demo test lint bench setup debian-packages vectors clean
+# jsii (under aws-cdk-lib) warns at every start that Node 20 is past its end of life; it works.
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+
+.PHONY: demo test lint bench setup synth debian-packages vectors clean
 
 demo: setup
 	$(BIN)/tapegate demo
@@ -25,7 +28,11 @@ bench: setup
 	$(BIN)/python bench/bench_tape.py
 	$(BIN)/python bench/bench_gateway.py
 
-setup: $(VENV)/.installed debian-packages
+setup: $(VENV)/.installed node_modules/.installed debian-packages
+
+# The CDK app (app.py, cdk/): `npx cdk synth` needs no AWS credentials and no Docker.
+synth: setup
+	npx cdk synth --quiet
 
 debian-packages:
 	@bash scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
@@ -36,7 +43,12 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,aws]'
+	$(BIN)/python -m pip install --quiet -e '.[test,aws,cdk]'
+	touch $@
+
+# The CDK CLI, pinned in package-lock.json.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Only when the format version changes: see tests/vectors/generate.py.
@@ -44,4 +56,4 @@ vectors: setup
 	$(BIN)/python -m tests.vectors.generate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info node_modules cdk.out .cache

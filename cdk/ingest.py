@@ -3,8 +3,9 @@ would divert evidence away from the archive, so verification happens after deliv
 
 from __future__ import annotations
 
-from aws_cdk import Duration, Size
+from aws_cdk import Duration, RemovalPolicy, Size
 from aws_cdk import aws_kinesisfirehose as firehose
+from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk.nag import acknowledge, objects_of
@@ -18,6 +19,12 @@ ERROR_PREFIX = "errors/"
 class Ingest(Construct):
     def __init__(self, scope: Construct, id: str, *, settings: Settings, storage: Storage) -> None:
         super().__init__(scope, id)
+        errors = logs.LogGroup(
+            self, "DeliveryErrors",
+            retention=logs.RetentionDays.ONE_YEAR,
+            encryption_key=storage.key,
+            removal_policy=RemovalPolicy.RETAIN,
+        )  # fmt: skip
         destination = firehose.S3Bucket(
             storage.evidence,
             data_output_prefix=DELIVERY_PREFIX + "!{timestamp:yyyy/MM/dd/HH}/",
@@ -27,6 +34,7 @@ class Ingest(Construct):
             buffering_interval=Duration.seconds(settings.buffer_interval_s),
             buffering_size=Size.mebibytes(settings.buffer_size_mib),
             encryption_key=storage.key,
+            logging_config=firehose.EnableLogging(errors),
         )
         self.stream = firehose.DeliveryStream(
             self, "Stream",
