@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import Annotations, CfnOutput, Stack
 from constructs import Construct
 
 from cdk.access import AuditorAccess
@@ -25,6 +25,13 @@ class TapegateStack(Stack):
     def __init__(self, scope: Construct, id: str, *, settings: Settings, **kwargs: Any) -> None:
         super().__init__(scope, id, **kwargs)
         self.settings = settings
+        if not settings.auditor_public_key:
+            Annotations.of(self).add_warning_v2(
+                "tapegate:no-auditor-key",
+                "No auditor_public_key: every task seals session payloads to a key it makes "
+                "itself and loses when it stops, so recorded payloads cannot be read. Pass "
+                "-c auditor_public_key=<hex> (docs/deploy.md).",
+            )
         self.storage = Storage(self, "Storage", settings=settings)
         generator = KeyGenerator(self, "Keys", key=self.storage.key)
         self.gateway_key = KeyPair(

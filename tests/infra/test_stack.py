@@ -15,7 +15,7 @@ from tapegate.archive.aws import TABLE_SPEC
 from tapegate.config import parse_config
 from tapegate.queries import QUERIES
 from tapegate.schema import TABLES, glue_columns
-from tests.infra.conftest import synth
+from tests.infra.conftest import synth, synth_stack
 
 
 def resources(template: Template, kind: str) -> dict[str, dict[str, Any]]:
@@ -388,3 +388,18 @@ def test_an_unacknowledged_nag_finding_fails_synth(tmp_path) -> None:
     with pytest.raises(Exception, match=r"(?s)AwsSolutions-S1'.*AwsSolutions-S10") as failure:
         app.synth()
     assert "ValidationFailed" in str(failure.value)
+
+
+def test_a_missing_auditor_key_is_a_warning_and_a_given_one_reaches_the_task(tmp_path) -> None:
+    from aws_cdk.assertions import Annotations
+
+    stack = synth_stack(tmp_path / "a")
+    Annotations.from_stack(stack).has_warning(
+        "*", Match.string_like_regexp("No auditor_public_key: .* cannot be read")
+    )
+    key = "cd" * 32
+    stack = synth_stack(tmp_path / "b", auditor_public_key=key)
+    Annotations.from_stack(stack).has_no_warning("*", Match.string_like_regexp("auditor_public"))
+    (task,) = resources(Template.from_stack(stack), "AWS::ECS::TaskDefinition").values()
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    assert key in flat(container["Environment"])
