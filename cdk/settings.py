@@ -56,7 +56,13 @@ class Settings:
     buffer_interval_s: int = 60
     buffer_size_mib: int = 64
     break_glass_principal: str | None = None
+    # Principal ARN patterns besides the auditor role that may read evidence, e.g. the IAM
+    # Identity Center role of a permission set the auditor policy is attached to.
+    auditor_principals: tuple[str, ...] = ()
     alarm_email: str | None = None
+    # Bump to rotate: a new key pair, with the old public keys still trusted (cdk/keys.py).
+    gateway_key_generation: int = 1
+    export_key_generation: int = 1
 
     @classmethod
     def from_context(cls, node: Node) -> Settings:
@@ -132,6 +138,13 @@ class Settings:
             break_glass_principal=_str(get("break_glass_principal"), "break_glass_principal", "")
             or None,
             alarm_email=_str(get("alarm_email"), "alarm_email", "") or None,
+            auditor_principals=tuple(_list(get("auditor_principals"), "auditor_principals")),
+            gateway_key_generation=_int(
+                get("gateway_key_generation"), "gateway_key_generation", 1, 1, 10**6
+            ),
+            export_key_generation=_int(
+                get("export_key_generation"), "export_key_generation", 1, 1, 10**6
+            ),
         )
         if settings.max_count < settings.desired_count:
             raise SettingsError("max_count", "must be at least desired_count")

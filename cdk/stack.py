@@ -38,11 +38,13 @@ class TapegateStack(Stack):
             self, "GatewayKey",
             generator=generator, key=self.storage.key, purpose="tapegate gateway signing key",
             parameter_name=f"/{settings.name}/gateway-public-keys",
+            generation=settings.gateway_key_generation,
         )  # fmt: skip
         self.export_key = KeyPair(
             self, "ExportKey",
             generator=generator, key=self.storage.key, purpose="tapegate export manifest key",
             parameter_name=f"/{settings.name}/export-public-keys",
+            generation=settings.export_key_generation,
         )  # fmt: skip
         self.ingest = Ingest(self, "Ingest", settings=settings, storage=self.storage)
         self.index = SessionIndex(self, "Index", key=self.storage.key)
@@ -71,10 +73,12 @@ class TapegateStack(Stack):
         self.storage.restrict_reads(
             self.storage.evidence,
             [self.access.role, self.pipeline.function.role],  # type: ignore[list-item]
+            settings.auditor_principals,
         )
         self.storage.restrict_reads(
             self.storage.curated,
             [self.access.role, self.exports.function.role],  # type: ignore[list-item]
+            settings.auditor_principals,
         )
         self.alarms = Alarms(
             self, "Alarms",

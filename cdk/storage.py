@@ -121,15 +121,19 @@ class Storage(Construct):
             conditions={"ArnNotEquals": {"aws:PrincipalArn": self.break_glass.role_arn}},
         ))  # fmt: skip
 
-    def restrict_reads(self, bucket: s3.Bucket, readers: list[iam.IRole]) -> None:
-        """Nobody outside `readers` gets an object back, whatever their IAM policies say."""
+    def restrict_reads(
+        self, bucket: s3.Bucket, readers: list[iam.IRole], patterns: tuple[str, ...] = ()
+    ) -> None:
+        """Nobody outside `readers` (or principals matching `patterns`) gets an object back,
+        whatever their IAM policies say."""
         bucket.add_to_resource_policy(iam.PolicyStatement(
             sid="OnlyNamedReaders",
             effect=iam.Effect.DENY,
             principals=[iam.AnyPrincipal()],
             actions=_READS,
             resources=[bucket.arn_for_objects("*")],
-            conditions={"ArnNotEquals": {"aws:PrincipalArn": [r.role_arn for r in readers]}},
+            conditions={"ArnNotLike": {
+                "aws:PrincipalArn": [*(r.role_arn for r in readers), *patterns]}},
         ))  # fmt: skip
 
     def allow(

@@ -111,7 +111,7 @@ def test_only_the_auditor_and_the_verifier_may_read_evidence(template) -> None:
         if "StorageEvidence" in flat(p["Properties"]["Bucket"])
     ]  # fmt: skip
     sts = {st.get("Sid"): st for st in policy["Properties"]["PolicyDocument"]["Statement"]}
-    readers = flat(sts["OnlyNamedReaders"]["Condition"])
+    readers = flat(sts["OnlyNamedReaders"]["Condition"]["ArnNotLike"])
     assert "AuditorsRole" in readers and "PipelineVerifyIndexRole" in readers
     assert "Gateway" not in readers and "Exports" not in readers
     deny = sts["OnlyBreakGlassDeletes"]
@@ -403,3 +403,12 @@ def test_a_missing_auditor_key_is_a_warning_and_a_given_one_reaches_the_task(tmp
     (task,) = resources(Template.from_stack(stack), "AWS::ECS::TaskDefinition").values()
     (container,) = task["Properties"]["ContainerDefinitions"]
     assert key in flat(container["Environment"])
+
+
+def test_identity_center_roles_can_be_named_as_evidence_readers(tmp_path) -> None:
+    pattern = "arn:aws:iam::*:role/aws-reserved/sso.amazonaws.com/*/AWSReservedSSO_Auditor_*"
+    template = synth(tmp_path, auditor_principals=json.dumps([pattern]))
+    policies = [p["Properties"]["PolicyDocument"]["Statement"]
+                for p in resources(template, "AWS::S3::BucketPolicy").values()]  # fmt: skip
+    readers = [st for sts in policies for st in sts if st.get("Sid") == "OnlyNamedReaders"]
+    assert len(readers) == 2 and all(pattern in flat(st["Condition"]) for st in readers)
