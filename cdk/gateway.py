@@ -142,10 +142,12 @@ class Gateway(Construct):
             readonly_root_filesystem=True,
             user="10001",
         )
-        # The data dir (self-signed TLS certificate, spool) is the only writable place.
+        # The data dir (self-signed TLS certificate, spool) and /tmp are the only writable places.
         task.add_volume(name="data")
+        task.add_volume(name="tmp")
         container.add_mount_points(
-            ecs.MountPoint(container_path=DATA_DIR, source_volume="data", read_only=False)
+            ecs.MountPoint(container_path=DATA_DIR, source_volume="data", read_only=False),
+            ecs.MountPoint(container_path="/tmp", source_volume="tmp", read_only=False),
         )
         Validations.of(task).acknowledge(Acknowledgment(
             id="AwsSolutions-ECS2",

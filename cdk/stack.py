@@ -72,7 +72,12 @@ class TapegateStack(Stack):
         # Reads are denied to everyone else by the bucket policies, whatever IAM says.
         self.storage.restrict_reads(
             self.storage.evidence,
-            [self.access.role, self.pipeline.function.role],  # type: ignore[list-item]
+            # Firehose's delivery role too: its documented permissions include s3:GetObject.
+            [
+                self.access.role,
+                self.pipeline.function.role,  # type: ignore[list-item]
+                self.ingest.stream.grant_principal,
+            ],  # type: ignore[list-item]
             settings.auditor_principals,
         )
         self.storage.restrict_reads(
