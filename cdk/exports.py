@@ -44,7 +44,7 @@ class ComplianceExports(Construct):
                 "TAPEGATE_EXPORT_KEY_SECRET": export_key.secret.secret_arn,
             },
         )  # fmt: skip
-        export_key.grant_sign(self.function)
+        export_key.grant_sign(self.function.role)  # type: ignore[arg-type]
         # Athena reads the tables and writes UNLOAD's output with the caller's credentials.
         self.function.add_to_role_policy(iam.PolicyStatement(
             actions=["athena:StartQueryExecution", "athena:GetQueryExecution",

@@ -104,5 +104,14 @@ class KeyPair(Construct):
         iam.Grant.add_to_principal(grantee=grantee, actions=["ssm:GetParameter"],
                                    resource_arns=[self.parameter_arn])  # fmt: skip
 
-    def grant_sign(self, grantee: iam.IGrantable) -> None:
-        self.secret.grant_read(grantee)
+    def grant_sign(self, role: iam.IRole) -> None:
+        """`role` alone may read the seed: the secret's own policy denies everyone else, so an
+        administrator's secretsmanager:* does not reach it either."""
+        self.secret.grant_read(role)
+        self.secret.add_to_resource_policy(iam.PolicyStatement(
+            effect=iam.Effect.DENY,
+            principals=[iam.AnyPrincipal()],
+            actions=["secretsmanager:GetSecretValue"],
+            resources=["*"],
+            conditions={"ArnNotEquals": {"aws:PrincipalArn": role.role_arn}},
+        ))  # fmt: skip

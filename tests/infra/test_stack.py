@@ -412,3 +412,18 @@ def test_identity_center_roles_can_be_named_as_evidence_readers(tmp_path) -> Non
                 for p in resources(template, "AWS::S3::BucketPolicy").values()]  # fmt: skip
     readers = [st for sts in policies for st in sts if st.get("Sid") == "OnlyNamedReaders"]
     assert len(readers) == 2 and all(pattern in flat(st["Condition"]) for st in readers)
+
+
+def test_each_seed_is_readable_by_its_signer_alone(template) -> None:
+    policies = resources(template, "AWS::SecretsManager::ResourcePolicy").values()
+    denies = {
+        flat(p["Properties"]["SecretId"]): p["Properties"]["ResourcePolicy"]["Statement"]
+        for p in policies
+    }
+    assert len(denies) == 2
+    readers = sorted(
+        flat(st["Condition"]["ArnNotEquals"]) for sts in denies.values() for st in sts
+        if st["Effect"] == "Deny" and "secretsmanager:GetSecretValue" in actions(st)
+    )  # fmt: skip
+    assert len(readers) == 2
+    assert "ExportsExportRole" in readers[0] and "GatewayTaskTaskRole" in readers[1]
