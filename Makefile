@@ -56,4 +56,4 @@ vectors: setup
 	$(BIN)/python -m tests.vectors.generate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info node_modules cdk.out .cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info node_modules cdk.out
