@@ -3,15 +3,15 @@ settings and an encrypted log group with a retention period."""
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk import bundling
 from cdk.nag import acknowledge
+from cdk.storage import log_group
 
 _CODE: dict[int, lambda_.Code] = {}
 
@@ -37,16 +37,11 @@ def python_function(
     reserved_concurrency: int | None = None,
     description: str = "",
 ) -> lambda_.Function:
-    log_group = logs.LogGroup(
-        scope, f"{id}Logs",
-        retention=logs.RetentionDays.ONE_YEAR,
-        encryption_key=key,
-        removal_policy=RemovalPolicy.RETAIN,
-    )  # fmt: skip
+    logs_ = log_group(scope, f"{id}Logs", key)
     # Our own role rather than the managed basic-execution policy: it may write to its own log
     # group and nothing else until a construct grants it what it needs.
     role = iam.Role(scope, f"{id}Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
-    log_group.grant_write(role)
+    logs_.grant_write(role)
     function = lambda_.Function(
         scope, id,
         role=role,
@@ -59,7 +54,7 @@ def python_function(
         memory_size=memory_mb,
         reserved_concurrent_executions=reserved_concurrency,
         tracing=lambda_.Tracing.ACTIVE,
-        log_group=log_group,
+        log_group=logs_,
         environment={
             "POWERTOOLS_SERVICE_NAME": service,
             "POWERTOOLS_METRICS_NAMESPACE": "tapegate",

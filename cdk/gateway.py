@@ -11,13 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Acknowledgment, Duration, RemovalPolicy, Stack, Validations
+from aws_cdk import Acknowledgment, Duration, Stack, Validations
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
@@ -27,7 +26,7 @@ from cdk.ingest import Ingest
 from cdk.keys import KeyPair
 from cdk.nag import acknowledge
 from cdk.settings import Settings
-from cdk.storage import Storage
+from cdk.storage import Storage, log_group
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_NAME = "fargate"
@@ -82,12 +81,7 @@ class Gateway(Construct):
         self.cluster = ecs.Cluster(
             self, "Cluster", vpc=self.vpc, container_insights_v2=ecs.ContainerInsights.ENHANCED
         )
-        self.logs = logs.LogGroup(
-            self, "Logs",
-            retention=logs.RetentionDays.ONE_YEAR,
-            encryption_key=storage.key,
-            removal_policy=RemovalPolicy.RETAIN,
-        )  # fmt: skip
+        self.logs = log_group(self, "Logs", storage.key)
         task = ecs.FargateTaskDefinition(
             self, "Task",
             cpu=1024,
@@ -228,12 +222,7 @@ class Gateway(Construct):
     def _vpc(self, settings: Settings, storage: Storage) -> ec2.IVpc:
         if settings.vpc_id:
             return ec2.Vpc.from_lookup(self, "Vpc", vpc_id=settings.vpc_id)
-        flow_logs = logs.LogGroup(
-            self, "FlowLogs",
-            retention=logs.RetentionDays.ONE_YEAR,
-            encryption_key=storage.key,
-            removal_policy=RemovalPolicy.RETAIN,
-        )  # fmt: skip
+        flow_logs = log_group(self, "FlowLogs", storage.key)
         return ec2.Vpc(
             self, "Vpc",
             ip_addresses=ec2.IpAddresses.cidr(settings.vpc_cidr),

@@ -3,14 +3,13 @@ would divert evidence away from the archive, so verification happens after deliv
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy, Size
+from aws_cdk import Duration, Size
 from aws_cdk import aws_kinesisfirehose as firehose
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from cdk.nag import acknowledge, objects_of
 from cdk.settings import Settings
-from cdk.storage import Storage
+from cdk.storage import Storage, log_group
 
 DELIVERY_PREFIX = "deliveries/"
 ERROR_PREFIX = "errors/"
@@ -19,12 +18,7 @@ ERROR_PREFIX = "errors/"
 class Ingest(Construct):
     def __init__(self, scope: Construct, id: str, *, settings: Settings, storage: Storage) -> None:
         super().__init__(scope, id)
-        errors = logs.LogGroup(
-            self, "DeliveryErrors",
-            retention=logs.RetentionDays.ONE_YEAR,
-            encryption_key=storage.key,
-            removal_policy=RemovalPolicy.RETAIN,
-        )  # fmt: skip
+        errors = log_group(self, "DeliveryErrors", storage.key)
         destination = firehose.S3Bucket(
             storage.evidence,
             data_output_prefix=DELIVERY_PREFIX + "!{timestamp:yyyy/MM/dd/HH}/",

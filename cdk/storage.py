@@ -7,6 +7,7 @@ from __future__ import annotations
 from aws_cdk import Acknowledgment, Duration, RemovalPolicy, Validations
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct, IConstruct
 
@@ -21,6 +22,12 @@ _DESTRUCTIVE = ["s3:DeleteObject", "s3:DeleteObjectVersion", "s3:BypassGovernanc
                 "s3:PutObjectRetention", "s3:PutObjectLegalHold", "s3:PutLifecycleConfiguration",
                 "s3:DeleteBucket"]  # fmt: skip
 _READS = ["s3:GetObject", "s3:GetObjectVersion"]
+
+
+def log_group(scope: Construct, id: str, key: kms.IKey) -> logs.LogGroup:
+    """Every tapegate log group: a year of retention, the stack's key, kept when the stack goes."""
+    return logs.LogGroup(scope, id, retention=logs.RetentionDays.ONE_YEAR, encryption_key=key,
+                         removal_policy=RemovalPolicy.RETAIN)  # fmt: skip
 
 
 class Storage(Construct):
