@@ -9,6 +9,7 @@ nanosecond Parquet timestamps. Tables are partitioned by day (`dt=YYYY-MM-DD` in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 import pyarrow as pa
 
@@ -87,6 +88,15 @@ def arrow_schema(table: str) -> pa.Schema:
 
 def glue_columns(table: str) -> list[dict[str, str]]:
     return [{"Name": c.name, "Type": c.glue, "Comment": c.doc} for c in TABLES[table]]
+
+
+def one_day_sql(table: str, day: str) -> str:
+    """`SELECT *` of one day of a table, for an export. Both values end up as literals in the SQL
+    (UNLOAD and COPY take no parameters), so only a known table and a real date get through."""
+    if table not in TABLES:
+        raise ValueError(f"no table {table!r}")
+    day = date.fromisoformat(day).isoformat()
+    return f"SELECT * FROM {table} WHERE {PARTITION} = '{day}'"
 
 
 def duckdb_view_sql(table: str, root: str) -> str:

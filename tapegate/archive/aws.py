@@ -13,11 +13,10 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import date
 from typing import Any
 
 from tapegate.archive import ChunkEntry, Claim, SessionRecord
-from tapegate.schema import PARTITION, TABLES
+from tapegate.schema import one_day_sql
 
 TABLE_SPEC: dict[str, Any] = {
     "KeySchema": [
@@ -217,11 +216,8 @@ class AthenaQuery:
 
     def unload(self, table: str, day: str, destination: str) -> None:
         """One day of a table as Parquet under `destination` (s3://...; must be empty)."""
-        if table not in TABLES:
-            raise ValueError(f"no table {table!r}")
-        day = date.fromisoformat(day).isoformat()  # a literal below: only a real date gets in
         self._run(
-            f"UNLOAD (SELECT * FROM {table} WHERE {PARTITION} = '{day}') TO '{destination}' "
+            f"UNLOAD ({one_day_sql(table, day)}) TO '{destination}' "
             "WITH (format = 'PARQUET', compression = 'ZSTD')"
         )
 

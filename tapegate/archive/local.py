@@ -8,12 +8,11 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 from tapegate.archive import ChunkEntry, Claim, SessionRecord
-from tapegate.schema import PARTITION, TABLES, arrow_schema, duckdb_view_sql
+from tapegate.schema import TABLES, arrow_schema, duckdb_view_sql, one_day_sql
 
 
 class LocalObjectStore:
@@ -170,14 +169,12 @@ class DuckDBQuery:
 
     def unload(self, table: str, day: str, destination: Path) -> None:
         """One day of a table into Parquet files under `destination` (Athena's UNLOAD here)."""
-        if table not in TABLES:
-            raise ValueError(f"no table {table!r}")
-        day = date.fromisoformat(day).isoformat()  # a literal below: only a real date gets in
+        select = one_day_sql(table, day)
         destination.mkdir(parents=True, exist_ok=True)
         con = self._connect()
         try:
             con.execute(
-                f"COPY (SELECT * FROM {table} WHERE {PARTITION} = '{day}') "
+                f"COPY ({select}) "
                 f"TO '{destination / 'part-0.parquet'}' (FORMAT PARQUET, COMPRESSION ZSTD)"
             )
         finally:
