@@ -71,11 +71,11 @@ class OidcVerifier:
 
     async def verify(self, token: str) -> Identity:
         if not token or len(token) > MAX_TOKEN_BYTES:
-            raise TokenError("no token given: send your OIDC token as the password")
+            raise TokenError("no token given: send your OIDC token")
         try:
             header = jws.extract_compact(token.encode()).headers()
         except (JoseError, ValueError, UnicodeError):
-            raise TokenError("the password is not a JWT: send your OIDC token") from None
+            raise TokenError("the token is not a JWT: send your OIDC token") from None
         alg = header.get("alg")
         if alg not in ALLOWED_ALGORITHMS:
             raise TokenError(f"token algorithm {alg!r} is not accepted")

@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from tapegate.config import TLSConfig
 
 
-def server_context(tls: TLSConfig, data_dir: Path) -> ssl.SSLContext:
+def server_context(tls: TLSConfig, data_dir: Path, alpn: list[str] | None = None) -> ssl.SSLContext:
     if tls.cert_file and tls.key_file:
         cert, key = tls.cert_file, tls.key_file
     else:
@@ -24,6 +24,8 @@ def server_context(tls: TLSConfig, data_dir: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     return ctx
 
 
@@ -76,4 +78,11 @@ def upstream_context(mode: str, ca_file: Path | None) -> ssl.SSLContext | None:
         # libpq semantics: require encrypts without checking who answers; verify-full checks.
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def upstream_https_context(ca_file: Path | None) -> ssl.SSLContext:
+    """HTTPS to an API target always checks the certificate and the name (system CAs or ca_file)."""
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    ctx.set_alpn_protocols(["http/1.1"])
     return ctx

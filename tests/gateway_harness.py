@@ -58,8 +58,12 @@ class RunningGateway:
         self._thread.start()
         self.gateway = self.run(self._make(gateway_kwargs))
         self.run(self.gateway.start())
-        host, port = self.gateway.addresses["postgres"].rsplit(":", 1)
-        self.host, self.port = host, int(port)
+        if "postgres" in self.gateway.addresses:
+            self.host, self.port = self.address("postgres")
+
+    def address(self, listener: str) -> tuple[str, int]:
+        host, port = self.gateway.addresses[listener].rsplit(":", 1)
+        return host, int(port)
 
     async def _make(self, kwargs: dict[str, Any]) -> Gateway:
         return Gateway(self.config, **kwargs)

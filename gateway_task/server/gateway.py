@@ -1,9 +1,9 @@
-"""Listeners, lifecycle and shutdown of the gateway: with `postgres.py`, the only socket code.
+"""Listeners, lifecycle and shutdown of the gateway: with the protocol modules, the only I/O.
 
-`Gateway` owns the listeners (PostgreSQL, health), the sink, the ticker that seals chunks by age,
-the embedded archive loop and the metrics; each accepted PostgreSQL connection is handed to
-`postgres.PgConnection`. Protocol decisions are made by the sans-IO code in `protocols/`; this
-package moves bytes and keeps time.
+`Gateway` owns the listeners (PostgreSQL, SSH, HTTP, health), the sink, the ticker that seals
+chunks by age, the embedded archive loop and the metrics; each accepted connection is handed to
+its protocol's module (`postgres`, `ssh`, `http`). Protocol decisions are made by the sans-IO
+code in `protocols/`; this package moves bytes and keeps time.
 """
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from nacl.public import PublicKey
 
 from gateway_task.health import HealthServer
 from gateway_task.identity import OidcVerifier
 from gateway_task.metrics import GatewayMetrics
-from gateway_task.recorder import RecordingUnavailable
+from gateway_task.recorder import Recorder, RecordingUnavailable
+from gateway_task.server.http import HttpConnection
+from gateway_task.server.listeners import SniffingListener
 from gateway_task.server.postgres import PgConnection, PgSession
 from gateway_task.sinks import Sink
 from gateway_task.sinks.local import LocalFolderSink
@@ -29,6 +32,7 @@ from gateway_task.tls import server_context
 from tapegate.archive.embedded import LocalArchive
 from tapegate.config import Config
 from tapegate.keys import LocalKeyStore, load_signing_key
+from tapegate.tape import Event, Identity, SessionHeader, TapeWriter
 
 log = logging.getLogger("tapegate.gateway")
 
@@ -36,6 +40,17 @@ log = logging.getLogger("tapegate.gateway")
 TICK_S = 0.1
 ARCHIVE_SCAN_S = 0.5
 EMF_INTERVAL_S = 60.0
+
+
+class LiveSession(Protocol):
+    """What the gateway needs of every protocol's open session (to seal by age, drain, stop)."""
+
+    recorder: Recorder
+    tasks: list[Any]
+    end_reason: str | None
+
+    @property
+    def idle(self) -> bool: ...
 
 
 class Gateway:
@@ -64,10 +79,11 @@ class Gateway:
         self.metrics.sources.append(self._sink_metrics)
         self.verifier = verifier or OidcVerifier(config.identity)
         self.tls = server_context(config.tls, config.data_dir)
-        self.sessions: set[PgSession] = set()
+        self.sessions: set[LiveSession] = set()
         self.cancel_keys: dict[tuple[int, int], PgSession] = {}
         self.addresses: dict[str, str] = {}
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[Any] = []  # each has close(): asyncio, SniffingListener, asyncssh
+        self._listening = False
         self._connections: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._dev_issuer = None
@@ -94,9 +110,18 @@ class Gateway:
         listen = self.config.listen_postgres
         if listen is not None:
             server = await asyncio.start_server(self._accept, listen.host, listen.port)
-            host, port = server.sockets[0].getsockname()[:2]
-            self.addresses["postgres"] = f"{host}:{port}"
-            self._servers.append(server)
+            self._listening_on("postgres", server)
+        if self.config.listen_http is not None:
+            listen = self.config.listen_http
+            http_tls = server_context(self.config.tls, self.config.data_dir, alpn=["http/1.1"])
+            sniffing = SniffingListener(listen.host, listen.port, http_tls, self._accept_http)
+            sniffing.start()
+            self._listening_on("http", sniffing)
+        if self.config.listen_ssh is not None:
+            from gateway_task.server.ssh import start_ssh_server
+
+            self._listening_on("ssh", await start_ssh_server(self, self.config.listen_ssh))
+        self._listening = True
         self._ticker = asyncio.create_task(self._tick_forever())
         if self.archive is not None:
             self._archiver = asyncio.create_task(self._archive_forever())
@@ -107,7 +132,7 @@ class Gateway:
         for server in self._servers:
             server.close()
         deadline = time.monotonic() + drain_s
-        while any(s.relay is not None and not s.relay.idle for s in self.sessions):
+        while any(not s.idle for s in self.sessions):
             if time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.05)
@@ -139,9 +164,56 @@ class Gateway:
             return "shutting down"
         if self.sink.failure is not None:
             return f"archive failing: {self.sink.failure}"
-        if "postgres" not in self.addresses:
+        if not self._listening:
             return "not listening yet"
         return None
+
+    # -- recording, shared by the protocol servers ----------------------------------------------
+
+    def open_recorder(
+        self, identity: Identity, target: str, protocol: str, client_addr: str, started_ns: int
+    ) -> Recorder:
+        header = SessionHeader(
+            identity=identity,
+            target=target,
+            protocol=protocol,
+            client_addr=client_addr,
+            gateway=self.config.gateway_name,
+            started_ns=started_ns,
+        )
+        rec = self.config.recording
+        writer = TapeWriter(
+            header,
+            self.signer,
+            self.auditors,
+            max_chunk_bytes=rec.max_chunk_bytes,
+            max_age_ns=rec.max_age_ms * 1_000_000,
+        )
+        return Recorder(writer, self.sink, self.metrics)
+
+    def record_refusal(
+        self,
+        identity: Identity | None,
+        target: str,
+        protocol: str,
+        client_addr: str,
+        attrs: dict[str, Any],
+        started_ns: int | None = None,
+        first: Event | None = None,
+    ) -> None:
+        """A refused login or request is a session too: one `auth` event, ended "refused"."""
+        self.metrics.inc("sessions_refused")
+        who = identity or Identity(issuer=self.config.identity.issuer_url, subject="(unverified)")
+        now = time.time_ns()
+        try:
+            recorder = self.open_recorder(who, target, protocol, client_addr, started_ns or now)
+            if first is not None:
+                recorder.event(first)
+            recorder.event(Event(now, "auth", None, {"result": "refused", **attrs}))
+            recorder.close("refused")
+        except RecordingUnavailable:
+            log.error("could not record a refused %s connection from %s", protocol, client_addr)
+        log.info("refused %s %s: %s", protocol, client_addr, attrs.get("reason"))
 
     def _sink_metrics(self) -> dict[str, float]:
         stats = getattr(self.sink, "stats", {})
@@ -190,14 +262,30 @@ class Gateway:
             except Exception:  # keep serving; the next scan retries what failed
                 log.exception("archive scan failed")
 
+    def _listening_on(self, name: str, server: Any) -> None:
+        host, port = server.sockets[0].getsockname()[:2]
+        self.addresses[name] = f"{host}:{port}"
+        self._servers.append(server)
+
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.create_task(self._connection(reader, writer))
+        self.track(self._connection(PgConnection(self, reader, writer).run(), writer))
+
+    def _accept_http(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool
+    ) -> None:
+        self.track(self._connection(HttpConnection(self, reader, writer, tls).run(), writer))
+
+    def track(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run one connection's work as a task that shutdown waits for."""
+        task = asyncio.create_task(work)
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _connection(
+        self, work: Coroutine[Any, Any, None], writer: asyncio.StreamWriter
+    ) -> None:
         try:
-            await PgConnection(self, reader, writer).run()
+            await work
         except Exception:  # a bug in one session must not take others down
             log.exception("session failed")
         finally:

@@ -26,7 +26,7 @@ from gateway_task.recorder import Recorder, RecordingUnavailable
 from gateway_task.secrets import CredentialError, target_password
 from gateway_task.tls import upstream_context
 from tapegate.config import Target
-from tapegate.tape import Direction, Event, Identity, SessionHeader, TapeWriter
+from tapegate.tape import Direction, Event, Identity
 
 if TYPE_CHECKING:
     from gateway_task.server.gateway import Gateway
@@ -56,6 +56,10 @@ class PgSession:
     tasks: list[asyncio.Task[str]] = field(default_factory=list)
     relay: PgRelay | None = None
     end_reason: str | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self.relay is None or self.relay.idle
 
 
 class PgConnection:
@@ -179,49 +183,30 @@ class PgConnection:
     # -- recording --------------------------------------------------------------------------
 
     def _new_recorder(self, identity: Identity, target_name: str) -> Recorder:
-        rec = self.gw.config.recording
-        header = SessionHeader(
-            identity=identity,
-            target=target_name,
-            protocol="postgres",
-            client_addr=self.client_addr,
-            gateway=self.gw.config.gateway_name,
-            started_ns=self.started_ns,
+        recorder = self.gw.open_recorder(
+            identity, target_name, "postgres", self.client_addr, self.started_ns
         )
-        writer = TapeWriter(
-            header,
-            self.gw.signer,
-            self.gw.auditors,
-            max_chunk_bytes=rec.max_chunk_bytes,
-            max_age_ns=rec.max_age_ms * 1_000_000,
-        )
-        recorder = Recorder(writer, self.gw.sink, self.gw.metrics)
-        startup = {
+        recorder.event(Event(self.started_ns, "startup", C2S, self._startup_attrs()))
+        return recorder
+
+    def _startup_attrs(self) -> dict[str, object]:
+        return {
             "user": self.params.get("user"),
             "database": self.params.get("database"),
             "application_name": self.params.get("application_name"),
             "tls": self.tls,
         }
-        writer.add_event(Event(self.started_ns, "startup", C2S, startup))
-        return recorder
 
     def _record_refusal(self, refusal: _Refused) -> None:
-        self.gw.metrics.inc("sessions_refused")
-        identity = self.identity or Identity(
-            issuer=self.gw.config.identity.issuer_url, subject="(unverified)"
+        self.gw.record_refusal(
+            self.identity,
+            self.params.get("database") or "(none)",
+            "postgres",
+            self.client_addr,
+            {"sqlstate": refusal.code, "reason": refusal.message},
+            started_ns=self.started_ns,
+            first=Event(self.started_ns, "startup", C2S, self._startup_attrs()),
         )
-        target = self.params.get("database") or "(none)"
-        try:
-            recorder = self._new_recorder(identity, target)
-            now = time.time_ns()
-            recorder.event(
-                Event(now, "auth", None, {"result": "refused", "sqlstate": refusal.code,
-                                          "reason": refusal.message})
-            )  # fmt: skip
-            recorder.close("refused")
-        except RecordingUnavailable:
-            log.error("could not record a refused connection from %s", self.client_addr)
-        log.info("refused %s (%s): %s", self.client_addr, refusal.code, refusal.message)
 
     # -- the session ------------------------------------------------------------------------
 

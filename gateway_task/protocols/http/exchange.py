@@ -1,0 +1,148 @@
+"""One HTTP request/response through the gateway, without I/O: routing, header rewriting, events.
+
+h11 does the HTTP/1.1 framing on both sides; this module decides what is forwarded and what is
+recorded. The client's `Authorization` (its OIDC token) is never forwarded, and the credential
+the gateway adds is redacted from everything recorded.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+
+# RFC 9110 §7.6.1: these describe one hop and are not forwarded. Content-Length and
+# Transfer-Encoding are kept: h11 frames the body from them on the other side.
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
+     b"proxy-authenticate", b"proxy-authorization"}
+)  # fmt: skip
+# Recorded as "[redacted]" in events (frames keep the client's cookies: they are encrypted).
+ALWAYS_REDACTED = frozenset(
+    {b"authorization", b"proxy-authorization", b"cookie", b"set-cookie", b"x-api-key"}
+)
+REDACTED = "[redacted]"
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True)
+class Route:
+    target: str
+    path: str  # what follows the target segment, with the query: "/v1/items?x=1"
+
+
+def route(request_target: bytes) -> Route | None:
+    """`/api/v1/items?x=1` → Route("api", "/v1/items?x=1"). None for `*` or absolute forms."""
+    text = request_target.decode("ascii", errors="replace")
+    if not text.startswith("/"):
+        return None
+    path, sep, query = text.partition("?")
+    name, _, rest = path[1:].partition("/")
+    if not name:
+        return None
+    return Route(name, "/" + rest + (sep + query))
+
+
+def bearer_token(headers: Headers) -> str | None:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return None
+    return None
+
+
+def wants_websocket(headers: Headers) -> bool:
+    upgrade = _get(headers, b"upgrade")
+    connection = _get(headers, b"connection")
+    return (
+        upgrade is not None
+        and upgrade.lower() == b"websocket"
+        and connection is not None
+        and b"upgrade" in [t.strip().lower() for t in connection.split(b",")]
+    )
+
+
+def upstream_request_headers(
+    headers: Headers, upstream_host: bytes, credential: tuple[bytes, bytes], client_addr: str
+) -> Headers:
+    """The client's headers as the upstream sees them: token out, credential in, Host rewritten."""
+    websocket = wants_websocket(headers)
+    cred_name = credential[0].lower()
+    out: Headers = [(b"host", upstream_host)]
+    forwarded_for = client_addr.rsplit(":", 1)[0].encode()
+    for name, value in headers:
+        if name in (b"host", b"authorization", b"expect", cred_name):
+            continue  # Expect: the gateway answers 100-continue itself
+        if websocket and name == b"sec-websocket-extensions":
+            continue  # no compression: the recorded frames stay readable
+        if name == b"x-forwarded-for":
+            forwarded_for = value + b", " + forwarded_for
+            continue
+        if name in HOP_BY_HOP and not (websocket and name in (b"upgrade", b"connection")):
+            continue
+        out.append((name, value))
+    out.append((b"x-forwarded-for", forwarded_for))
+    out.append(credential)
+    return out
+
+
+def client_response_headers(headers: Headers, websocket: bool = False) -> Headers:
+    return [
+        (n, v)
+        for n, v in headers
+        if n not in HOP_BY_HOP or (websocket and n in (b"upgrade", b"connection"))
+    ]
+
+
+def recorded_headers(headers: Headers, also_redact: bytes = b"") -> list[list[str]]:
+    secret = {also_redact.lower()} | ALWAYS_REDACTED
+    return [
+        [n.decode("latin-1"), REDACTED if n in secret else v.decode("latin-1")] for n, v in headers
+    ]
+
+
+@dataclass
+class Body:
+    """A message body as recorded: its first `cap` bytes and its total length."""
+
+    cap: int
+    length: int = 0
+    _kept: bytearray = field(default_factory=bytearray)
+
+    def add(self, data: bytes) -> None:
+        self.length += len(data)
+        room = self.cap - len(self._kept)
+        if room > 0:
+            self._kept += data[:room]
+
+    def attrs(self, content_type: str) -> dict[str, object]:
+        out: dict[str, object] = {"body_length": self.length, "content_type": content_type}
+        if not self.length:
+            return out
+        kept = bytes(self._kept)
+        try:
+            out["body"] = kept.decode("utf-8")
+        except UnicodeDecodeError:
+            out["body"] = base64.b64encode(kept).decode()
+            out["body_encoding"] = "base64"
+        if len(kept) < self.length:
+            out["body_truncated"] = True
+        return out
+
+
+def content_type(headers: Headers) -> str:
+    value = _get(headers, b"content-type")
+    return value.decode("latin-1") if value is not None else ""
+
+
+def http_version(version: bytes) -> str:
+    return "HTTP/" + version.decode("ascii", errors="replace")
+
+
+def _get(headers: Headers, name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n == name:
+            return v
+    return None

@@ -1,0 +1,77 @@
+"""Events from the WebSocket frames relayed after an upgrade, parsed by wsproto, without I/O.
+
+The gateway only watches: bytes are relayed as they arrive, and each direction's frames are
+parsed on the side to record one event per message (and per close). The upgrade request is sent
+without `Sec-WebSocket-Extensions`, so no compression is negotiated and frames parse as sent.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+
+from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
+
+from tapegate.tape import Direction, Event
+
+
+class WebSocketObserver:
+    """One direction of a WebSocket: bytes in, `ws_message` / `ws_close` events out."""
+
+    def __init__(self, direction: Direction, cap: int, clock: Callable[[], int]) -> None:
+        self.direction = direction
+        # Frames from the client are masked; the parser checks that from the server's side.
+        self._frames = FrameProtocol(client=direction is Direction.SERVER_TO_CLIENT, extensions=[])
+        self._cap = cap
+        self._clock = clock
+        self._opcode: Opcode | None = None
+        self._parts: list[bytes] = []
+        self._kept = 0
+        self._length = 0
+        self.failed = False
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self.failed:
+            return []
+        self._frames.receive_bytes(data)
+        events: list[Event] = []
+        try:
+            for frame in self._frames.received_frames():
+                event = self._frame(frame.opcode, frame.payload, frame.message_finished)
+                if event is not None:
+                    events.append(event)
+        except ParseFailed as exc:
+            self.failed = True  # the endpoints see the same bytes and deal with them
+            events.append(Event(self._clock(), "ws_protocol_error", self.direction,
+                                {"message": str(exc)}))  # fmt: skip
+        return events
+
+    def _frame(self, opcode: Opcode, payload: object, finished: bool) -> Event | None:
+        if opcode is Opcode.CLOSE:
+            code, reason = payload  # type: ignore[misc]
+            return Event(self._clock(), "ws_close", self.direction,
+                         {"code": int(code), "reason": str(reason)})  # fmt: skip
+        if opcode in (Opcode.PING, Opcode.PONG):
+            return None
+        if opcode is not Opcode.CONTINUATION:
+            self._opcode = opcode
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)  # type: ignore[arg-type]
+        self._length += len(data)
+        if self._kept < self._cap:
+            part = data[: self._cap - self._kept]
+            self._parts.append(part)
+            self._kept += len(part)
+        if not finished:
+            return None
+        kept = b"".join(self._parts)
+        text = self._opcode is Opcode.TEXT
+        attrs: dict[str, object] = {
+            "opcode": "text" if text else "binary",
+            "length": self._length,
+            "data": kept.decode("utf-8", errors="replace") if text
+            else base64.b64encode(kept).decode(),
+        }  # fmt: skip
+        if len(kept) < self._length:
+            attrs["truncated"] = True
+        self._parts, self._kept, self._length = [], 0, 0
+        return Event(self._clock(), "ws_message", self.direction, attrs)

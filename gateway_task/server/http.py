@@ -1,0 +1,529 @@
+"""One HTTP client connection: requests routed by their first path segment, recorded both ways.
+
+Bearer token → policy → the target's credential instead of the token → upstream (kept alive per
+client connection) → response streamed back as it arrives. h11 frames both sides; what is
+forwarded and recorded is decided in `protocols/http/`. A tape session is one client connection's
+requests to one target by one subject; a request for another target (or by another subject)
+closes it and starts the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import h11
+
+from gateway_task import policy
+from gateway_task.identity import TokenError
+from gateway_task.protocols.http import exchange as x
+from gateway_task.protocols.http.websocket import WebSocketObserver
+from gateway_task.recorder import Recorder, RecordingUnavailable
+from gateway_task.secrets import CredentialError, header_value
+from gateway_task.tls import upstream_https_context
+from tapegate.config import Target
+from tapegate.tape import Direction, Event, Identity
+
+if TYPE_CHECKING:
+    from gateway_task.server.gateway import Gateway
+
+log = logging.getLogger("tapegate.gateway")
+
+C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
+READ_SIZE = 256 * 1024
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers; more gets 431
+HEAD_TIMEOUT_S = 30.0  # a request's head, once its first byte arrived
+IDLE_TIMEOUT_S = 300.0  # between requests on a kept-alive connection
+CONNECT_TIMEOUT_S = 10.0
+RESPONSE_TIMEOUT_S = 60.0  # from the request's end to the response's head
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, headers: x.Headers | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or []
+
+
+class _Closed(Exception):
+    """The client went away (or broke HTTP) mid-exchange: nothing more can be sent to it."""
+
+
+@dataclass(eq=False)
+class HttpSession:
+    recorder: Recorder
+    target: Target
+    subject: str
+    tasks: list[asyncio.Task[object]] = field(default_factory=list)
+    end_reason: str | None = None
+    idle: bool = True
+
+
+@dataclass(eq=False)
+class _Upstream:
+    target: str
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    conn: h11.Connection
+
+
+class HttpConnection:
+    def __init__(
+        self, gw: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool
+    ) -> None:
+        self.gw = gw
+        self.reader, self.writer, self.tls = reader, writer, tls
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.client_addr = f"{peer[0]}:{peer[1]}"
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self.session: HttpSession | None = None
+        self.upstream: _Upstream | None = None
+        self._verified: tuple[str, Identity] | None = None
+        self._identity_for_refusal: Identity | None = None  # a verified token, refused by policy
+
+    async def run(self) -> None:
+        reason = "client_closed"
+        try:
+            while True:
+                event = await self._client_event(IDLE_TIMEOUT_S, first=True)
+                if not isinstance(event, h11.Request):
+                    break  # ConnectionClosed
+                if not await self._exchange(event):
+                    break
+                if h11.MUST_CLOSE in (self.conn.our_state, self.conn.their_state):
+                    break
+                self.conn.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            reason = "protocol_error"
+            if self.session is not None:
+                self.session.recorder.event(
+                    Event(time.time_ns(), "protocol_error", C2S, {"message": str(exc)})
+                )
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                status = exc.error_status_hint
+                await self._send_error(status, f"malformed HTTP request: {exc}", record=False)
+        except (_Closed, TimeoutError, ConnectionError, ssl.SSLError):
+            pass
+        except RecordingUnavailable as exc:
+            reason = "recording_failed"
+            log.error("http %s: recording unavailable: %s", self.client_addr, exc)
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                await self._send_error(503, _UNRECORDABLE, record=False)
+        finally:
+            self._close_upstream()
+            self._end_session(reason)
+
+    # -- one request ----------------------------------------------------------------------------
+
+    async def _exchange(self, request: h11.Request) -> bool:
+        """Handle one request; False when the connection must close afterwards."""
+        started = time.time_ns()
+        try:
+            target, identity = await self._admit(request)
+        except _Refused as refusal:
+            self._record_refusal(request, refusal, started)
+            await self._send_error(refusal.status, refusal.message, refusal.headers, record=False)
+            return False
+        session = self._session_for(target, identity)
+        session.idle = False
+        try:
+            return await self._forward(session, request, started)
+        finally:
+            session.idle = True
+
+    async def _admit(self, request: h11.Request) -> tuple[Target, Identity]:
+        route = x.route(request.target)
+        target = self.gw.config.targets.get(route.target) if route else None
+        if target is None or target.protocol != "http":
+            known = [t.name for t in self.gw.config.targets.values() if t.protocol == "http"]
+            raise _Refused(
+                404,
+                f"unknown target {route.target if route else request.target.decode()!r}: the "
+                f"first path segment names the target (here: {', '.join(known) or 'none'})",
+            )
+        if not self.tls and self.gw.config.tls.mode == "required":
+            raise _Refused(
+                403,
+                "this gateway requires TLS: use https:// (the token you just sent in clear "
+                "text may have been seen on the way: fetch a new one)",
+            )
+        token = x.bearer_token(request.headers)
+        if token is None:
+            raise _Refused(
+                401,
+                "send your OIDC token as Authorization: Bearer <token>",
+                [(b"www-authenticate", b'Bearer realm="tapegate"')],
+            )
+        try:
+            identity = await self._verify(token)
+        except TokenError as exc:
+            why = str(exc).replace('"', "'")
+            challenge = f'Bearer realm="tapegate", error="invalid_token", error_description="{why}"'
+            raise _Refused(
+                401, f"authentication failed: {exc}", [(b"www-authenticate", challenge.encode())]
+            ) from None
+        finally:
+            del token
+        refusal = policy.admit(target, identity)
+        if refusal is not None:
+            self._identity_for_refusal = identity
+            raise _Refused(403, refusal.message)
+        return target, identity
+
+    async def _verify(self, token: str) -> Identity:
+        # A kept-alive client sends the same token with every request: verify it once.
+        if self._verified is not None and self._verified[0] == token:
+            identity = self._verified[1]
+            if identity.expires_at is None or identity.expires_at > time.time():
+                return identity
+        identity = await self.gw.verifier.verify(token)
+        self._verified = (token, identity)
+        return identity
+
+    async def _forward(self, session: HttpSession, request: h11.Request, started: int) -> bool:
+        recorder = session.recorder
+        target = session.target
+        assert target.inject_header is not None
+        try:
+            credential = header_value(target.inject_header)
+        except CredentialError as exc:
+            log.error("target %s: %s", target.name, exc)
+            await self._upstream_failed(session, 502, f"the gateway has no usable credential "
+                                        f"for target {target.name!r}")  # fmt: skip
+            return False
+        secret = credential.encode("latin-1")
+        try:
+            up = await self._upstream(target)
+        except _Refused as refusal:
+            await self._upstream_failed(session, refusal.status, refusal.message)
+            return False
+        websocket = x.wants_websocket(request.headers)
+        headers = x.upstream_request_headers(
+            request.headers,
+            _host_header(target),
+            (target.inject_header.name.lower().encode(), secret),
+            self.client_addr,
+        )
+        path = (target.upstream_base_path + x.route(request.target).path).encode()  # type: ignore[union-attr]
+        head = up.conn.send(h11.Request(method=request.method, target=path, headers=headers))
+        await self._to_upstream(recorder, up, head.replace(secret, x.REDACTED.encode()), head)
+        if self.conn.they_are_waiting_for_100_continue:
+            await self._to_client(recorder, self.conn.send(h11.InformationalResponse(
+                status_code=100, headers=[])))  # fmt: skip
+        body = x.Body(self.gw.config.recording.body_cap)
+        while True:
+            event = await self._client_event(HEAD_TIMEOUT_S)
+            if isinstance(event, h11.Data):
+                body.add(event.data)
+                data = up.conn.send(event)
+                await self._to_upstream(recorder, up, data, data)
+            elif isinstance(event, h11.EndOfMessage):
+                data = up.conn.send(h11.EndOfMessage())
+                await self._to_upstream(recorder, up, data, data)
+                break
+            else:
+                raise _Closed
+        url = request.target.decode("latin-1")
+        recorder.event(Event(started, "request", C2S, {
+            "method": request.method.decode("latin-1"),
+            "url": url,
+            "upstream_path": path.decode("latin-1"),
+            "http_version": x.http_version(request.http_version),
+            "headers": x.recorded_headers(request.headers, target.inject_header.name.encode()),
+            **body.attrs(x.content_type(request.headers)),
+        }))  # fmt: skip
+        return await self._respond(session, up, request, started, websocket)
+
+    async def _respond(
+        self,
+        session: HttpSession,
+        up: _Upstream,
+        request: h11.Request,
+        started: int,
+        websocket: bool,
+    ) -> bool:
+        recorder = session.recorder
+        try:
+            event = await self._upstream_event(up, RESPONSE_TIMEOUT_S)
+            while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
+                event = await self._upstream_event(up, RESPONSE_TIMEOUT_S)
+        except TimeoutError:
+            await self._upstream_failed(
+                session, 504, f"target {session.target.name!r} did not answer in "
+                f"{RESPONSE_TIMEOUT_S:g} s")  # fmt: skip
+            return False
+        except (h11.RemoteProtocolError, ConnectionError, OSError, _Closed) as exc:
+            await self._upstream_failed(
+                session, 502, f"target {session.target.name!r} broke the exchange "
+                f"({_why(exc)})")  # fmt: skip
+            return False
+        if isinstance(event, h11.InformationalResponse):  # 101: a WebSocket from here on
+            if not websocket:
+                await self._upstream_failed(session, 502, "the target switched protocols unasked")
+                return False
+            return await self._websocket(session, up, event, started)
+        if not isinstance(event, h11.Response):
+            await self._upstream_failed(session, 502, "the target closed before answering")
+            return False
+        out = self.conn.send(h11.Response(
+            status_code=event.status_code, headers=x.client_response_headers(event.headers),
+            reason=event.reason))  # fmt: skip
+        await self._to_client(recorder, out)
+        body = x.Body(self.gw.config.recording.body_cap)
+        complete = True
+        while True:
+            try:
+                part = await self._upstream_event(up, None)
+            except (h11.RemoteProtocolError, ConnectionError, OSError, _Closed):
+                part = None
+            if isinstance(part, h11.Data):
+                body.add(part.data)
+                await self._to_client(recorder, self.conn.send(part))
+            elif isinstance(part, h11.EndOfMessage):
+                await self._to_client(recorder, self.conn.send(h11.EndOfMessage()))
+                break
+            else:  # the upstream dropped mid-body: the client can only see the connection close
+                complete = False
+                recorder.event(Event(time.time_ns(), "upstream_error", S2C, {
+                    "reason": f"target {session.target.name!r} closed mid-response"}))  # fmt: skip
+                break
+        attrs = {
+            "status": event.status_code,
+            "reason": event.reason.decode("latin-1"),
+            "http_version": x.http_version(event.http_version),
+            "headers": x.recorded_headers(event.headers),
+            "duration_ns": time.time_ns() - started,
+            **body.attrs(x.content_type(event.headers)),
+        }
+        if not complete:
+            attrs["incomplete"] = True
+        recorder.event(Event(time.time_ns(), "response", S2C, attrs))
+        if not complete or h11.MUST_CLOSE in (up.conn.our_state, up.conn.their_state):
+            self._close_upstream()
+        else:
+            up.conn.start_next_cycle()
+        return complete
+
+    async def _websocket(
+        self, session: HttpSession, up: _Upstream, switch: h11.InformationalResponse, started: int
+    ) -> bool:
+        recorder = session.recorder
+        out = self.conn.send(h11.InformationalResponse(
+            status_code=101, headers=x.client_response_headers(switch.headers, websocket=True),
+            reason=switch.reason))  # fmt: skip
+        await self._to_client(recorder, out)
+        recorder.event(Event(time.time_ns(), "response", S2C, {
+            "status": 101, "reason": switch.reason.decode("latin-1"), "http_version": "HTTP/1.1",
+            "headers": x.recorded_headers(switch.headers), "duration_ns": time.time_ns() - started,
+            "body_length": 0, "content_type": ""}))  # fmt: skip
+        cap = self.gw.config.recording.body_cap
+        client_pending, up_pending = self.conn.trailing_data[0], up.conn.trailing_data[0]
+
+        async def pump(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes,
+            direction: Direction,
+        ) -> None:  # fmt: skip
+            watch = WebSocketObserver(direction, cap, time.time_ns)
+            data = first
+            while True:
+                if data:
+                    recorder.frame(direction, data, time.time_ns())
+                    recorder.events(watch.feed(data))
+                    writer.write(data)
+                    await writer.drain()
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    with contextlib.suppress(OSError, RuntimeError):
+                        writer.write_eof()
+                    return
+
+        tasks = [
+            asyncio.create_task(pump(self.reader, up.writer, client_pending, C2S)),
+            asyncio.create_task(pump(up.reader, self.writer, up_pending, S2C)),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            # One side finished: give the other a moment to finish its closing handshake.
+            await asyncio.wait(tasks, timeout=5)
+        finally:
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, RecordingUnavailable):
+                raise result
+        self._close_upstream()
+        return False
+
+    # -- sessions and recording -----------------------------------------------------------------
+
+    def _session_for(self, target: Target, identity: Identity) -> HttpSession:
+        current = self.session
+        if current is not None and (current.target.name, current.subject) == (
+            target.name,
+            identity.subject,
+        ):
+            return current
+        self._end_session("target_changed")
+        self._close_upstream()
+        if self.gw.sink.failure is not None:
+            raise RecordingUnavailable(self.gw.sink.failure)
+        now = time.time_ns()
+        recorder = self.gw.open_recorder(identity, target.name, "http", self.client_addr, now)
+        recorder.event(Event(now, "auth", None, {
+            "result": "ok", "method": "oidc", "subject": identity.subject,
+            "groups": list(identity.groups), "tls": self.tls}))  # fmt: skip
+        session = HttpSession(recorder, target, identity.subject)
+        task = asyncio.current_task()
+        if task is not None:
+            session.tasks.append(task)
+        self.session = session
+        self.gw.sessions.add(session)
+        self.gw.metrics.inc("sessions_started")
+        return session
+
+    def _end_session(self, reason: str) -> None:
+        session, self.session = self.session, None
+        if session is None:
+            return
+        self.gw.sessions.discard(session)
+        session.recorder.close(session.end_reason or reason)
+
+    def _record_refusal(self, request: h11.Request, refusal: _Refused, started: int) -> None:
+        route = x.route(request.target)
+        identity, self._identity_for_refusal = self._identity_for_refusal, None
+        self.gw.record_refusal(
+            identity,
+            route.target if route else "(none)",
+            "http",
+            self.client_addr,
+            {"status": refusal.status, "reason": refusal.message},
+            started_ns=started,
+            first=Event(started, "request", C2S, {
+                "method": request.method.decode("latin-1"),
+                "url": request.target.decode("latin-1"),
+                "http_version": x.http_version(request.http_version),
+                "headers": x.recorded_headers(request.headers)}),
+        )  # fmt: skip
+
+    async def _upstream_failed(self, session: HttpSession, status: int, message: str) -> None:
+        session.recorder.event(Event(time.time_ns(), "upstream_error", None, {"reason": message}))
+        self._close_upstream()
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            await self._send_error(status, message, record=True)
+
+    async def _send_error(
+        self, status: int, message: str, headers: x.Headers | None = None, *, record: bool
+    ) -> None:
+        body = json.dumps({"error": _TITLES.get(status, "error"), "message": message}).encode()
+        head = [(b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"), *(headers or [])]  # fmt: skip
+        try:
+            data = self.conn.send(h11.Response(status_code=status, headers=head))
+            data = (data or b"") + (self.conn.send(h11.Data(data=body)) or b"")
+            data += self.conn.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:
+            return
+        if record and self.session is not None:
+            with contextlib.suppress(RecordingUnavailable):
+                self.session.recorder.frame(S2C, data, time.time_ns())
+        with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+            self.writer.write(data)
+            await self.writer.drain()
+
+    # -- bytes ----------------------------------------------------------------------------------
+
+    async def _to_upstream(
+        self, recorder: Recorder, up: _Upstream, recorded: bytes | None, data: bytes | None
+    ) -> None:
+        if not data:
+            return
+        recorder.frame(C2S, recorded or data, time.time_ns())
+        if self.gw.config.durability == "acked":
+            await recorder.commit()
+        up.writer.write(data)
+        await up.writer.drain()
+
+    async def _to_client(self, recorder: Recorder, data: bytes | None) -> None:
+        if not data:
+            return
+        recorder.frame(S2C, data, time.time_ns())
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except (ConnectionError, RuntimeError, OSError):
+            raise _Closed from None
+
+    async def _client_event(self, timeout: float, first: bool = False) -> object:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            wait = timeout if first and not self.conn.trailing_data[0] else HEAD_TIMEOUT_S
+            try:
+                data = await asyncio.wait_for(self.reader.read(READ_SIZE), wait)
+            except (ConnectionError, OSError):
+                data = b""
+            self.conn.receive_data(data)
+            first = False
+
+    async def _upstream_event(self, up: _Upstream, timeout: float | None) -> object:
+        while True:
+            event = up.conn.next_event()
+            if event is h11.PAUSED:
+                return event
+            if event is not h11.NEED_DATA:
+                return event
+            data = await asyncio.wait_for(up.reader.read(READ_SIZE), timeout)
+            up.conn.receive_data(data)
+
+    async def _upstream(self, target: Target) -> _Upstream:
+        if self.upstream is not None and self.upstream.target == target.name:
+            if self.upstream.conn.our_state is h11.IDLE and not self.upstream.reader.at_eof():
+                return self.upstream
+            self._close_upstream()
+        ctx = upstream_https_context(target.upstream_ca_file) if target.upstream_https else None
+        host, port = target.upstream.host, target.upstream.port
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=ctx, server_hostname=host if ctx else None,
+                                        limit=2**20),
+                CONNECT_TIMEOUT_S,
+            )  # fmt: skip
+        except TimeoutError:
+            raise _Refused(504, f"target {target.name!r} did not accept a connection") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise _Refused(502, f"target {target.name!r} is unreachable from the gateway "
+                           f"({_why(exc)})") from None  # fmt: skip
+        self.upstream = _Upstream(target.name, reader, writer, h11.Connection(h11.CLIENT))
+        return self.upstream
+
+    def _close_upstream(self) -> None:
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.writer.close()
+
+
+_UNRECORDABLE = "tapegate cannot record this session, so it is closed: nothing runs unrecorded"
+_TITLES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "unknown_target",
+           431: "headers_too_large", 502: "bad_gateway", 503: "unavailable",
+           504: "gateway_timeout"}  # fmt: skip
+
+
+def _host_header(target: Target) -> bytes:
+    default = 443 if target.upstream_https else 80
+    port = target.upstream.port
+    host = target.upstream.host
+    if ":" in host:
+        host = f"[{host}]"
+    return (host if port == default else f"{host}:{port}").encode()
+
+
+def _why(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
