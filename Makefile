@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and the demo drive for real.
-DEBIAN_PACKAGES := postgresql postgresql-client
+DEBIAN_PACKAGES := postgresql postgresql-client openssh-server openssh-client curl
 
 # jsii (under aws-cdk-lib) warns at every start that Node 20 is past its end of life; it works.
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
@@ -24,7 +24,7 @@ lint: setup
 	$(BIN)/ruff format .
 
 bench: setup
-	bash scripts/ensure-debian-packages.sh pgbouncer
+	bash scripts/ensure-debian-packages.sh pgbouncer wrk
 	$(BIN)/python bench/bench_tape.py
 	$(BIN)/python bench/bench_gateway.py
 

@@ -72,6 +72,8 @@ class RunningGateway:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self, drain_s: float = 1.0) -> None:
+        if not self.loop.is_running():
+            return
         self.run(self.gateway.stop(drain_s=drain_s))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
@@ -129,3 +131,23 @@ class RunningGateway:
     def verdicts(self) -> dict[str, Any]:
         trusted = LocalKeyStore(self.config.data_dir).trusted()
         return {sid: verify_session(recs, trusted) for sid, recs in self.sessions().items()}
+
+    def events(self) -> dict[str, list[dict[str, Any]]]:
+        """Each session's events (as JSON objects), in order."""
+        from tapegate.tape import decode_record
+
+        out: dict[str, list[dict[str, Any]]] = {}
+        for sid, records in self.sessions().items():
+            recs = sorted((decode_record(r) for r in records), key=lambda r: r.seq)
+            out[sid] = [e for r in recs for e in r.meta["events"]]
+        return out
+
+    def frames(self, session_id: str) -> list[Any]:
+        """A session's frames, decrypted with the data dir's auditor key."""
+        from tapegate.tape import decode_record, key_id, open_frames, open_session_key
+
+        recs = sorted((decode_record(r) for r in self.sessions()[session_id]), key=lambda r: r.seq)
+        auditor = LocalKeyStore(self.config.data_dir).auditor_key()
+        session_key = open_session_key(recs[0], {key_id(bytes(auditor.public_key)): auditor})
+        assert session_key is not None
+        return [f for r in recs for f in open_frames(r, session_key)]

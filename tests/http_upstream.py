@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+from gateway_task.tls import ensure_self_signed
 
 API_KEY = "k-" + secrets.token_hex(16)  # made per run: tests look for it where it must not be
 
@@ -56,7 +60,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.seen.append({"path": self.path, "headers": dict(self.headers.items())})
         path = self.path.split("?")[0]
         if path.endswith("/items") or path.endswith("/whoami"):
-            doc = {"path": self.path, "headers": dict(self.headers.items())}
+            # What it was sent, but never a credential's value: the tests look for those.
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            for name in ("x-api-key", "authorization"):
+                if name in headers:
+                    headers[name] = "the test key" if API_KEY in headers[name] else "other"
+            doc = {"path": self.path, "headers": headers}
             self._send(200, json.dumps(doc).encode())
         elif path.endswith("/echo"):
             self._send(200, body, self.headers.get("Content-Type") or "application/octet-stream")
@@ -109,12 +118,20 @@ class _Server(ThreadingHTTPServer):
 
 
 class HttpUpstream:
-    def __init__(self) -> None:
+    def __init__(self, tls_dir: Path | None = None) -> None:
+        """With tls_dir: HTTPS with a self-signed certificate for localhost made there."""
         self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.seen = []
         self.server.release = threading.Event()
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        self.ca_file: Path | None = None
+        if tls_dir is not None:
+            cert, key = ensure_self_signed(tls_dir)
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(cert, key)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            self.url, self.ca_file = f"https://localhost:{self.port}", cert
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 

@@ -16,6 +16,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import h11
@@ -124,6 +125,9 @@ class HttpConnection:
         """Handle one request; False when the connection must close afterwards."""
         started = time.time_ns()
         try:
+            if _head_size(request) > MAX_HEAD_BYTES:
+                # h11 caps only a head still arriving; one read can bring a whole oversized one.
+                raise _Refused(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes")
             target, identity = await self._admit(request)
         except _Refused as refusal:
             self._record_refusal(request, refusal, started)
@@ -425,7 +429,8 @@ class HttpConnection:
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"), *(headers or [])]  # fmt: skip
         try:
-            data = self.conn.send(h11.Response(status_code=status, headers=head))
+            reason = HTTPStatus(status).phrase.encode()
+            data = self.conn.send(h11.Response(status_code=status, headers=head, reason=reason))
             data = (data or b"") + (self.conn.send(h11.Data(data=body)) or b"")
             data += self.conn.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
@@ -523,6 +528,10 @@ def _host_header(target: Target) -> bytes:
     if ":" in host:
         host = f"[{host}]"
     return (host if port == default else f"{host}:{port}").encode()
+
+
+def _head_size(request: h11.Request) -> int:
+    return len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
 
 
 def _why(exc: BaseException) -> str:
