@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway_task.protocols.postgres.relay import Guard
@@ -54,6 +55,19 @@ def guard_for(target: Target) -> Guard:
             if rule.kind is not None and matches_kind(kinds, rule.kind):
                 return rule.describe()
             if rule.regex is not None and rule.regex.search(sql):
+                return rule.describe()
+        return None
+
+    return guard
+
+
+def command_guard(target: Target) -> Callable[[str], str | None]:
+    """For SSH exec requests: the description of the first deny regex the command line meets."""
+    rules = [rule for rule in target.deny if rule.regex is not None]
+
+    def guard(command: str) -> str | None:
+        for rule in rules:
+            if rule.regex is not None and rule.regex.search(command):
                 return rule.describe()
         return None
 

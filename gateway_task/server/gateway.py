@@ -46,11 +46,13 @@ class LiveSession(Protocol):
     """What the gateway needs of every protocol's open session (to seal by age, drain, stop)."""
 
     recorder: Recorder
-    tasks: list[Any]
     end_reason: str | None
 
     @property
     def idle(self) -> bool: ...
+
+    def abort(self) -> None:
+        """Stop forwarding now (shutdown, a failing archive); the session records its end."""
 
 
 class Gateway:
@@ -138,8 +140,10 @@ class Gateway:
             await asyncio.sleep(0.05)
         for session in list(self.sessions):
             session.end_reason = session.end_reason or "gateway_shutdown"
-            for task in session.tasks:
-                task.cancel()
+            session.abort()
+        for server in self._servers:
+            if hasattr(server, "close_connections"):
+                await server.close_connections()
         if self._connections:
             _, unfinished = await asyncio.wait(self._connections, timeout=drain_s + 5)
             for task in unfinished:  # still in startup or login: nothing recorded to close
@@ -242,8 +246,7 @@ class Gateway:
                     session.recorder.tick(now)
                 except RecordingUnavailable:
                     session.end_reason = "recording_failed"
-                    for task in session.tasks:
-                        task.cancel()
+                    session.abort()
             self.sink.tick(time.monotonic_ns())
 
     async def _archive_forever(self) -> None:

@@ -64,6 +64,10 @@ class HttpSession:
     end_reason: str | None = None
     idle: bool = True
 
+    def abort(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
 
 @dataclass(eq=False)
 class _Upstream:

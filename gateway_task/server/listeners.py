@@ -66,7 +66,9 @@ class SniffingListener:
             tls = first[0] == TLS_HANDSHAKE
             reader = asyncio.StreamReader(limit=2**20)
             protocol = asyncio.StreamReaderProtocol(reader)
-            handshake = {"ssl": self._tls, "ssl_handshake_timeout": FIRST_BYTE_TIMEOUT_S} if tls else {}
+            handshake = (
+                {"ssl": self._tls, "ssl_handshake_timeout": FIRST_BYTE_TIMEOUT_S} if tls else {}
+            )
             transport, _ = await loop.connect_accepted_socket(  # type: ignore[type-var]
                 lambda: protocol, conn, **handshake
             )

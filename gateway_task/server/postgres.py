@@ -61,6 +61,10 @@ class PgSession:
     def idle(self) -> bool:
         return self.relay is None or self.relay.idle
 
+    def abort(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
 
 class PgConnection:
     def __init__(

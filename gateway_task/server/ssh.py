@@ -1,0 +1,300 @@
+"""SSH: the gateway is an SSH server to agents and an SSH client to targets (asyncssh both sides).
+
+The SSH username names the target; the password (or keyboard-interactive answer) is the OIDC
+token. After the same token checks and policy as PostgreSQL, the gateway logs in to the target
+with the target's key or password, checking the target's host key against its known_hosts. Each
+channel the client opens (exec, shell, sftp, a permitted port forward) is relayed to a channel of
+the same kind upstream and recorded as its own tape session; `ssh_channels` holds the relays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from gateway_task import policy
+from gateway_task.identity import TokenError
+from gateway_task.recorder import Recorder
+from gateway_task.secrets import CredentialError, ssh_credential
+from gateway_task.server.ssh_channels import ForwardRelay, SessionRelay
+from tapegate.config import Address, Target
+from tapegate.tape import Event, Identity
+
+if TYPE_CHECKING:
+    from gateway_task.server.gateway import Gateway
+
+log = logging.getLogger("tapegate.gateway")
+
+LOGIN_TIMEOUT_S = 30.0
+UPSTREAM_TIMEOUT_S = 10.0
+
+
+class SshListener:
+    """The asyncssh acceptor and the client connections it accepted."""
+
+    def __init__(self, acceptor: asyncssh.SSHAcceptor, links: set[SshClientLink]) -> None:
+        self._acceptor = acceptor
+        self._links = links
+        self.sockets = acceptor.sockets
+
+    def close(self) -> None:
+        self._acceptor.close()  # stops accepting; open connections stay
+
+    async def close_connections(self) -> None:
+        for link in list(self._links):
+            link.close()
+        await asyncio.sleep(0)
+
+
+async def start_ssh_server(gw: Gateway, listen: Address) -> SshListener:
+    links: set[SshClientLink] = set()
+    acceptor = await asyncssh.create_server(
+        lambda: SshClientLink(gw, links),
+        listen.host,
+        listen.port,
+        server_host_keys=[host_key(gw.config.data_dir)],
+        server_version="tapegate",
+        encoding=None,
+        line_editor=False,
+        login_timeout=LOGIN_TIMEOUT_S,
+        keepalive_interval=60,
+        # Only what the gateway checks: the token, as a password or keyboard-interactive answer.
+        public_key_auth=False,
+        gss_host=None,
+        host_based_auth=False,
+        allow_scp=False,
+        agent_forwarding=False,
+        x11_forwarding=False,
+    )
+    return SshListener(acceptor, links)
+
+
+def host_key(data_dir: Path) -> asyncssh.SSHKey:
+    """The gateway's Ed25519 host key, made once and kept in the data dir (clients pin it)."""
+    path = Path(data_dir) / "ssh" / "host_ed25519"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="tapegate gateway")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key.export_private_key())
+        path.with_suffix(".pub").write_bytes(key.export_public_key())
+    return asyncssh.read_private_key(path)
+
+
+class SshClientLink(asyncssh.SSHServer):
+    """One agent's SSH connection: its login, its upstream connection, its channels."""
+
+    def __init__(self, gw: Gateway, links: set[SshClientLink]) -> None:
+        self.gw = gw
+        self._links = links
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.client_addr = "?:0"
+        self.connection_id = uuid.uuid4().hex[:16]
+        self.started_ns = time.time_ns()
+        self.target: Target | None = None
+        self.identity: Identity | None = None
+        self.method = ""
+        self.upstream: asyncssh.SSHClientConnection | None = None
+        self.upstream_error: str | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.client_addr = f"{peer[0]}:{peer[1]}"
+        self._links.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._links.discard(self)
+        if self.upstream is not None:
+            self.upstream.close()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    # -- authentication -----------------------------------------------------------------------
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        return await self._login(username, password, "password")
+
+    def kbdint_auth_supported(self) -> bool:
+        return True
+
+    def get_kbdint_challenge(
+        self, username: str, lang: str, submethods: str
+    ) -> tuple[str, str, str, list[tuple[str, bool]]]:
+        return "tapegate", "Paste your OIDC token.", "", [("Token: ", False)]
+
+    async def validate_kbdint_response(self, username: str, responses: list[str]) -> bool:
+        token = responses[0] if len(responses) == 1 else ""
+        return await self._login(username, token, "keyboard-interactive")
+
+    async def _login(self, username: str, token: str, method: str) -> bool:
+        cfg = self.gw.config
+        found = policy.find_target(cfg, username, "ssh")
+        if isinstance(found, policy.Refusal):
+            return self._refuse(username, found.message + f" ({found.hint})", method)
+        try:
+            identity = await self.gw.verifier.verify(token)
+        except TokenError as exc:
+            return self._refuse(username, f"authentication failed: {exc}", method)
+        finally:
+            del token
+        refusal = policy.admit(found, identity)
+        if refusal is not None:
+            return self._refuse(username, refusal.message, method, identity)
+        if self.gw.sink.failure is not None:
+            return self._refuse(username, "the archive is failing: nothing runs unrecorded",
+                                method, identity)  # fmt: skip
+        self.target, self.identity, self.method = found, identity, method
+        # Log in upstream now: a failure is then told when the client opens its first channel.
+        try:
+            self.upstream = await asyncio.wait_for(connect_upstream(found), UPSTREAM_TIMEOUT_S)
+        except TimeoutError:
+            self.upstream_error = (
+                f"target {found.name!r} did not answer in {UPSTREAM_TIMEOUT_S:g} s"
+            )
+        except UpstreamError as exc:
+            self.upstream_error = str(exc)
+        if self.upstream_error:
+            log.error("ssh %s: %s", self.client_addr, self.upstream_error)
+        return True
+
+    def _refuse(
+        self, target: str, reason: str, method: str, identity: Identity | None = None
+    ) -> bool:
+        self.gw.record_refusal(
+            identity, target or "(none)", "ssh", self.client_addr,
+            {"method": method, "reason": reason}, started_ns=self.started_ns,
+        )  # fmt: skip
+        if self.conn is not None:
+            # OpenSSH shows the banner before "Permission denied": the reason, not just a no.
+            with contextlib.suppress(Exception):
+                self.conn.send_auth_banner(f"tapegate: {reason}\r\n")
+        return False
+
+    # -- channels -----------------------------------------------------------------------------
+
+    def session_requested(self) -> SessionRelay:
+        recorder = self._channel_recorder("session")
+        if self.upstream is None:
+            self._fail_channel(recorder)
+        assert self.upstream is not None and self.target is not None
+        relay = SessionRelay(self.gw, recorder, self.target, self.upstream)
+        self.gw.sessions.add(relay)
+        return relay
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Any:
+        attrs = {"kind": "local", "dest_host": dest_host, "dest_port": dest_port,
+                 "orig_host": orig_host, "orig_port": orig_port}  # fmt: skip
+        return self._forward(attrs)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        # Remote forwarding would open a listener on the gateway: never offered.
+        attrs = {"kind": "remote", "listen_host": listen_host, "listen_port": listen_port}
+        recorder = self._channel_recorder("port_forward")
+        reason = "remote forwarding is not offered"
+        recorder.event(Event(time.time_ns(), "port_forward", None,
+                             {**attrs, "result": "refused", "reason": reason}))  # fmt: skip
+        recorder.close("refused")
+        return False
+
+    def _forward(self, attrs: dict[str, Any]) -> Any:
+        recorder = self._channel_recorder("port_forward")
+        assert self.target is not None
+        if not self.target.allow_port_forwarding:
+            reason = f"port forwarding is not allowed for target {self.target.name!r}"
+            recorder.event(Event(time.time_ns(), "port_forward", None,
+                                 {**attrs, "result": "refused", "reason": reason}))  # fmt: skip
+            recorder.close("refused")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
+        if self.upstream is None:
+            self._fail_channel(recorder)
+        assert self.upstream is not None
+        recorder.event(Event(time.time_ns(), "port_forward", None, {**attrs, "result": "allowed"}))
+        relay = ForwardRelay(self.gw, recorder, self.upstream, attrs)
+        self.gw.sessions.add(relay)
+        return relay.open()
+
+    def _channel_recorder(self, channel: str) -> Recorder:
+        assert self.identity is not None and self.target is not None
+        now = time.time_ns()
+        recorder = self.gw.open_recorder(self.identity, self.target.name, "ssh",
+                                         self.client_addr, now)  # fmt: skip
+        recorder.event(Event(now, "auth", None, {
+            "result": "ok", "method": self.method, "subject": self.identity.subject,
+            "groups": list(self.identity.groups), "connection": self.connection_id,
+            "channel": channel}))  # fmt: skip
+        self.gw.metrics.inc("sessions_started")
+        return recorder
+
+    def _fail_channel(self, recorder: Recorder) -> None:
+        reason = self.upstream_error or "no upstream connection"
+        recorder.event(Event(time.time_ns(), "upstream_error", None, {"reason": reason}))
+        recorder.close("upstream_unavailable")
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason)
+
+
+class UpstreamError(Exception):
+    """Why the gateway could not log in to a target. Never holds the credential."""
+
+
+async def connect_upstream(target: Target) -> asyncssh.SSHClientConnection:
+    try:
+        cred = await asyncio.to_thread(ssh_credential, target)
+    except CredentialError as exc:
+        log.error("target %s: %s", target.name, exc)
+        raise UpstreamError(
+            f"the gateway has no usable credential for target {target.name!r}"
+        ) from None
+    try:
+        keys = [asyncssh.import_private_key(cred.private_key)] if cred.private_key else None
+    except (asyncssh.KeyImportError, ValueError):
+        raise UpstreamError(f"the private key for target {target.name!r} cannot be read") from None
+    try:
+        return await asyncssh.connect(
+            target.upstream.host,
+            target.upstream.port,
+            username=target.username,
+            client_keys=keys,
+            password=cred.password,
+            known_hosts=str(target.known_hosts),
+            config=None,
+            agent_path=None,
+            preferred_auth="publickey" if keys else "password,keyboard-interactive",
+            encoding=None,
+            login_timeout=UPSTREAM_TIMEOUT_S,
+        )
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise UpstreamError(
+            f"target {target.name!r} presented a host key its known_hosts does not list ({exc}): "
+            "the gateway does not connect; an operator must check the key and update known_hosts"
+        ) from None
+    except asyncssh.PermissionDenied:
+        raise UpstreamError(f"target {target.name!r} refused the gateway's credential") from None
+    except (OSError, asyncssh.Error) as exc:
+        why = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+        raise UpstreamError(
+            f"target {target.name!r} is unreachable from the gateway ({why})"
+        ) from None
+    finally:
+        del cred

@@ -1,0 +1,391 @@
+"""One SSH channel relayed between the agent and the target, recorded as its own tape session.
+
+A relay holds both ends: the server-side channel the client opened and the client-side channel
+the gateway opened upstream. Bytes are recorded, then written on; when one side's window fills,
+the other side stops being read (asyncssh's pause/resume), so memory stays bounded whatever the
+transfer size. Session channels carry exec, shell (with a PTY) and subsystems (sftp is parsed
+into events); forward channels carry a permitted `ssh -L` connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from gateway_task import policy
+from gateway_task.protocols.ssh.sftp import SftpObserver
+from gateway_task.recorder import Recorder, RecordingUnavailable
+from tapegate.config import Target
+from tapegate.tape import Direction, Event
+
+if TYPE_CHECKING:
+    from gateway_task.server.gateway import Gateway
+
+log = logging.getLogger("tapegate.gateway")
+
+C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
+
+
+class _Relay:
+    """What session and forward relays share: recording, flow control, the end."""
+
+    def __init__(self, gw: Gateway, recorder: Recorder) -> None:
+        self.gw = gw
+        self.recorder = recorder
+        self.end_reason: str | None = None
+        self.chan: Any = None  # the client's channel
+        self.up_chan: Any = None  # the target's channel
+        self.bytes_in = self.bytes_out = self.bytes_err = 0
+        self._closed = False
+
+    @property
+    def idle(self) -> bool:
+        return False  # a channel is busy until it closes: shutdown waits up to its drain time
+
+    def abort(self) -> None:
+        for chan in (self.chan, self.up_chan):
+            if chan is not None:
+                chan.close()
+
+    def _record(self, direction: Direction, data: bytes) -> bool:
+        try:
+            self.recorder.frame(direction, data, time.time_ns())
+            return True
+        except RecordingUnavailable as exc:
+            log.error("ssh session %s: recording unavailable: %s", self.recorder.session_id, exc)
+            self.end_reason = "recording_failed"
+            self.abort()
+            return False
+
+    def _events(self, events: list[Event]) -> None:
+        try:
+            self.recorder.events(events)
+        except RecordingUnavailable:
+            self.end_reason = "recording_failed"
+            self.abort()
+
+    # flow control: a full window on one side pauses reading on the other
+    def client_paused(self) -> None:
+        if self.up_chan is not None:
+            self.up_chan.pause_reading()
+
+    def client_resumed(self) -> None:
+        if self.up_chan is not None:
+            self.up_chan.resume_reading()
+
+    def upstream_paused(self) -> None:
+        if self.chan is not None:
+            self.chan.pause_reading()
+
+    def upstream_resumed(self) -> None:
+        if self.chan is not None:
+            self.chan.resume_reading()
+
+    def finish(self, reason: str, final: list[Event] | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.gw.sessions.discard(self)  # type: ignore[arg-type]
+        with contextlib.suppress(RecordingUnavailable):
+            self.recorder.events(final or [])
+        self.recorder.close(self.end_reason or reason)
+        for chan in (self.chan, self.up_chan):
+            if chan is not None:
+                chan.close()
+
+
+class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
+    def __init__(
+        self,
+        gw: Gateway,
+        recorder: Recorder,
+        target: Target,
+        upstream: asyncssh.SSHClientConnection,
+    ) -> None:
+        super().__init__(gw, recorder)
+        self.target = target
+        self.upstream = upstream
+        self.guard = policy.command_guard(target)
+        self.cap = gw.config.recording.body_cap
+        self.request: tuple[str, str | None] = ("shell", None)
+        self.term: tuple[str, tuple[int, int, int, int], dict[int, int]] | None = None
+        self.sftp: SftpObserver | None = None
+        self.stderr = bytearray()
+        self.exit_status: int | None = None
+        self.exit_signal: tuple[str, bool, str, str] | None = None
+        self.blocked = False
+        # What the client sent before the upstream channel was open, forwarded once it is.
+        self._early: list[bytes] = []
+        self._early_eof = False
+
+    # -- the client's requests ----------------------------------------------------------------
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
+        self.chan = chan
+
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
+                      term_modes: dict[int, int]) -> bool:  # fmt: skip
+        self.term = (term_type, term_size, term_modes)
+        cols, rows = term_size[0], term_size[1]
+        self._events([Event(time.time_ns(), "pty", None,
+                            {"term": term_type, "cols": cols, "rows": rows})])  # fmt: skip
+        return True
+
+    def shell_requested(self) -> bool:
+        self.request = ("shell", None)
+        self._events([Event(time.time_ns(), "shell", C2S, {})])
+        return True
+
+    def exec_requested(self, command: str | bytes) -> bool:
+        text = command.decode("utf-8", "replace") if isinstance(command, bytes) else command
+        rule = self.guard(text)
+        now = time.time_ns()
+        if rule is not None:
+            self.blocked = True
+            self._events([Event(now, "blocked", C2S, {"command": text[: self.cap], "rule": rule})])
+            return False  # the client sees the exec request fail
+        self.request = ("exec", text)
+        self._events([Event(now, "exec", C2S, {"command": text[: self.cap]})])
+        return True
+
+    def subsystem_requested(self, subsystem: str | bytes) -> bool:
+        name = subsystem.decode("utf-8", "replace") if isinstance(subsystem, bytes) else subsystem
+        self.request = ("subsystem", name)
+        if name == "sftp":
+            self.sftp = SftpObserver(time.time_ns)
+        self._events([Event(time.time_ns(), "subsystem", C2S, {"name": name})])
+        return True
+
+    def session_started(self) -> None:
+        self.chan.pause_reading()  # until the upstream channel is open
+        asyncio.get_running_loop().create_task(self._open_upstream())
+
+    async def _open_upstream(self) -> None:
+        kind, value = self.request
+        kwargs: dict[str, Any] = {"encoding": None, "env": self.chan.get_environment()}
+        if self.term is not None:
+            term_type, size, modes = self.term
+            kwargs |= {"request_pty": "force", "term_type": term_type, "term_size": size,
+                       "term_modes": modes}  # fmt: skip
+        if kind == "exec":
+            kwargs["command"] = value
+        elif kind == "subsystem":
+            kwargs["subsystem"] = value
+        try:
+            up_chan, _ = await self.upstream.create_session(lambda: _UpstreamSide(self), **kwargs)
+        except (asyncssh.ChannelOpenError, asyncssh.Error, OSError, RuntimeError) as exc:
+            if self._closed:
+                return  # the client left while the channel was opening
+            reason = getattr(exc, "reason", None) or str(exc)
+            self._events([Event(time.time_ns(), "upstream_error", None, {"reason": reason})])
+            self.chan.write_stderr(f"tapegate: target {self.target.name!r} refused the "
+                                   f"channel: {reason}\r\n".encode())  # fmt: skip
+            self.chan.exit(255)
+            self.end_reason = "upstream_unavailable"
+            return
+        self.up_chan = up_chan
+        for data in self._early:
+            up_chan.write(data)
+        if self._early_eof:
+            up_chan.write_eof()
+        self._early = []
+        self.chan.resume_reading()
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        if not self._record(C2S, data):
+            return
+        self.bytes_in += len(data)
+        if self.sftp is not None:
+            self._events(self.sftp.from_client(data))
+        if self.up_chan is None:
+            self._early.append(data)
+        else:
+            self.up_chan.write(data)
+
+    def eof_received(self) -> bool:
+        if self.up_chan is None:
+            self._early_eof = True
+        else:
+            self.up_chan.write_eof()
+        return True  # half-close: the target's answer may still come
+
+    def break_received(self, msec: int) -> bool:
+        if self.up_chan is not None:
+            self.up_chan.send_break(msec)
+        return True
+
+    def signal_received(self, signal: str) -> None:
+        self._events([Event(time.time_ns(), "signal", C2S, {"name": signal})])
+        if self.up_chan is not None:
+            self.up_chan.send_signal(signal)
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        self._events([Event(time.time_ns(), "resize", C2S, {"cols": width, "rows": height})])
+        if self.up_chan is not None:
+            self.up_chan.change_terminal_size(width, height, pixwidth, pixheight)
+
+    def pause_writing(self) -> None:
+        self.client_paused()
+
+    def resume_writing(self) -> None:
+        self.client_resumed()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.finish("blocked" if self.blocked else "client_closed", self._final_events())
+
+    # -- the target's side --------------------------------------------------------------------
+
+    def from_upstream(self, data: bytes, datatype: int | None) -> None:
+        if not self._record(S2C, data):
+            return
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.bytes_err += len(data)
+            room = self.cap - len(self.stderr)
+            if room > 0:
+                self.stderr += data[:room]
+        else:
+            self.bytes_out += len(data)
+            if self.sftp is not None:
+                self._events(self.sftp.from_server(data))
+        self.chan.write(data, datatype)
+
+    def upstream_eof(self) -> None:
+        self.chan.write_eof()
+
+    def upstream_closed(self) -> None:
+        if self.exit_signal is not None:
+            name, core, msg, lang = self.exit_signal
+            self.chan.exit_with_signal(name, core, msg, lang)
+        elif self.exit_status is not None:
+            self.chan.exit(self.exit_status)
+        else:
+            self.chan.close()
+        self.finish("closed", self._final_events())
+
+    def _final_events(self) -> list[Event]:
+        events = self.sftp.close() if self.sftp is not None else []
+        if self.up_chan is None:
+            return events
+        attrs: dict[str, Any] = {
+            "status": self.exit_status,
+            "stdin_bytes": self.bytes_in,
+            "stdout_bytes": self.bytes_out,
+            "stderr_bytes": self.bytes_err,
+        }
+        if self.exit_signal is not None:
+            attrs["signal"] = self.exit_signal[0]
+        if self.stderr:
+            attrs["stderr"] = self.stderr.decode("utf-8", "replace")
+        events.append(Event(time.time_ns(), "exit", S2C, attrs))
+        return events
+
+
+class _UpstreamSide(asyncssh.SSHClientSession):  # type: ignore[misc]
+    def __init__(self, relay: SessionRelay) -> None:
+        self.relay = relay
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        self.relay.from_upstream(data, datatype)
+
+    def eof_received(self) -> bool:
+        self.relay.upstream_eof()
+        return True
+
+    def exit_status_received(self, status: int) -> None:
+        self.relay.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.relay.exit_signal = (signal, core_dumped, msg, lang)
+
+    def pause_writing(self) -> None:
+        self.relay.upstream_paused()
+
+    def resume_writing(self) -> None:
+        self.relay.upstream_resumed()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.upstream_closed()
+
+
+class ForwardRelay(_Relay, asyncssh.SSHTCPSession):  # type: ignore[misc]
+    """A permitted `ssh -L` connection: a direct-tcpip channel opened the same way upstream."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        recorder: Recorder,
+        upstream: asyncssh.SSHClientConnection,
+        attrs: dict[str, Any],
+    ) -> None:
+        super().__init__(gw, recorder)
+        self.upstream = upstream
+        self.attrs = attrs
+
+    async def open(self) -> ForwardRelay:
+        try:
+            self.up_chan, _ = await self.upstream.create_connection(
+                lambda: _UpstreamTcp(self), self.attrs["dest_host"], self.attrs["dest_port"],
+                self.attrs["orig_host"], self.attrs["orig_port"],
+            )  # fmt: skip
+        except asyncssh.ChannelOpenError as exc:
+            self._events([Event(time.time_ns(), "upstream_error", None, {"reason": exc.reason})])
+            self.finish("upstream_unavailable")
+            raise
+        return self
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        if self._record(C2S, data):
+            self.bytes_in += len(data)
+            self.up_chan.write(data)
+
+    def eof_received(self) -> bool:
+        self.up_chan.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        self.client_paused()
+
+    def resume_writing(self) -> None:
+        self.client_resumed()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.finish("client_closed", [self._totals()])
+
+    def from_upstream(self, data: bytes) -> None:
+        if self._record(S2C, data):
+            self.bytes_out += len(data)
+            self.chan.write(data)
+
+    def _totals(self) -> Event:
+        return Event(time.time_ns(), "forward_closed", None,
+                     {"bytes_in": self.bytes_in, "bytes_out": self.bytes_out})  # fmt: skip
+
+
+class _UpstreamTcp(asyncssh.SSHTCPSession):  # type: ignore[misc]
+    def __init__(self, relay: ForwardRelay) -> None:
+        self.relay = relay
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        self.relay.from_upstream(data)
+
+    def eof_received(self) -> bool:
+        if self.relay.chan is not None:
+            self.relay.chan.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        self.relay.upstream_paused()
+
+    def resume_writing(self) -> None:
+        self.relay.upstream_resumed()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.finish("closed", [self.relay._totals()])
