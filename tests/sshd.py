@@ -1,4 +1,4 @@
-"""A real OpenSSH server on a loopback port, with its own host key and authorized_keys in a temp dir.
+"""A real OpenSSH server on a loopback port: its own host key and authorized_keys in a temp dir.
 
 The gateway logs in to it with a key made here; the tests' own client keys never exist: clients
 log in to the gateway with tokens.
@@ -73,7 +73,8 @@ def start_sshd(folder: Path) -> SshServer:
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"sshd did not start: {(folder / 'sshd.log').read_text()}")
+                why = (folder / "sshd.log").read_text()
+                raise RuntimeError(f"sshd did not start: {why}") from None
             time.sleep(0.05)
     return SshServer("127.0.0.1", port, getpass.getuser(), folder, client_key, known_hosts,
                      host_key, proc)  # fmt: skip

@@ -23,7 +23,8 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
 
 def ssh_config(data_dir: Path, sshd: SshServer, **overrides: Any) -> Config:
     common = {"protocol": "ssh", "upstream": f"{sshd.host}:{sshd.port}", "username": sshd.user,
-              "private_key_file": str(sshd.key_file), "known_hosts": str(sshd.known_hosts)}  # fmt: skip
+              "private_key_file": str(sshd.key_file),
+              "known_hosts": str(sshd.known_hosts)}  # fmt: skip
     raw: dict[str, Any] = {
         "data_dir": str(data_dir),
         "identity": {"issuer": "dev", "dev_listen": f"127.0.0.1:{free_port()}"},
@@ -52,8 +53,15 @@ def sgw(sshd: SshServer, tmp_path: Path) -> Iterator[RunningGateway]:
     running.stop()
 
 
-def openssh(gw: RunningGateway, target: str, token: str, *args: str, input: bytes | None = None,
-            tool: str = "ssh", timeout: float = 60) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+def openssh(
+    gw: RunningGateway,
+    target: str,
+    token: str,
+    *args: str,
+    input: bytes | None = None,
+    tool: str = "ssh",
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[bytes]:
     """Run the real OpenSSH client (ssh, scp or sftp) against the gateway, token as password."""
     host, port = gw.address("ssh")
     folder = Path(gw.config.data_dir).parent

@@ -21,7 +21,7 @@ C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 # Packet types (filexfer v3 §3).
 OPEN, CLOSE, READ, WRITE = 3, 4, 5, 6
 SETSTAT, FSETSTAT, OPENDIR = 9, 10, 11
-REMOVE, MKDIR, RMDIR, RENAME, SYMLINK = 13, 14, 15, 18, 20
+REMOVE, MKDIR, RMDIR, RENAME, SYMLINK, EXTENDED = 13, 14, 15, 18, 20, 200
 STATUS, HANDLE, DATA = 101, 102, 103
 # OPEN flags.
 FXF_READ, FXF_WRITE, FXF_APPEND, FXF_CREAT, FXF_TRUNC = 0x1, 0x2, 0x4, 0x8, 0x10
@@ -171,6 +171,9 @@ class SftpObserver:
         elif kind in (RENAME, SYMLINK):
             first, second = _text(r.string()), _text(r.string())
             self._pending[rid] = (kind, (first, second))
+        elif kind == EXTENDED and r.string() == b"posix-rename@openssh.com":
+            first, second = _text(r.string()), _text(r.string())
+            self._pending[rid] = (RENAME, (first, second))  # what OpenSSH's sftp rename sends
         return []
 
     def _reply(self, packet: bytes) -> list[Event]:

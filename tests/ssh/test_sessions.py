@@ -1,0 +1,186 @@
+"""SSH through the gateway to a real OpenSSH server, with real ssh/scp/sftp clients and asyncssh."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from tapegate.archive.embedded import LocalArchive
+from tapegate.cli import main
+from tests.gateway_harness import RunningGateway
+from tests.ssh.conftest import openssh
+from tests.sshd import SshServer
+
+pytestmark = pytest.mark.slow
+
+
+def _sessions(gw: RunningGateway) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(session id, events) of every recorded channel, oldest first."""
+    return sorted(gw.events().items())
+
+
+def _of(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e["attrs"] for e in events if e["type"] == kind]
+
+
+async def _asyncssh(gw: RunningGateway, target: str, token: str, **kw: Any):
+    host, port = gw.address("ssh")
+    return await asyncssh.connect(host, port, username=target, password=token,
+                                  known_hosts=None, config=None, agent_path=None,
+                                  client_keys=None, **kw)  # fmt: skip
+
+
+def test_exec_with_stdin_stdout_stderr_and_exit_status(sgw: RunningGateway) -> None:
+    token = sgw.token()
+    done = openssh(sgw, "web1", token, "echo out; echo err >&2; exit 7")
+    assert (done.returncode, done.stdout, done.stderr) == (7, b"out\n", b"err\n")
+    piped = openssh(sgw, "web1", token, "sha256sum", input=b"x" * 5_000_000)
+    assert piped.stdout.split()[0].decode() == hashlib.sha256(b"x" * 5_000_000).hexdigest()
+    (first, events1), (_, events2) = _sessions(sgw)
+    assert _of(events1, "exec") == [{"command": "echo out; echo err >&2; exit 7"}]
+    (exit1,) = _of(events1, "exit")
+    assert exit1 == {"status": 7, "stdin_bytes": 0, "stdout_bytes": 4, "stderr_bytes": 4,
+                     "stderr": "err\n"}  # fmt: skip
+    assert _of(events2, "exit")[0]["stdin_bytes"] == 5_000_000
+    frames = sgw.frames(first)
+    assert b"".join(f.data for f in frames if f.direction.short == "s2c") == b"out\nerr\n"
+    auth = _of(events1, "auth")[0]
+    assert auth["subject"] == "agent-7" and auth["method"] in ("password", "keyboard-interactive")
+    assert all(v.intact for v in sgw.verdicts().values())
+
+
+def test_denied_command_fails_the_exec_and_is_recorded(sgw: RunningGateway) -> None:
+    blocked = openssh(sgw, "web1", sgw.token(), "rm -rf /srv/data")
+    assert blocked.returncode == 255 and b"exec request failed" in blocked.stderr
+    ok = openssh(sgw, "web1", sgw.token(), "echo still here")
+    assert ok.stdout == b"still here\n"
+    (_, events), _ = _sessions(sgw)
+    assert _of(events, "blocked") == [{"command": "rm -rf /srv/data",
+                                       "rule": "regex 'rm\\\\s+-rf\\\\s+/'"}]  # fmt: skip
+    assert not _of(events, "exec")
+
+
+def test_pty_shell_with_resize_replays_as_asciicast(
+    sgw: RunningGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def shell() -> None:
+        async with await _asyncssh(sgw, "web1", sgw.token()) as conn:
+            proc = await conn.create_process(term_type="xterm", term_size=(100, 30),
+                                             encoding=None)  # fmt: skip
+            proc.stdin.write(b"stty size\n")
+            await asyncio.sleep(0.5)
+            proc.change_terminal_size(120, 40)
+            await asyncio.sleep(0.2)
+            proc.stdin.write(b"stty size; exit 0\n")
+            await asyncio.wait_for(proc.wait(), 30)
+
+    asyncio.run(shell())
+    sgw.wait_closed()
+    ((sid, events),) = _sessions(sgw)
+    assert _of(events, "pty") == [{"term": "xterm", "cols": 100, "rows": 30}]
+    assert _of(events, "resize") == [{"cols": 120, "rows": 40}]
+    output = b"".join(f.data for f in sgw.frames(sid) if f.direction.short == "s2c")
+    assert b"30 100" in output and b"40 120" in output
+    sgw.stop()
+    LocalArchive(sgw.config).scan()
+    cfg = tmp_path / "cli.yaml"
+    cfg.write_text(f"data_dir: {sgw.config.data_dir}\n")
+    capsys.readouterr()
+    assert main(["replay", sid, "--format", "cast", "--config", str(cfg)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = json.loads(lines[0])
+    assert (header["width"], header["height"]) == (100, 30)
+    records = [json.loads(line) for line in lines[1:]]
+    assert [r[2] for r in records if r[1] == "r"] == ["120x40"]
+    assert "40 120" in "".join(r[2] for r in records if r[1] == "o")
+
+
+def test_sftp_and_scp_transfers_are_recorded_with_digests(
+    sgw: RunningGateway, sshd: SshServer, tmp_path: Path
+) -> None:
+    local = tmp_path / "upload.bin"
+    local.write_bytes(bytes(range(256)) * 8192)  # 2 MiB
+    remote = sshd.folder / f"uploaded-{tmp_path.name}.bin"
+    token = sgw.token()
+    up = openssh(sgw, "web1", token, str(local), f"GW:{remote}", tool="scp")
+    assert up.returncode == 0, up.stderr
+    assert remote.read_bytes() == local.read_bytes()
+    back = tmp_path / "back.bin"
+    batch = tmp_path / "batch"
+    batch.write_text(f"get {remote} {back}\nrename {remote} {remote}.old\nrm {remote}.old\n")
+    got = openssh(sgw, "web1", token, "-b", str(batch), "GW:", tool="sftp")
+    assert got.returncode == 0, got.stderr
+    assert back.read_bytes() == local.read_bytes() and not remote.exists()
+    digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    ops = [a for _, events in _sessions(sgw) for a in _of(events, "sftp")]
+    upload = next(a for a in ops if a["op"] == "upload")
+    download = next(a for a in ops if a["op"] == "download")
+    assert (upload["path"], upload["bytes"], upload["sha256"]) == (str(remote), 2 << 20, digest)
+    assert (download["path"], download["bytes"], download["sha256"]) == (
+        str(remote), 2 << 20, digest)  # fmt: skip
+    assert {"op": "rename", "path": str(remote), "to": f"{remote}.old", "result": "ok"} in ops
+    assert {"op": "remove", "path": f"{remote}.old", "result": "ok"} in ops
+
+
+def test_asyncssh_sftp_client_and_keyboard_interactive(
+    sgw: RunningGateway, sshd: SshServer
+) -> None:
+    target = sshd.folder / "via-asyncssh.txt"
+
+    async def run() -> bytes:
+        host, port = sgw.address("ssh")
+        token = sgw.token()
+        connecting = asyncssh.connect(
+            host, port, username="web1", known_hosts=None, config=None, agent_path=None,
+            client_keys=None, password=None, kbdint_auth=True,
+            preferred_auth="keyboard-interactive", client_factory=lambda: _KbdInt(token),
+        )  # fmt: skip
+        async with connecting as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open(str(target), "wb") as fh:
+                await fh.write(b"hello over sftp\n")
+            async with sftp.open(str(target), "rb") as fh:
+                return await fh.read()
+
+    assert asyncio.run(run()) == b"hello over sftp\n"
+    events = [e for _, evs in _sessions(sgw) for e in evs]
+    assert _of(events, "auth")[0]["method"] == "keyboard-interactive"
+    assert _of(events, "subsystem") == [{"name": "sftp"}]
+    assert [a["op"] for a in _of(events, "sftp")] == ["upload", "download"]
+
+
+class _KbdInt(asyncssh.SSHClient):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def kbdint_auth_requested(self) -> str:
+        return ""
+
+    def kbdint_challenge_received(self, name: str, instructions: str, lang: str,
+                                  prompts: list[tuple[str, bool]]) -> list[str]:  # fmt: skip
+        return [self.token for _ in prompts]
+
+
+def test_port_forwards_refused_unless_allowed(sgw: RunningGateway, sshd: SshServer) -> None:
+    async def forward(target: str) -> bytes:
+        async with await _asyncssh(sgw, target, sgw.token()) as conn:
+            reader, writer = await conn.open_connection(sshd.host, sshd.port)
+            banner = await asyncio.wait_for(reader.readline(), 10)
+            writer.close()
+            return banner
+
+    with pytest.raises(asyncssh.ChannelOpenError, match="not allowed for target 'web1'"):
+        asyncio.run(forward("web1"))
+    assert asyncio.run(forward("web1fwd")).startswith(b"SSH-2.0-OpenSSH")
+    sgw.wait_closed()
+    forwards = [(a["result"], a["dest_port"]) for _, evs in _sessions(sgw)
+                for a in _of(evs, "port_forward")]  # fmt: skip
+    assert forwards == [("refused", sshd.port), ("allowed", sshd.port)]
+    remote = openssh(sgw, "web1fwd", sgw.token(), "-N", "-o", "ExitOnForwardFailure=yes",
+                     "-R", "0:127.0.0.1:9", timeout=30)  # fmt: skip
+    assert remote.returncode == 255 and b"remote port forwarding failed" in remote.stderr.lower()
