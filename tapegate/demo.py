@@ -67,20 +67,27 @@ SELECT count(*) AS still_there FROM customers;
 def run_demo(data_dir: Path) -> int:
     import asyncio
     import shutil
+    import tempfile
 
+    from tapegate import demo_more
     from tapegate.throwaway_pg import APP_PASSWORD, free_port, start_postgres
+    from tapegate.throwaway_sshd import start_sshd
 
     if data_dir.exists():
         shutil.rmtree(data_dir)
-    print("== tapegate demo: an agent's psql session through the recording gateway ==\n")
-    print("1. Starting a throwaway PostgreSQL and the gateway (dev OIDC issuer, local archive)")
+    print("== tapegate demo: an agent's psql, ssh and API sessions through the gateway ==\n")
+    print("1. Starting a throwaway PostgreSQL, sshd and JSON API, and the gateway (dev OIDC")
+    print("   issuer, local archive)")
     pg = start_postgres()
+    sshd = start_sshd(Path(tempfile.mkdtemp(prefix="tapegate-demo-sshd-")))
+    api, api_url = demo_more.start_api()
+    listen, more_targets = demo_more.listen_and_targets(sshd, api_url)
     try:
         os.environ["TAPEGATE_DEMO_APPDB_PASSWORD"] = APP_PASSWORD
         raw = {
             "data_dir": str(data_dir.resolve()),
             "identity": {"issuer": "dev", "dev_listen": f"127.0.0.1:{free_port()}"},
-            "listen": {"postgres": f"127.0.0.1:{free_port()}"},
+            "listen": {"postgres": f"127.0.0.1:{free_port()}", **listen},
             "targets": [
                 {
                     "name": "appdb",
@@ -92,7 +99,8 @@ def run_demo(data_dir: Path) -> int:
                     "upstream_tls": "disable",
                     "allow_groups": ["agents"],
                     "guardrails": {"deny": [{"kind": "DROP"}, {"kind": "TRUNCATE"}]},
-                }
+                },
+                *more_targets,
             ],
         }
         data_dir.mkdir(parents=True)
@@ -102,6 +110,9 @@ def run_demo(data_dir: Path) -> int:
         asyncio.run(_agent_session(config))
     finally:
         pg.stop()
+        sshd.stop()
+        shutil.rmtree(sshd.folder, ignore_errors=True)
+        api.shutdown()
     return _audit(data_dir, config_file)
 
 
@@ -129,6 +140,9 @@ async def _agent_session(config: Config) -> None:
     out, _ = await proc.communicate(AGENT_SCRIPT.encode())
     for line in out.decode().splitlines():
         print(f"   | {line}")
+    from tapegate.demo_more import agent_ssh_and_http
+
+    await agent_ssh_and_http(gateway.addresses, config.data_dir, token)
     await gateway.stop(drain_s=1.0)
 
 
@@ -151,7 +165,9 @@ def _audit(data_dir: Path, config_file: Path) -> int:
     listing = StringIO()
     with redirect_stdout(listing):
         cli_main(["sessions", "--json", *cfg])
-    session_id = json.loads(listing.getvalue())[0]["session_id"]
+    listed = json.loads(listing.getvalue())
+    by_target = {s["target"]: s["session_id"] for s in reversed(listed)}
+    session_id = by_target["appdb"]
     sql = ("SELECT strftime(ts, '%H:%M:%S.%g') AS at, type, outcome, rows, text FROM events "
            "WHERE type IN ('query', 'result', 'blocked') ORDER BY ts_ns")  # fmt: skip
     print(f'\n   $ tapegate query "{sql}"')
@@ -161,6 +177,13 @@ def _audit(data_dir: Path, config_file: Path) -> int:
     print("   recorded bytes with the auditor's private key (keys/auditor.key):")
     print(f"   $ tapegate replay {session_id}")
     cli_main(["replay", session_id, *cfg])
+
+    print("\n   The SSH command, from its events and the recorded terminal bytes:")
+    print(f"   $ tapegate replay {by_target['web1']}")
+    cli_main(["replay", by_target["web1"], *cfg])
+    print("\n   The API call as HAR (the X-Api-Key the gateway added is redacted):")
+    print(f"   $ tapegate replay {by_target['api']} --format har")
+    cli_main(["replay", by_target["api"], "--format", "har", *cfg])
 
     print("\n5. Verify it from the raw delivered records and the gateway's public key alone:")
     print(f"   $ tapegate verify {session_id}")

@@ -152,6 +152,29 @@ def _describe(ev: dict[str, Any]) -> tuple[str, str]:
         return "red", f"ERROR    {a.get('sqlstate')} {a.get('message')}"
     if kind == "blocked":
         return "bold red", f"BLOCKED  {_sql(a)}  (guardrail {a.get('rule')})"
+    if kind == "exec":
+        return "cyan", f"exec     {_sql(a)}"
+    if kind == "exit":
+        took = (
+            f"exit     status {a.get('status', a.get('signal'))} (stdout {a.get('stdout_bytes')} B"
+        )
+        err = " ".join(str(a.get("stderr") or "").split())
+        return ("red" if a.get("status") else "green"), took + (
+            f", stderr {a.get('stderr_bytes')} B: {err[:120]})" if err else ")"
+        )
+    if kind == "request":
+        size = f" ({a.get('body_length')} B)" if a.get("body_length") else ""
+        return "cyan", f"request  {a.get('method')} {a.get('url')}{size}"
+    if kind == "response":
+        ms = (a.get("duration_ns") or 0) / 1e6
+        return ("red" if int(a.get("status") or 0) >= 400 else "green"), (
+            f"response {a.get('status')} {a.get('reason', '')} ({ms:.2f} ms, "
+            f"{a.get('body_length', 0)} B)"
+        )
+    if kind == "sftp":
+        digest = f" sha256 {a['sha256'][:16]}…" if a.get("sha256") else ""
+        size = f" {a.get('bytes')} B" if "bytes" in a else ""
+        return "cyan", f"sftp     {a.get('op')} {a.get('path')}{size}{digest} [{a.get('result')}]"
     if kind == "auth":
         if a.get("result") == "ok":
             return "", f"auth     ok ({a.get('method')}, {a.get('subject')})"

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from tapegate.config import Config, parse_config
+from tapegate.throwaway_sshd import SshServer, start_sshd
 from tests.gateway_harness import RunningGateway
 from tests.pg import free_port
-from tests.sshd import SshServer, start_sshd
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tapegate.throwaway_sshd import SshServer
 from tests.bad_tokens import bad_tokens
 from tests.gateway_harness import RunningGateway
 from tests.ssh.conftest import openssh, ssh_config
-from tests.sshd import SshServer
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ import pytest
 
 from tapegate.archive.embedded import LocalArchive
 from tapegate.cli import main
+from tapegate.throwaway_sshd import SshServer
 from tests.gateway_harness import RunningGateway
 from tests.ssh.conftest import openssh
-from tests.sshd import SshServer
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,5 @@
-"""A real OpenSSH server on a loopback port: its own host key and authorized_keys in a temp dir.
+"""A throwaway OpenSSH server on a loopback port (for `make demo` and the tests): its own host
+key and authorized_keys in a temp dir.
 
 The gateway logs in to it with a key made here; the tests' own client keys never exist: clients
 log in to the gateway with tokens.
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.pg import free_port
+from tapegate.throwaway_pg import free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -40,11 +41,14 @@ class SshServer:
 
 
 def _keygen(path: Path, kind: str = "ed25519") -> None:
+    path.unlink(missing_ok=True)
+    path.with_suffix(".pub").unlink(missing_ok=True)
     subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "tapegate-test", "-f",
                     str(path)], check=True)  # fmt: skip
 
 
 def start_sshd(folder: Path) -> SshServer:
+    folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     host_key, client_key = folder / "host_ed25519", folder / "gateway_ed25519"

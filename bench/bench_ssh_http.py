@@ -1,0 +1,156 @@
+"""SSH and HTTP through the gateway vs direct, in one run (bench/RESULTS.md has the figures).
+
+- HTTP: wrk, keep-alive, 1 KiB responses, against a small asyncio upstream (direct) and through
+  `tapegate up` (folder sink, no embedded pipeline, as on Fargate). Goal ≥ 0.5x direct.
+- SSH exec round trips: asyncssh runs `true` 200 times on one connection, direct and through.
+- scp of a 1 GB file (OpenSSH scp, SFTP protocol), direct and through. Goal ≥ 0.7x direct.
+
+Usage: .venv/bin/python bench/bench_ssh_http.py [--scp-mb 1024] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncssh
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway_task.dev_issuer import mint_token
+from tapegate.config import load_config
+from tapegate.throwaway_pg import free_port
+from tapegate.throwaway_sshd import start_sshd
+
+UPSTREAM = r"""
+import asyncio, sys
+BODY = b"x" * 1024
+RESP = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1024\r\n\r\n" + BODY
+class P(asyncio.Protocol):
+    def connection_made(self, t): self.t, self.buf = t, b""
+    def data_received(self, d):
+        self.buf += d
+        n = self.buf.count(b"\r\n\r\n")
+        if n:
+            self.buf = self.buf[self.buf.rfind(b"\r\n\r\n") + 4:]
+            self.t.write(RESP * n)
+async def main():
+    s = await asyncio.get_running_loop().create_server(P, "127.0.0.1", int(sys.argv[1]))
+    await s.serve_forever()
+asyncio.run(main())
+"""
+
+
+def wrk(url: str, seconds: int, token: str | None) -> float:
+    argv = ["wrk", "-t2", "-c16", f"-d{seconds}s", url]
+    if token:
+        argv[1:1] = ["-H", f"Authorization: Bearer {token}"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+
+async def exec_rate(host: str, port: int, n: int, **kw: object) -> float:
+    async with asyncssh.connect(host, port, known_hosts=None, config=None, agent_path=None,
+                                **kw) as conn:  # type: ignore[arg-type]  # fmt: skip
+        await conn.run("true", check=True)
+        start = time.perf_counter()
+        for _ in range(n):
+            await conn.run("true", check=True)
+        return n / (time.perf_counter() - start)
+
+
+def scp_seconds(argv: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, env=env, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scp-mb", type=int, default=1024)
+    ap.add_argument("--seconds", type=int, default=10)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tapegate-bench-"))
+    sshd = start_sshd(work / "sshd")
+    up_port = free_port()
+    upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM, str(up_port)])
+    os.environ["BENCH_API_KEY"] = "bench-key"
+    raw = {
+        "data_dir": str(work / "data"),
+        "identity": {"issuer": "dev", "dev_listen": f"127.0.0.1:{free_port()}"},
+        "listen": {"ssh": f"127.0.0.1:{free_port()}", "http": f"127.0.0.1:{free_port()}"},
+        "tls": "optional",
+        "archive": {"embedded_pipeline": False},
+        "targets": [
+            {"name": "web1", "protocol": "ssh", "upstream": f"{sshd.host}:{sshd.port}",
+             "username": sshd.user, "private_key_file": str(sshd.key_file),
+             "known_hosts": str(sshd.known_hosts), "allow_groups": ["agents"]},
+            {"name": "api", "protocol": "http", "upstream": f"http://127.0.0.1:{up_port}",
+             "inject_header": {"name": "X-Api-Key", "value_env": "BENCH_API_KEY"},
+             "allow_groups": ["agents"]},
+        ],
+    }  # fmt: skip
+    cfg_file = work / "tapegate.yaml"
+    cfg_file.write_text(yaml.safe_dump(raw))
+    config = load_config(cfg_file)
+    gw = subprocess.Popen([sys.executable, "-m", "tapegate.cli", "up", "--config", str(cfg_file)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        time.sleep(3)
+        token = mint_token(config.data_dir, config.identity, "bench", ["agents"], 3600)
+        gw_http, gw_ssh = raw["listen"]["http"], raw["listen"]["ssh"]  # type: ignore[index]
+        print("HTTP keep-alive, 1 KiB responses, wrk -t2 -c16:")
+        direct = wrk(f"http://127.0.0.1:{up_port}/v1/x", args.seconds, None)
+        through = wrk(f"http://{gw_http}/api/v1/x", args.seconds, token)
+        print(f"  direct {direct:,.0f} req/s, tapegate {through:,.0f} req/s → "
+              f"{through / direct:.2f}x direct (goal ≥ 0.5x)")  # fmt: skip
+
+        key = asyncssh.read_private_key(sshd.key_file)
+        host, port = gw_ssh.rsplit(":", 1)
+        d = asyncio.run(exec_rate(sshd.host, sshd.port, 200, username=sshd.user,
+                                  client_keys=[key]))  # fmt: skip
+        t = asyncio.run(exec_rate(host, int(port), 200, username="web1", password=token,
+                                  client_keys=None))  # fmt: skip
+        print(f"SSH exec round trips (asyncssh, `true`, one connection): direct {d:.1f}/s, "
+              f"tapegate {t:.1f}/s → {t / d:.2f}x")  # fmt: skip
+
+        blob = work / "blob.bin"
+        with blob.open("wb") as fh:
+            for _ in range(args.scp_mb):
+                fh.write(os.urandom(1 << 20))
+        opts = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-q"]  # fmt: skip
+        dest = f"{sshd.user}@{sshd.host}:{work}/direct.bin"
+        direct_s = scp_seconds(["scp", *opts, "-i", str(sshd.key_file), "-P", str(sshd.port),
+                                str(blob), dest])  # fmt: skip
+        askpass = work / "askpass.sh"
+        askpass.write_text(f"#!/bin/sh\necho {token}\n")
+        askpass.chmod(0o700)
+        env = {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
+               "DISPLAY": ":0"}  # fmt: skip
+        through_s = scp_seconds(["scp", *opts, "-o", "PreferredAuthentications=password",
+                                 "-P", port, str(blob), f"web1@{host}:{work}/through.bin"],
+                                env)  # fmt: skip
+        mb = args.scp_mb * 1.048576
+        print(f"scp {args.scp_mb} MiB: direct {mb / direct_s:.0f} MB/s, tapegate "
+              f"{mb / through_s:.0f} MB/s → {direct_s / through_s:.2f}x direct "
+              "(goal ≥ 0.7x)")  # fmt: skip
+    finally:
+        gw.terminate()
+        gw.wait(30)
+        upstream.terminate()
+        sshd.stop()
+        subprocess.run(["rm", "-rf", str(work)])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
