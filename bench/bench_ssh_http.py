@@ -102,7 +102,7 @@ def main() -> int:
     cfg_file.write_text(yaml.safe_dump(raw))
     config = load_config(cfg_file)
     gw = subprocess.Popen([sys.executable, "-m", "tapegate.cli", "up", "--config", str(cfg_file)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         time.sleep(3)
         token = mint_token(config.data_dir, config.identity, "bench", ["agents"], 3600)

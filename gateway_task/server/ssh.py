@@ -55,6 +55,8 @@ class SshListener:
 
 
 async def start_ssh_server(gw: Gateway, listen: Address) -> SshListener:
+    # asyncssh logs every connection and channel at INFO; the gateway logs what matters itself.
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
     links: set[SshClientLink] = set()
     acceptor = await asyncssh.create_server(
         lambda: SshClientLink(gw, links),
