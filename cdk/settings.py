@@ -238,4 +238,6 @@ def _targets(raw: Any) -> list[dict[str, Any]]:
         for local in ("password_env", "password_file", "private_key_file", "value_env"):
             if local in target:
                 raise SettingsError(f"targets[{i}].{local}", "use secret_arn on AWS")
+            if isinstance(target.get("inject_header"), dict) and local in target["inject_header"]:
+                raise SettingsError(f"targets[{i}].inject_header.{local}", "use secret_arn on AWS")
     return raw
