@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway_task.dev_issuer import mint_token
 from tapegate.config import load_config
 from tapegate.throwaway_pg import free_port
-from tapegate.throwaway_sshd import start_sshd
+from tapegate.throwaway_sshd import askpass_env, start_sshd
 
 UPSTREAM = r"""
 import asyncio, sys
@@ -131,11 +131,7 @@ def main() -> int:
         dest = f"{sshd.user}@{sshd.host}:{work}/direct.bin"
         direct_s = scp_seconds(["scp", *opts, "-i", str(sshd.key_file), "-P", str(sshd.port),
                                 str(blob), dest])  # fmt: skip
-        askpass = work / "askpass.sh"
-        askpass.write_text(f"#!/bin/sh\necho {token}\n")
-        askpass.chmod(0o700)
-        env = {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
-               "DISPLAY": ":0"}  # fmt: skip
+        env = askpass_env(work / "agent", token)
         through_s = scp_seconds(["scp", *opts, "-o", "PreferredAuthentications=password",
                                  "-P", port, str(blob), f"web1@{host}:{work}/through.bin"],
                                 env)  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tapegate.throwaway_pg import free_port
-from tapegate.throwaway_sshd import SshServer
+from tapegate.throwaway_sshd import SshServer, askpass_env
 
 API_KEY_ENV = "TAPEGATE_DEMO_API_KEY"
 
@@ -60,15 +60,9 @@ async def agent_ssh_and_http(addresses: dict[str, str], data_dir: Path, token: s
     ssh_host, ssh_port = addresses["ssh"].rsplit(":", 1)
     http_address = addresses["http"]
     work = data_dir / "agent"
-    work.mkdir(exist_ok=True)
-    (work / "token").write_text(token)
-    askpass = work / "askpass.sh"
-    askpass.write_text(f"#!/bin/sh\ncat {work / 'token'}\n")
-    askpass.chmod(0o700)
+    env = askpass_env(work, token)
     pub = (data_dir / "ssh" / "host_ed25519.pub").read_text().split()
     (work / "known_hosts").write_text(f"[{ssh_host}]:{ssh_port} {pub[0]} {pub[1]}\n")
-    env = {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
-           "DISPLAY": ":0"}  # fmt: skip
     command = "uname -s; ls / | head -3; echo 'disk check' >&2"
     print("\n   The agent runs a command on host web1 over SSH (token as the password):")
     print(f'   $ ssh -p {ssh_port} web1@{ssh_host} "{command}"')

@@ -82,3 +82,19 @@ def start_sshd(folder: Path) -> SshServer:
             time.sleep(0.05)
     return SshServer("127.0.0.1", port, getpass.getuser(), folder, client_key, known_hosts,
                      host_key, proc)  # fmt: skip
+
+
+def askpass_env(folder: Path, token: str) -> dict[str, str]:
+    """The environment that makes OpenSSH's ssh/scp/sftp answer the password prompt with `token`.
+
+    The token goes to a 0600 file the script reads, not into the script or the command line.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    token_file, script = folder / "token", folder / "askpass.sh"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token)
+    script.write_text(f"#!/bin/sh\ncat {token_file}\n")
+    script.chmod(0o700)
+    return {**os.environ, "SSH_ASKPASS": str(script), "SSH_ASKPASS_REQUIRE": "force",
+            "DISPLAY": ":0"}  # fmt: skip

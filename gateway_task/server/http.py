@@ -132,7 +132,7 @@ class HttpConnection:
             if _head_size(request) > MAX_HEAD_BYTES:
                 # h11 caps only a head still arriving; one read can bring a whole oversized one.
                 raise _Refused(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes")
-            target, identity = await self._admit(request)
+            target, identity, rest = await self._admit(request)
         except _Refused as refusal:
             self._record_refusal(request, refusal, started)
             await self._send_error(refusal.status, refusal.message, refusal.headers, record=False)
@@ -140,11 +140,12 @@ class HttpConnection:
         session = self._session_for(target, identity)
         session.idle = False
         try:
-            return await self._forward(session, request, started)
+            return await self._forward(session, request, rest, started)
         finally:
             session.idle = True
 
-    async def _admit(self, request: h11.Request) -> tuple[Target, Identity]:
+    async def _admit(self, request: h11.Request) -> tuple[Target, Identity, str]:
+        """The target, the caller and the path after the target segment, or _Refused."""
         route = x.route(request.target)
         target = self.gw.config.targets.get(route.target) if route else None
         if target is None or target.protocol != "http":
@@ -181,7 +182,8 @@ class HttpConnection:
         if refusal is not None:
             self._identity_for_refusal = identity
             raise _Refused(403, refusal.message)
-        return target, identity
+        assert route is not None
+        return target, identity, route.path
 
     async def _verify(self, token: str) -> Identity:
         # A kept-alive client sends the same token with every request: verify it once.
@@ -193,7 +195,9 @@ class HttpConnection:
         self._verified = (token, identity)
         return identity
 
-    async def _forward(self, session: HttpSession, request: h11.Request, started: int) -> bool:
+    async def _forward(
+        self, session: HttpSession, request: h11.Request, rest: str, started: int
+    ) -> bool:
         recorder = session.recorder
         target = session.target
         assert target.inject_header is not None
@@ -217,7 +221,7 @@ class HttpConnection:
             (target.inject_header.name.lower().encode(), secret),
             self.client_addr,
         )
-        path = (target.upstream_base_path + x.route(request.target).path).encode()  # type: ignore[union-attr]
+        path = (target.upstream_base_path + rest).encode()
         head = up.conn.send(h11.Request(method=request.method, target=path, headers=headers))
         await self._to_upstream(recorder, up, head.replace(secret, x.REDACTED.encode()), head)
         if self.conn.they_are_waiting_for_100_continue:
@@ -485,9 +489,7 @@ class HttpConnection:
     async def _upstream_event(self, up: _Upstream, timeout: float | None) -> object:
         while True:
             event = up.conn.next_event()
-            if event is h11.PAUSED:
-                return event
-            if event is not h11.NEED_DATA:
+            if event is not h11.NEED_DATA:  # PAUSED included: after a 101
                 return event
             data = await asyncio.wait_for(up.reader.read(READ_SIZE), timeout)
             up.conn.receive_data(data)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +8,7 @@ from typing import Any
 import pytest
 
 from tapegate.config import Config, parse_config
-from tapegate.throwaway_sshd import SshServer, start_sshd
+from tapegate.throwaway_sshd import SshServer, askpass_env, start_sshd
 from tests.gateway_harness import RunningGateway
 from tests.pg import free_port
 
@@ -65,16 +64,10 @@ def openssh(
     """Run the real OpenSSH client (ssh, scp or sftp) against the gateway, token as password."""
     host, port = gw.address("ssh")
     folder = Path(gw.config.data_dir).parent
-    askpass = folder / "askpass.sh"
-    token_file = folder / "token"
-    token_file.write_text(token)
-    askpass.write_text(f"#!/bin/sh\ncat {token_file}\n")
-    askpass.chmod(0o700)
+    env = askpass_env(folder, token)
     known = folder / "gateway_known_hosts"
     pub = (Path(gw.config.data_dir) / "ssh" / "host_ed25519.pub").read_text().split()
     known.write_text(f"[{host}]:{port} {pub[0]} {pub[1]}\n")
-    env = {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
-           "DISPLAY": ":0"}  # fmt: skip
     port_flag = "-p" if tool == "ssh" else "-P"
     opts = ["-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
             "-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=1",
