@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway_task.dev_issuer import mint_token
 from tapegate.config import load_config
 from tapegate.throwaway_pg import free_port
-from tapegate.throwaway_sshd import askpass_env, start_sshd
+from tapegate.throwaway_sshd import SshServer, askpass_env, start_sshd
 
 UPSTREAM = r"""
 import asyncio, sys
@@ -67,16 +68,78 @@ async def exec_rate(host: str, port: int, n: int, **kw: object) -> float:
         return n / (time.perf_counter() - start)
 
 
-def scp_seconds(argv: list[str], env: dict[str, str] | None = None) -> float:
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its children it has reaped (sshd's session processes)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def scp_run(
+    argv: list[str], sshd_pid: int, gateway_pid: int, env: dict[str, str] | None = None
+) -> tuple[float, dict[str, float]]:
+    """Seconds for one scp, and the CPU seconds the client, gateway and server spent on it."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server, gateway = cpu_seconds(sshd_pid), cpu_seconds(gateway_pid)
     start = time.perf_counter()
     subprocess.run(argv, check=True, env=env, capture_output=True)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return seconds, {"client": client, "gateway": cpu_seconds(gateway_pid) - gateway,
+                     "server": cpu_seconds(sshd_pid) - server}  # fmt: skip
+
+
+def http_rates(seconds: int, up_port: int, gw_http: str, token: str) -> None:
+    print("HTTP keep-alive, 1 KiB responses, wrk -t2 -c16:")
+    direct = wrk(f"http://127.0.0.1:{up_port}/v1/x", seconds, None)
+    through = wrk(f"http://{gw_http}/api/v1/x", seconds, token)
+    print(f"  direct {direct:,.0f} req/s, tapegate {through:,.0f} req/s → "
+          f"{through / direct:.2f}x direct (goal ≥ 0.5x)")  # fmt: skip
+
+
+def exec_rates(sshd: SshServer, gw_ssh: str, token: str) -> None:
+    key = asyncssh.read_private_key(sshd.key_file)
+    host, port = gw_ssh.rsplit(":", 1)
+    d = asyncio.run(exec_rate(sshd.host, sshd.port, 200, username=sshd.user,
+                              client_keys=[key]))  # fmt: skip
+    t = asyncio.run(exec_rate(host, int(port), 200, username="web1", password=token,
+                              client_keys=None))  # fmt: skip
+    print(f"SSH exec round trips (asyncssh, `true`, one connection): direct {d:.1f}/s, "
+          f"tapegate {t:.1f}/s → {t / d:.2f}x")  # fmt: skip
+
+
+def scp_rates(
+    sshd: SshServer, gw_ssh: str, token: str, gw_pid: int, work: Path, size_mb: int
+) -> None:
+    host, port = gw_ssh.rsplit(":", 1)
+    blob = work / "blob.bin"
+    with blob.open("wb") as fh:
+        for _ in range(size_mb):
+            fh.write(os.urandom(1 << 20))
+    opts = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-q"]  # fmt: skip
+    direct_s, direct_cpu = scp_run(["scp", *opts, "-i", str(sshd.key_file), "-P", str(sshd.port),
+                                    str(blob), f"{sshd.user}@{sshd.host}:{work}/direct.bin"],
+                                   sshd.proc.pid, gw_pid)  # fmt: skip
+    env = askpass_env(work / "agent", token)
+    through_s, through_cpu = scp_run(["scp", *opts, "-o", "PreferredAuthentications=password",
+                                      "-P", port, str(blob), f"web1@{host}:{work}/through.bin"],
+                                     sshd.proc.pid, gw_pid, env)  # fmt: skip
+    mb = size_mb * 1.048576
+    print(f"scp {size_mb} MiB: direct {mb / direct_s:.0f} MB/s, tapegate "
+          f"{mb / through_s:.0f} MB/s → {direct_s / through_s:.2f}x direct "
+          "(goal ≥ 0.7x)")  # fmt: skip
+    for name, cpu, secs in (("direct", direct_cpu, direct_s),
+                            ("tapegate", through_cpu, through_s)):  # fmt: skip
+        used = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+        print(f"  CPU seconds, {name}: {used} (2 cores x {secs:.1f} s = {2 * secs:.1f})")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scp-mb", type=int, default=1024)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--only", choices=["http", "exec", "scp"], help="run one measure")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tapegate-bench-"))
     sshd = start_sshd(work / "sshd")
@@ -107,38 +170,12 @@ def main() -> int:
         time.sleep(3)
         token = mint_token(config.data_dir, config.identity, "bench", ["agents"], 3600)
         gw_http, gw_ssh = raw["listen"]["http"], raw["listen"]["ssh"]  # type: ignore[index]
-        print("HTTP keep-alive, 1 KiB responses, wrk -t2 -c16:")
-        direct = wrk(f"http://127.0.0.1:{up_port}/v1/x", args.seconds, None)
-        through = wrk(f"http://{gw_http}/api/v1/x", args.seconds, token)
-        print(f"  direct {direct:,.0f} req/s, tapegate {through:,.0f} req/s → "
-              f"{through / direct:.2f}x direct (goal ≥ 0.5x)")  # fmt: skip
-
-        key = asyncssh.read_private_key(sshd.key_file)
-        host, port = gw_ssh.rsplit(":", 1)
-        d = asyncio.run(exec_rate(sshd.host, sshd.port, 200, username=sshd.user,
-                                  client_keys=[key]))  # fmt: skip
-        t = asyncio.run(exec_rate(host, int(port), 200, username="web1", password=token,
-                                  client_keys=None))  # fmt: skip
-        print(f"SSH exec round trips (asyncssh, `true`, one connection): direct {d:.1f}/s, "
-              f"tapegate {t:.1f}/s → {t / d:.2f}x")  # fmt: skip
-
-        blob = work / "blob.bin"
-        with blob.open("wb") as fh:
-            for _ in range(args.scp_mb):
-                fh.write(os.urandom(1 << 20))
-        opts = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null", "-q"]  # fmt: skip
-        dest = f"{sshd.user}@{sshd.host}:{work}/direct.bin"
-        direct_s = scp_seconds(["scp", *opts, "-i", str(sshd.key_file), "-P", str(sshd.port),
-                                str(blob), dest])  # fmt: skip
-        env = askpass_env(work / "agent", token)
-        through_s = scp_seconds(["scp", *opts, "-o", "PreferredAuthentications=password",
-                                 "-P", port, str(blob), f"web1@{host}:{work}/through.bin"],
-                                env)  # fmt: skip
-        mb = args.scp_mb * 1.048576
-        print(f"scp {args.scp_mb} MiB: direct {mb / direct_s:.0f} MB/s, tapegate "
-              f"{mb / through_s:.0f} MB/s → {direct_s / through_s:.2f}x direct "
-              "(goal ≥ 0.7x)")  # fmt: skip
+        if args.only in (None, "http"):
+            http_rates(args.seconds, up_port, gw_http, token)
+        if args.only in (None, "exec"):
+            exec_rates(sshd, gw_ssh, token)
+        if args.only in (None, "scp"):
+            scp_rates(sshd, gw_ssh, token, gw.pid, work, args.scp_mb)
     finally:
         gw.terminate()
         gw.wait(30)

@@ -1,7 +1,9 @@
 """Both directions of one session → frames and events → sealed chunks → the sink.
 
 Record first, forward second: the server calls `frame` before it writes bytes on, and `frame`
-raises RecordingUnavailable while the sink is failing, so no byte is forwarded unrecorded.
+raises RecordingUnavailable while the sink is failing, so no byte is forwarded unrecorded. The
+tape writer itself runs on the sealing thread (gateway_task/sealer.py): `frame` and `event` only
+queue, in order, what the writer will take.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future
 
 from gateway_task.metrics import GatewayMetrics
+from gateway_task.sealer import Sealer
 from gateway_task.sinks import Sink, SinkError
 from tapegate.tape import Direction, Event, TapeWriter
 
@@ -22,38 +26,55 @@ class RecordingUnavailable(Exception):
 
 class Recorder:
     def __init__(
-        self, writer: TapeWriter, sink: Sink, metrics: GatewayMetrics | None = None
+        self,
+        writer: TapeWriter,
+        sink: Sink,
+        sealer: Sealer,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.writer = writer
         self.sink = sink
+        self.sealer = sealer
         self.metrics = metrics
         self.closed = False
+        self._error: str | None = None  # set on the sealing thread when the sink refused
 
     @property
     def session_id(self) -> str:
         return str(self.writer.session_id)
 
     def frame(self, direction: Direction, data: bytes, ts: int) -> None:
-        if self.sink.failure is not None:
-            raise RecordingUnavailable(self.sink.failure)
-        self._ship(self.writer.add_frame(ts, direction, data))
+        self._check()
+        if type(data) is not bytes:  # a view of a buffer the caller may reuse
+            data = bytes(data)
+        self.sealer.run(
+            lambda: self._shipped(self.writer.add_frame(ts, direction, data)), len(data)
+        )
 
     def events(self, events: Iterable[Event]) -> None:
         for event in events:
-            self._ship(self.writer.add_event(event))
+            self.event(event)
 
     def event(self, event: Event) -> None:
-        self._ship(self.writer.add_event(event))
+        # Not refused while the sink fails: an event forwards nothing, and the sink keeps what
+        # it is given for its retry (a refusal is recorded that way).
+        self.sealer.run(lambda: self._shipped(self.writer.add_event(event)))
 
     async def commit(self, timeout_s: float = 30.0) -> None:
         """`durability: acked`: seal what is pending and wait until the sink holds it."""
-        records = self.writer.flush(time.time_ns())
-        if not records:
-            return
-        try:
-            ack = self.sink.put(records, urgent=True)
-        except SinkError as exc:
-            raise RecordingUnavailable(str(exc)) from None
+        self._check()
+        handed: Future[Future[None] | None] = Future()
+
+        def flush() -> None:
+            records = self.writer.flush(time.time_ns())
+            try:
+                handed.set_result(self._ship(records, urgent=True) if records else None)
+            except RecordingUnavailable as exc:
+                handed.set_exception(exc)
+
+        self.sealer.run(flush)
+        self.sealer.hand_over()
+        ack = await asyncio.wrap_future(handed)
         if ack is None:
             return
         waiting = asyncio.wrap_future(ack)
@@ -69,28 +90,39 @@ class Recorder:
                 )
 
     def tick(self, now_ns: int) -> None:
+        """Seal by age; raises RecordingUnavailable while the sink is failing."""
         if not self.closed:
-            self._ship(self.writer.tick(now_ns))
+            self._check()
+            self.sealer.run(lambda: self._shipped(self.writer.tick(now_ns)))
 
     def close(self, reason: str) -> None:
         """Seal the final chunk. Best effort when the sink is failing: it is kept in its batch."""
         if self.closed:
             return
         self.closed = True
-        record = self.writer.close(time.time_ns(), reason)
-        if self.metrics is not None:
-            self.metrics.inc("chunks_sealed")
-            self.metrics.inc("bytes_sealed", len(record))
+        now = time.time_ns()
         # A failing sink still keeps the record for its retry; the session is already closed.
-        with contextlib.suppress(SinkError):
-            self.sink.put([record])
+        self.sealer.run(lambda: self._shipped([self.writer.close(now, reason)]))
 
-    def _ship(self, records: list[bytes]) -> None:
-        if records:
-            if self.metrics is not None:
-                self.metrics.inc("chunks_sealed", len(records))
-                self.metrics.inc("bytes_sealed", sum(len(r) for r in records))
-            try:
-                self.sink.put(records)
-            except SinkError as exc:
-                raise RecordingUnavailable(str(exc)) from None
+    def _check(self) -> None:
+        failure = self.sink.failure or self._error
+        if failure is not None:
+            raise RecordingUnavailable(failure)
+
+    def _shipped(self, records: list[bytes]) -> None:
+        # Kept in the sink's batch all the same; `_error` tells the session on its next frame.
+        with contextlib.suppress(RecordingUnavailable):
+            self._ship(records)
+
+    def _ship(self, records: list[bytes], urgent: bool = False) -> Future[None] | None:
+        """On the sealing thread: hand sealed records to the sink."""
+        if not records:
+            return None
+        if self.metrics is not None:
+            self.metrics.inc("chunks_sealed", len(records))
+            self.metrics.inc("bytes_sealed", sum(len(r) for r in records))
+        try:
+            return self.sink.put(records, urgent=urgent)
+        except SinkError as exc:
+            self._error = str(exc)
+            raise RecordingUnavailable(str(exc)) from None
