@@ -1,7 +1,8 @@
 """SSH and HTTP through the gateway vs direct, in one run (bench/RESULTS.md has the figures).
 
 - HTTP: wrk, keep-alive, 1 KiB responses, against a small asyncio upstream (direct) and through
-  `tapegate up` (folder sink, no embedded pipeline, as on Fargate). Goal ≥ 0.5x direct.
+  `tapegate up` (folder sink, no embedded pipeline, as on Fargate). Goal ≥ 0.5x direct. Then one
+  connection, one request at a time: the time the gateway adds to each request.
 - SSH exec round trips: asyncssh runs `true` 200 times on one connection, direct and through.
 - scp of a 1 GB file (OpenSSH scp, SFTP protocol), direct and through. Goal ≥ 0.7x direct.
 
@@ -15,6 +16,7 @@ import asyncio
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,8 +52,9 @@ asyncio.run(main())
 """
 
 
-def wrk(url: str, seconds: int, token: str | None) -> float:
-    argv = ["wrk", "-t2", "-c16", f"-d{seconds}s", url]
+def wrk(url: str, seconds: int, token: str | None, connections: int = 16) -> float:
+    threads = min(2, connections)
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", url]
     if token:
         argv[1:1] = ["-H", f"Authorization: Bearer {token}"]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
@@ -66,6 +69,9 @@ async def exec_rate(host: str, port: int, n: int, **kw: object) -> float:
         for _ in range(n):
             await conn.run("true", check=True)
         return n / (time.perf_counter() - start)
+
+
+ROUNDS = 3
 
 
 def cpu_seconds(pid: int) -> float:
@@ -83,6 +89,7 @@ def scp_run(
     start = time.perf_counter()
     subprocess.run(argv, check=True, env=env, capture_output=True)
     seconds = time.perf_counter() - start
+    time.sleep(0.5)  # sshd reaps its session processes (and so counts their CPU) just after
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     client = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return seconds, {"client": client, "gateway": cpu_seconds(gateway_pid) - gateway,
@@ -94,7 +101,13 @@ def http_rates(seconds: int, up_port: int, gw_http: str, token: str) -> None:
     direct = wrk(f"http://127.0.0.1:{up_port}/v1/x", seconds, None)
     through = wrk(f"http://{gw_http}/api/v1/x", seconds, token)
     print(f"  direct {direct:,.0f} req/s, tapegate {through:,.0f} req/s → "
-          f"{through / direct:.2f}x direct (goal ≥ 0.5x)")  # fmt: skip
+          f"{through / direct:.3f}x direct (goal ≥ 0.5x)")  # fmt: skip
+    # One connection, one request at a time: what the gateway adds to each request's time.
+    one_direct = wrk(f"http://127.0.0.1:{up_port}/v1/x", seconds, None, connections=1)
+    one_through = wrk(f"http://{gw_http}/api/v1/x", seconds, token, connections=1)
+    added_us = (1 / one_through - 1 / one_direct) * 1e6
+    print(f"  one connection: direct {one_direct:,.0f} req/s, tapegate {one_through:,.0f} req/s "
+          f"→ the gateway adds {added_us:.0f} µs per request")  # fmt: skip
 
 
 def exec_rates(sshd: SshServer, gw_ssh: str, token: str) -> None:
@@ -118,21 +131,28 @@ def scp_rates(
             fh.write(os.urandom(1 << 20))
     opts = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null", "-q"]  # fmt: skip
-    direct_s, direct_cpu = scp_run(["scp", *opts, "-i", str(sshd.key_file), "-P", str(sshd.port),
-                                    str(blob), f"{sshd.user}@{sshd.host}:{work}/direct.bin"],
-                                   sshd.proc.pid, gw_pid)  # fmt: skip
+    direct_argv = ["scp", *opts, "-i", str(sshd.key_file), "-P", str(sshd.port), str(blob),
+                   f"{sshd.user}@{sshd.host}:{work}/direct.bin"]  # fmt: skip
+    through_argv = ["scp", *opts, "-o", "PreferredAuthentications=password", "-P", port,
+                    str(blob), f"web1@{host}:{work}/through.bin"]  # fmt: skip
     env = askpass_env(work / "agent", token)
-    through_s, through_cpu = scp_run(["scp", *opts, "-o", "PreferredAuthentications=password",
-                                      "-P", port, str(blob), f"web1@{host}:{work}/through.bin"],
-                                     sshd.proc.pid, gw_pid, env)  # fmt: skip
+    runs: dict[str, list[tuple[float, dict[str, float]]]] = {"direct": [], "tapegate": []}
+    for _ in range(ROUNDS):  # alternated: the machine's speed drifts between runs
+        runs["direct"].append(scp_run(direct_argv, sshd.proc.pid, gw_pid))
+        runs["tapegate"].append(scp_run(through_argv, sshd.proc.pid, gw_pid, env))
+        (work / "through.bin").unlink()
+        (work / "direct.bin").unlink()
     mb = size_mb * 1.048576
-    print(f"scp {size_mb} MiB: direct {mb / direct_s:.0f} MB/s, tapegate "
+    direct_s = statistics.median(secs for secs, _ in runs["direct"])
+    through_s = statistics.median(secs for secs, _ in runs["tapegate"])
+    print(f"scp {size_mb} MiB, median of {ROUNDS}: direct {mb / direct_s:.0f} MB/s, tapegate "
           f"{mb / through_s:.0f} MB/s → {direct_s / through_s:.2f}x direct "
           "(goal ≥ 0.7x)")  # fmt: skip
-    for name, cpu, secs in (("direct", direct_cpu, direct_s),
-                            ("tapegate", through_cpu, through_s)):  # fmt: skip
+    for name, results in runs.items():
+        secs = statistics.median(s for s, _ in results)
+        cpu = {k: statistics.median(c[k] for _, c in results) for k in results[0][1]}
         used = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
-        print(f"  CPU seconds, {name}: {used} (2 cores x {secs:.1f} s = {2 * secs:.1f})")
+        print(f"  CPU seconds, {name} (medians): {used}; 2 cores x {secs:.1f} s = {2 * secs:.1f}")
 
 
 def main() -> int:

@@ -77,6 +77,28 @@ class _Upstream:
     conn: h11.Connection
 
 
+@dataclass(eq=False)
+class _Outbox:
+    """Bytes for one side, sent (and recorded) in one write when the relay would wait."""
+
+    parts: list[bytes]  # the first is never empty (a head)
+    shown_head: bytes | None = None  # the first part as recorded: the credential redacted
+
+    def append(self, part: bytes | None) -> None:
+        if part:
+            self.parts.append(part)
+
+    def take(self) -> tuple[bytes, bytes]:
+        """(bytes to send, bytes to record), and empty the box."""
+        data = b"".join(self.parts)
+        shown = data
+        if self.shown_head is not None and self.parts:
+            shown = self.shown_head + data[len(self.parts[0]) :]
+            self.shown_head = None
+        self.parts.clear()
+        return data, shown
+
+
 class HttpConnection:
     def __init__(
         self, gw: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool
@@ -222,21 +244,26 @@ class HttpConnection:
             self.client_addr,
         )
         path = (target.upstream_base_path + rest).encode()
+        # What is ready goes upstream in one write, made before waiting for more from the client
+        # (a GET's head and end, a small body); only the head carries the credential.
         head = up.conn.send(h11.Request(method=request.method, target=path, headers=headers))
-        await self._to_upstream(recorder, up, head.replace(secret, x.REDACTED.encode()), head)
+        out = _Outbox([head], shown_head=head.replace(secret, x.REDACTED.encode()))
         if self.conn.they_are_waiting_for_100_continue:
-            await self._to_client(recorder, self.conn.send(h11.InformationalResponse(
-                status_code=100, headers=[])))  # fmt: skip
+            await self._to_upstream(recorder, up, out)
+            await self._to_client(recorder, _Outbox([self.conn.send(h11.InformationalResponse(
+                status_code=100, headers=[]))]))  # fmt: skip
         body = x.Body(self.gw.config.recording.body_cap)
         while True:
-            event = await self._client_event(HEAD_TIMEOUT_S)
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                await self._to_upstream(recorder, up, out)
+                event = await self._client_event(HEAD_TIMEOUT_S)
             if isinstance(event, h11.Data):
                 body.add(event.data)
-                data = up.conn.send(event)
-                await self._to_upstream(recorder, up, data, data)
+                out.append(up.conn.send(event))
             elif isinstance(event, h11.EndOfMessage):
-                data = up.conn.send(h11.EndOfMessage())
-                await self._to_upstream(recorder, up, data, data)
+                out.append(up.conn.send(h11.EndOfMessage()))
+                await self._to_upstream(recorder, up, out)
                 break
             else:
                 raise _Closed
@@ -282,24 +309,24 @@ class HttpConnection:
         if not isinstance(event, h11.Response):
             await self._upstream_failed(session, 502, "the target closed before answering")
             return False
-        out = self.conn.send(h11.Response(
+        # As upstream: what is ready goes in one write, made before waiting for more (a small
+        # response is one write; a stream, server-sent events say, goes on as it arrives).
+        out = _Outbox([self.conn.send(h11.Response(
             status_code=event.status_code, headers=x.client_response_headers(event.headers),
-            reason=event.reason))  # fmt: skip
-        await self._to_client(recorder, out)
+            reason=event.reason))])  # fmt: skip
         body = x.Body(self.gw.config.recording.body_cap)
         complete = True
         while True:
-            try:
-                part = await self._upstream_event(up, None)
-            except (h11.RemoteProtocolError, ConnectionError, OSError, _Closed):
-                part = None
+            part = await self._response_part(recorder, up, out)
             if isinstance(part, h11.Data):
                 body.add(part.data)
-                await self._to_client(recorder, self.conn.send(part))
+                out.append(self.conn.send(part))
             elif isinstance(part, h11.EndOfMessage):
-                await self._to_client(recorder, self.conn.send(h11.EndOfMessage()))
+                out.append(self.conn.send(h11.EndOfMessage()))
+                await self._to_client(recorder, out)
                 break
             else:  # the upstream dropped mid-body: the client can only see the connection close
+                await self._to_client(recorder, out)
                 complete = False
                 recorder.event(Event(time.time_ns(), "upstream_error", S2C, {
                     "reason": f"target {session.target.name!r} closed mid-response"}))  # fmt: skip
@@ -321,6 +348,21 @@ class HttpConnection:
             up.conn.start_next_cycle()
         return complete
 
+    async def _response_part(self, recorder: Recorder, up: _Upstream, out: _Outbox) -> object:
+        """The upstream's next body event, sending `out` on before waiting for one; None when
+        the upstream broke the response."""
+        try:
+            part = up.conn.next_event()
+        except h11.RemoteProtocolError:
+            return None
+        if part is not h11.NEED_DATA:
+            return part
+        await self._to_client(recorder, out)
+        try:
+            return await self._upstream_event(up, None)
+        except (h11.RemoteProtocolError, ConnectionError, OSError, _Closed):
+            return None
+
     async def _websocket(
         self, session: HttpSession, up: _Upstream, switch: h11.InformationalResponse, started: int
     ) -> bool:
@@ -328,7 +370,7 @@ class HttpConnection:
         out = self.conn.send(h11.InformationalResponse(
             status_code=101, headers=x.client_response_headers(switch.headers, websocket=True),
             reason=switch.reason))  # fmt: skip
-        await self._to_client(recorder, out)
+        await self._to_client(recorder, _Outbox([out]))
         recorder.event(Event(time.time_ns(), "response", S2C, {
             "status": 101, "reason": switch.reason.decode("latin-1"), "http_version": "HTTP/1.1",
             "headers": x.recorded_headers(switch.headers), "duration_ns": time.time_ns() - started,
@@ -452,18 +494,18 @@ class HttpConnection:
 
     # -- bytes ----------------------------------------------------------------------------------
 
-    async def _to_upstream(
-        self, recorder: Recorder, up: _Upstream, recorded: bytes | None, data: bytes | None
-    ) -> None:
+    async def _to_upstream(self, recorder: Recorder, up: _Upstream, out: _Outbox) -> None:
+        data, shown = out.take()
         if not data:
             return
-        recorder.frame(C2S, recorded or data, time.time_ns())
+        recorder.frame(C2S, shown, time.time_ns())
         if self.gw.config.durability == "acked":
             await recorder.commit()
         up.writer.write(data)
         await up.writer.drain()
 
-    async def _to_client(self, recorder: Recorder, data: bytes | None) -> None:
+    async def _to_client(self, recorder: Recorder, out: _Outbox) -> None:
+        data, _ = out.take()
         if not data:
             return
         recorder.frame(S2C, data, time.time_ns())
@@ -480,7 +522,8 @@ class HttpConnection:
                 return event
             wait = timeout if first and not self.conn.trailing_data[0] else HEAD_TIMEOUT_S
             try:
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), wait)
+                async with asyncio.timeout(wait):  # no task per read, as wait_for makes
+                    data = await self.reader.read(READ_SIZE)
             except (ConnectionError, OSError):
                 data = b""
             self.conn.receive_data(data)
@@ -491,7 +534,8 @@ class HttpConnection:
             event = up.conn.next_event()
             if event is not h11.NEED_DATA:  # PAUSED included: after a 101
                 return event
-            data = await asyncio.wait_for(up.reader.read(READ_SIZE), timeout)
+            async with asyncio.timeout(timeout):
+                data = await up.reader.read(READ_SIZE)
             up.conn.receive_data(data)
 
     async def _upstream(self, target: Target) -> _Upstream:
