@@ -4,7 +4,9 @@
   `tapegate up` (folder sink, no embedded pipeline, as on Fargate). Goal ≥ 0.5x direct. Then one
   connection, one request at a time: the time the gateway adds to each request.
 - SSH exec round trips: asyncssh runs `true` 200 times on one connection, direct and through.
-- scp of a 1 GB file (OpenSSH scp, SFTP protocol), direct and through. Goal ≥ 0.7x direct.
+- scp of a 1 GB file (OpenSSH scp, SFTP protocol), direct, through tapegate, and through a bare
+  asyncssh relay (bench/plain_relay.py); the median of 3 alternated runs. Goal ≥ 0.7x direct.
+- The ceilings of the libraries: h11's own cost per proxied exchange, and the bare relay above.
 
 Usage: .venv/bin/python bench/bench_ssh_http.py [--scp-mb 1024] [--seconds 10]
 """
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 import asyncssh
+import h11
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,6 +36,8 @@ from tapegate.config import load_config
 from tapegate.throwaway_pg import free_port
 from tapegate.throwaway_sshd import SshServer, askpass_env, start_sshd
 
+UPSTREAM_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1024\r\n\r\n"
+                     + b"x" * 1024)  # fmt: skip
 UPSTREAM = r"""
 import asyncio, sys
 BODY = b"x" * 1024
@@ -96,12 +101,45 @@ def scp_run(
                      "server": cpu_seconds(sshd_pid) - server}  # fmt: skip
 
 
+def h11_exchange_seconds(n: int = 20000) -> float:
+    """h11's own cost of one proxied exchange (parse the request, write it upstream, parse the
+    response, write it back), without sockets: a ceiling for any h11 gateway."""
+    token = b"Bearer " + b"t" * 600
+    request = b"GET /api/v1/x HTTP/1.1\r\nHost: gw\r\nAuthorization: " + token + b"\r\n\r\n"
+    response = UPSTREAM_RESPONSE
+    server, client = h11.Connection(h11.SERVER), h11.Connection(h11.CLIENT)
+    start = time.perf_counter()
+    for _ in range(n):
+        server.receive_data(request)
+        req = server.next_event()
+        assert isinstance(req, h11.Request) and server.next_event() == h11.EndOfMessage()
+        headers = [(b"host", b"api"), (b"x-api-key", b"k")]
+        client.send(h11.Request(method=req.method, target=b"/v1/x", headers=headers))
+        client.send(h11.EndOfMessage())
+        client.receive_data(response)
+        resp, body = client.next_event(), client.next_event()
+        assert isinstance(resp, h11.Response) and isinstance(body, h11.Data)
+        client.next_event()
+        server.send(h11.Response(status_code=resp.status_code, headers=resp.headers,
+                                 reason=resp.reason))  # fmt: skip
+        server.send(body)
+        server.send(h11.EndOfMessage())
+        server.start_next_cycle()
+        client.start_next_cycle()
+    return (time.perf_counter() - start) / n
+
+
 def http_rates(seconds: int, up_port: int, gw_http: str, token: str) -> None:
     print("HTTP keep-alive, 1 KiB responses, wrk -t2 -c16:")
     direct = wrk(f"http://127.0.0.1:{up_port}/v1/x", seconds, None)
     through = wrk(f"http://{gw_http}/api/v1/x", seconds, token)
     print(f"  direct {direct:,.0f} req/s, tapegate {through:,.0f} req/s → "
           f"{through / direct:.3f}x direct (goal ≥ 0.5x)")  # fmt: skip
+    per_exchange = h11_exchange_seconds()
+    print(
+        f"  h11 alone, no I/O: {per_exchange * 1e6:.0f} µs per proxied exchange → at most "
+        f"{1 / per_exchange:,.0f} req/s on one core = {1 / per_exchange / direct:.3f}x direct"
+    )
     # One connection, one request at a time: what the gateway adds to each request's time.
     one_direct = wrk(f"http://127.0.0.1:{up_port}/v1/x", seconds, None, connections=1)
     one_through = wrk(f"http://{gw_http}/api/v1/x", seconds, token, connections=1)
@@ -136,18 +174,34 @@ def scp_rates(
     through_argv = ["scp", *opts, "-o", "PreferredAuthentications=password", "-P", port,
                     str(blob), f"web1@{host}:{work}/through.bin"]  # fmt: skip
     env = askpass_env(work / "agent", token)
+    relay_port = free_port()
+    relay = subprocess.Popen([sys.executable, str(Path(__file__).with_name("plain_relay.py")),
+                              str(relay_port), sshd.host, str(sshd.port), sshd.user,
+                              str(sshd.key_file), str(sshd.known_hosts)])  # fmt: skip
+    relay_argv = ["scp", *opts, "-o", "PreferredAuthentications=password", "-P", str(relay_port),
+                  str(blob), f"web1@127.0.0.1:{work}/relay.bin"]  # fmt: skip
+    time.sleep(2)
     runs: dict[str, list[tuple[float, dict[str, float]]]] = {"direct": [], "tapegate": []}
-    for _ in range(ROUNDS):  # alternated: the machine's speed drifts between runs
-        runs["direct"].append(scp_run(direct_argv, sshd.proc.pid, gw_pid))
-        runs["tapegate"].append(scp_run(through_argv, sshd.proc.pid, gw_pid, env))
-        (work / "through.bin").unlink()
-        (work / "direct.bin").unlink()
+    relayed: list[float] = []
+    try:
+        for _ in range(ROUNDS):  # alternated: the machine's speed drifts between runs
+            runs["direct"].append(scp_run(direct_argv, sshd.proc.pid, gw_pid))
+            runs["tapegate"].append(scp_run(through_argv, sshd.proc.pid, gw_pid, env))
+            relayed.append(scp_run(relay_argv, sshd.proc.pid, relay.pid, env)[0])
+            for name in ("direct.bin", "through.bin", "relay.bin"):
+                (work / name).unlink()
+    finally:
+        relay.terminate()
+        relay.wait(10)
     mb = size_mb * 1.048576
     direct_s = statistics.median(secs for secs, _ in runs["direct"])
     through_s = statistics.median(secs for secs, _ in runs["tapegate"])
+    relay_s = statistics.median(relayed)
     print(f"scp {size_mb} MiB, median of {ROUNDS}: direct {mb / direct_s:.0f} MB/s, tapegate "
           f"{mb / through_s:.0f} MB/s → {direct_s / through_s:.2f}x direct "
           "(goal ≥ 0.7x)")  # fmt: skip
+    print(f"  asyncssh relaying alone (bench/plain_relay.py, nothing recorded): "
+          f"{mb / relay_s:.0f} MB/s → {direct_s / relay_s:.2f}x direct")  # fmt: skip
     for name, results in runs.items():
         secs = statistics.median(s for s, _ in results)
         cpu = {k: statistics.median(c[k] for _, c in results) for k in results[0][1]}
