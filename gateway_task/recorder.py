@@ -2,8 +2,8 @@
 
 Record first, forward second: the server calls `frame` before it writes bytes on, and `frame`
 raises RecordingUnavailable while the sink is failing, so no byte is forwarded unrecorded. The
-tape writer itself runs on the sealing thread (gateway_task/sealer.py): `frame` and `event` only
-queue, in order, what the writer will take.
+tape writer is driven through the sealer (gateway_task/sealer.py): small frames and events reach
+it at once, bulk frames on the sealer's thread, always in the order they were recorded.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Recorder:
         self.sealer = sealer
         self.metrics = metrics
         self.closed = False
-        self._error: str | None = None  # set on the sealing thread when the sink refused
+        self._error: str | None = None  # set when the sink refused this session's records
 
     @property
     def session_id(self) -> str:
@@ -90,9 +90,11 @@ class Recorder:
                 )
 
     def tick(self, now_ns: int) -> None:
-        """Seal by age; raises RecordingUnavailable while the sink is failing."""
+        """Seal by age; raises RecordingUnavailable once the sink has refused this session's
+        records (an idle session outlives a short outage, as before the sealer)."""
         if not self.closed:
-            self._check()
+            if self._error is not None:
+                raise RecordingUnavailable(self._error)
             self.sealer.run(lambda: self._shipped(self.writer.tick(now_ns)))
 
     def close(self, reason: str) -> None:

@@ -40,7 +40,8 @@ class Sealer:
         self._handover: asyncio.TimerHandle | None = None
         self._unhanded_bytes = 0
         self._handed: deque[Future[None]] = deque()  # batches the thread may not have run yet
-        # Written by one thread each, so the difference is the backlog without a lock.
+        # Queued bytes, counted on the loop; sealed ones, on the thread: each is written by one
+        # thread only, so their difference is the backlog without a lock.
         self._queued_bytes = 0
         self._sealed_bytes = 0
 
@@ -48,7 +49,7 @@ class Sealer:
         """Run an operation after every one queued before it: here and now when it is small and
         nothing is queued, else on the sealing thread."""
         if size < INLINE_BYTES and not self._queued and not self._busy():
-            self._run_one(op, size)
+            self._run_one(op)
             return
         self._queued.append((op, size))
         self._queued_bytes += size
@@ -88,11 +89,11 @@ class Sealer:
 
     def _run_all(self, ops: list[tuple[Operation, int]]) -> None:
         for op, size in ops:
-            self._run_one(op, size)
+            self._run_one(op)
+            self._sealed_bytes += size
 
-    def _run_one(self, op: Operation, size: int) -> None:
+    def _run_one(self, op: Operation) -> None:
         try:
             op()
         except Exception:  # an operation reports its own failures; this is a bug
             log.exception("sealing operation failed")
-        self._sealed_bytes += size
