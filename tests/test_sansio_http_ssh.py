@@ -7,6 +7,7 @@ import struct
 
 from gateway_task.protocols.http import exchange as x
 from gateway_task.protocols.http.websocket import WebSocketObserver
+from gateway_task.protocols.ssh.scp import ScpObserver
 from gateway_task.protocols.ssh.sftp import SftpObserver
 from tapegate.tape import Direction
 
@@ -61,3 +62,51 @@ def test_websocket_observer_refuses_unmasked_client_frames() -> None:
     watch = WebSocketObserver(Direction.CLIENT_TO_SERVER, 100, lambda: 1)
     (event,) = watch.feed(b"\x81\x05hello")  # a client frame must be masked
     assert event.type == "ws_protocol_error" and watch.feed(b"\x81\x05hello") == []
+
+
+def test_scp_commands_are_recognised() -> None:
+    def kind(command: str) -> tuple[bool, str] | None:
+        o = ScpObserver.for_command(command, lambda: 0)
+        return None if o is None else (o.upload, o.target)
+
+    assert kind("scp -t /srv/x") == (True, "/srv/x")
+    assert kind("/usr/bin/scp -r -p -t -- '-odd name'") == (True, "-odd name")
+    assert kind("scp -f dir/file") == (False, "dir/file")
+    assert kind("scp a b") is None and kind("ls -t /x") is None and kind("scp -t 'x") is None
+
+
+def test_scp_stream_in_any_split_with_a_refusal_and_a_source_error() -> None:
+    body = bytes(range(256)) * 40
+    # An upload in protocol order: each source message (client) waits for the sink's answer.
+    talk = [
+        (b"D0755 0 dir\n", b"\0"),
+        (b"C0644 %d f.bin\n" % len(body), b"\0"),
+        (body + b"\0", b"\0"),
+        (b"C0600 5 no.txt\n", b"\x01scp: no.txt: Permission denied\n"),  # refused: no bytes
+        (b"E\n", b"\0"),
+        (b"C0644 6 bad\n", b"\0"),
+        (b"abcdef\x01read error\n", b"\0"),  # the source failed reading it
+    ]
+    for split in (1, 7, 1 << 20):
+        o = ScpObserver(upload=True, target="/srv", clock=lambda: 1)
+        events = o.from_server(b"\0")  # the sink is ready
+        for message, answer in talk:
+            for i in range(0, len(message), split):
+                events += o.from_client(message[i : i + split])
+            events += o.from_server(answer)
+        events += o.close()
+        got = [(e.attrs["path"], e.attrs["bytes"], e.attrs["sha256"], e.attrs["result"])
+               for e in events if e.type == "scp"]  # fmt: skip
+        assert got == [
+            ("dir/f.bin", len(body), hashlib.sha256(body).hexdigest(), "ok"),
+            ("dir/no.txt", 0, None, "scp: no.txt: Permission denied"),
+            ("bad", 6, hashlib.sha256(b"abcdef").hexdigest(), "source error: read error"),
+        ], split
+
+
+def test_scp_garbage_becomes_one_protocol_error_and_relaying_goes_on() -> None:
+    o = ScpObserver(upload=False, target="x", clock=lambda: 1)
+    o.from_client(b"\0")
+    events = o.from_server(b"HELLO not scp\n")
+    assert [e.type for e in events] == ["scp_protocol_error"]
+    assert o.from_server(b"C0644 1 f\n") == [] and o.failed

@@ -3,8 +3,9 @@
 A relay holds both ends: the server-side channel the client opened and the client-side channel
 the gateway opened upstream. Bytes are recorded, then written on; when one side's window fills,
 the other side stops being read (asyncssh's pause/resume), so memory stays bounded whatever the
-transfer size. Session channels carry exec, shell (with a PTY) and subsystems (sftp is parsed
-into events); forward channels carry a permitted `ssh -L` connection.
+transfer size. Session channels carry exec, shell (with a PTY) and subsystems; sftp, and the
+legacy scp protocol of an `scp -t|-f` exec, are parsed into events. Forward channels carry a
+permitted `ssh -L` connection.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from gateway_task import policy
+from gateway_task.protocols.ssh.scp import ScpObserver
 from gateway_task.protocols.ssh.sftp import SftpObserver
 from gateway_task.recorder import Recorder, RecordingUnavailable
 from tapegate.config import Target
@@ -114,7 +116,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         self.cap = gw.config.recording.body_cap
         self.request: tuple[str, str | None] = ("shell", None)
         self.term: tuple[str, tuple[int, int, int, int], dict[int, int]] | None = None
-        self.sftp: SftpObserver | None = None
+        self.files: SftpObserver | ScpObserver | None = None  # file transfers, as events
         self.stderr = bytearray()
         self.exit_status: int | None = None
         self.exit_signal: tuple[str, bool, str, str] | None = None
@@ -150,6 +152,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
             self._events([Event(now, "blocked", C2S, {"command": text[: self.cap], "rule": rule})])
             return False  # the client sees the exec request fail
         self.request = ("exec", text)
+        self.files = ScpObserver.for_command(text, time.time_ns)  # legacy scp (`scp -O`)
         self._events([Event(now, "exec", C2S, {"command": text[: self.cap]})])
         return True
 
@@ -157,7 +160,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         name = subsystem.decode("utf-8", "replace") if isinstance(subsystem, bytes) else subsystem
         self.request = ("subsystem", name)
         if name == "sftp":
-            self.sftp = SftpObserver(time.time_ns)
+            self.files = SftpObserver(time.time_ns)
         self._events([Event(time.time_ns(), "subsystem", C2S, {"name": name})])
         return True
 
@@ -200,8 +203,8 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         if not self._record(C2S, data):
             return
         self.bytes_in += len(data)
-        if self.sftp is not None:
-            self._events(self.sftp.from_client(data))
+        if self.files is not None:
+            self._events(self.files.from_client(data))
         if self.up_chan is None:
             self._early.append(data)
         else:
@@ -250,8 +253,8 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
                 self.stderr += data[:room]
         else:
             self.bytes_out += len(data)
-            if self.sftp is not None:
-                self._events(self.sftp.from_server(data))
+            if self.files is not None:
+                self._events(self.files.from_server(data))
         self.chan.write(data, datatype)
 
     def upstream_eof(self) -> None:
@@ -268,7 +271,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         self.finish("closed", self._final_events())
 
     def _final_events(self) -> list[Event]:
-        events = self.sftp.close() if self.sftp is not None else []
+        events = self.files.close() if self.files is not None else []
         if self.up_chan is None:
             return events
         attrs: dict[str, Any] = {

@@ -171,10 +171,12 @@ def _describe(ev: dict[str, Any]) -> tuple[str, str]:
             f"response {a.get('status')} {a.get('reason', '')} ({ms:.2f} ms, "
             f"{a.get('body_length', 0)} B)"
         )
-    if kind == "sftp":
+    if kind in ("sftp", "scp"):  # scp: the legacy protocol; its paths are inside the copy
         digest = f" sha256 {a['sha256'][:16]}…" if a.get("sha256") else ""
         size = f" {a.get('bytes')} B" if "bytes" in a else ""
-        return "cyan", f"sftp     {a.get('op')} {a.get('path')}{size}{digest} [{a.get('result')}]"
+        where = f" (to {a['target']})" if kind == "scp" and a.get("op") == "upload" else ""
+        line = f"{kind:<8} {a.get('op')} {a.get('path')}{where}{size}{digest} [{a.get('result')}]"
+        return ("red" if a.get("result") not in (None, "ok") else "cyan"), line
     if kind == "auth":
         if a.get("result") == "ok":
             return "", f"auth     ok ({a.get('method')}, {a.get('subject')})"

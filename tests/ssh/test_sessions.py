@@ -128,6 +128,55 @@ def test_sftp_and_scp_transfers_are_recorded_with_digests(
     assert {"op": "remove", "path": f"{remote}.old", "result": "ok"} in ops
 
 
+def test_legacy_scp_protocol_is_recorded_per_file(
+    sgw: RunningGateway, sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`scp -O` (the default of OpenSSH before 9.0): an exec of `scp -t|-f` carrying rcp's
+    protocol; each file becomes an `scp` event with its digest."""
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_bytes(b"alpha\n" * 1000)
+    (tree / "sub" / "b.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    (tree / "empty").write_bytes(b"")
+    dest = sshd.folder / f"legacy-{tmp_path.name}"
+    token = sgw.token()
+    up = openssh(sgw, "web1", token, "-O", "-r", str(tree), f"GW:{dest}", tool="scp")
+    assert up.returncode == 0, up.stderr
+    assert (dest / "sub" / "b.bin").read_bytes() == (tree / "sub" / "b.bin").read_bytes()
+    back = tmp_path / "back.bin"
+    down = openssh(sgw, "web1", token, "-O", f"GW:{dest}/sub/b.bin", str(back), tool="scp")
+    assert down.returncode == 0, down.stderr
+    refused = openssh(sgw, "web1", token, "-O", str(tree / "a.txt"), "GW:/proc/no/such/dir/a",
+                      tool="scp")  # fmt: skip
+    assert refused.returncode != 0
+    files = [a for _, events in _sessions(sgw) for a in _of(events, "scp")]
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    uploads = {a["path"]: a for a in files if a["op"] == "upload" and a["target"] == str(dest)}
+    assert set(uploads) == {"tree/a.txt", "tree/sub/b.bin", "tree/empty"}
+    for rel in ("a.txt", "sub/b.bin", "empty"):
+        got = uploads[f"tree/{rel}"]
+        want = tree / rel
+        assert (got["bytes"], got["sha256"], got["result"]) == (
+            want.stat().st_size, digest(want), "ok")  # fmt: skip
+    download = next(a for a in files if a["op"] == "download")
+    assert (download["path"], download["target"], download["bytes"], download["sha256"]) == (
+        "b.bin", f"{dest}/sub/b.bin", 1 << 20, digest(back))  # fmt: skip
+    failed = [a for a in files if a["target"] == "/proc/no/such/dir/a"]
+    assert failed and all(a["result"] != "ok" for a in failed), failed
+    sid = next(sid for sid, events in _sessions(sgw) if str(dest) in json.dumps(events))
+    sgw.stop()
+    LocalArchive(sgw.config).scan()
+    cfg = tmp_path / "cli.yaml"
+    cfg.write_text(f"data_dir: {sgw.config.data_dir}\n")
+    capsys.readouterr()
+    assert main(["replay", sid, "--config", str(cfg)]) == 0
+    text = capsys.readouterr().out
+    assert f"scp      upload tree/sub/b.bin (to {dest}) 1048576 B sha256" in text, text
+
+
 def test_asyncssh_sftp_client_and_keyboard_interactive(
     sgw: RunningGateway, sshd: SshServer
 ) -> None:
