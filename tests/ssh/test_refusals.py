@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from gateway_task.server import ssh as ssh_server
+from tapegate.config import Address
 from tapegate.throwaway_sshd import SshServer
 from tests.bad_tokens import bad_tokens
 from tests.gateway_harness import RunningGateway
@@ -76,3 +80,29 @@ def test_gateway_host_key_persists_and_key_never_leaks(sshd: SshServer, tmp_path
         if path.is_file():
             assert secret not in path.read_bytes(), path
             assert token.encode() not in path.read_bytes(), path
+
+
+def test_hanging_and_dropping_target(sgw: RunningGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A target that accepts TCP and never speaks SSH: the login waits UPSTREAM_TIMEOUT_S, then
+    # the client's channel is refused with the reason.
+    monkeypatch.setattr(ssh_server, "UPSTREAM_TIMEOUT_S", 1.0)
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
+    port = silent.getsockname()[1]
+    targets = dict(sgw.gateway.config.targets)
+    targets["down1"] = replace(targets["down1"], upstream=Address("127.0.0.1", port))
+    monkeypatch.setattr(sgw.gateway, "config", replace(sgw.gateway.config, targets=targets))
+    hung = openssh(sgw, "down1", sgw.token(), "true")
+    assert hung.returncode == 255 and b"did not answer in 1 s" in hung.stderr, hung.stderr
+    silent.close()
+    # A target that drops the connection mid-command (its session process killed).
+    dropped = openssh(sgw, "web1", sgw.token(), "echo started; kill -9 $PPID; sleep 5")
+    assert dropped.stdout == b"started\n" and dropped.returncode != 0
+    assert openssh(sgw, "web1", sgw.token(), "echo fine").stdout == b"fine\n"
+    sgw.wait_closed()
+    events = sgw.events().values()
+    assert any(e["type"] == "upstream_error" and "did not answer" in e["attrs"]["reason"]
+               for evs in events for e in evs)  # fmt: skip
+    exits = [e["attrs"] for evs in events for e in evs if e["type"] == "exit"]
+    assert {"status": None, "stdin_bytes": 0, "stdout_bytes": 8, "stderr_bytes": 0} in exits, exits
