@@ -97,7 +97,7 @@ def test_hanging_and_dropping_target(sgw: RunningGateway, monkeypatch: pytest.Mo
     assert hung.returncode == 255 and b"did not answer in 1 s" in hung.stderr, hung.stderr
     silent.close()
     # A target that drops the connection mid-command (its session process killed).
-    dropped = openssh(sgw, "web1", sgw.token(), "echo started; kill -9 $PPID; sleep 5")
+    dropped = openssh(sgw, "web1", sgw.token(), "echo started; sleep 0.5; kill -9 $PPID; sleep 5")
     assert dropped.stdout == b"started\n" and dropped.returncode != 0
     assert openssh(sgw, "web1", sgw.token(), "echo fine").stdout == b"fine\n"
     sgw.wait_closed()
