@@ -14,6 +14,8 @@ from typing import Any
 
 from constructs import Node
 
+from tapegate.config.targets import is_known_hosts_lines
+
 LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
@@ -240,4 +242,8 @@ def _targets(raw: Any) -> list[dict[str, Any]]:
                 raise SettingsError(f"targets[{i}].{local}", "use secret_arn on AWS")
             if isinstance(target.get("inject_header"), dict) and local in target["inject_header"]:
                 raise SettingsError(f"targets[{i}].inject_header.{local}", "use secret_arn on AWS")
+        known = target.get("known_hosts")
+        if isinstance(known, str) and not is_known_hosts_lines(known):
+            raise SettingsError(f"targets[{i}].known_hosts", "give the known_hosts lines "
+                                "themselves on AWS, not a path")  # fmt: skip
     return raw

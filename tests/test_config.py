@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,6 +76,10 @@ def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ({"targets": [{"name": "a", "protocol": "postgres", "upstream": "h:1", "username": "u",
                        "password_env": "X", "allow_groups": ["g"], "pasword": "typo"}]},
          "targets[0].pasword", "unknown key"),
+        ({"targets": [{"name": "s", "protocol": "ssh", "upstream": "h:22", "username": "u",
+                       "secret_arn": "arn:x", "allow_groups": ["g"],
+                       "known_hosts": "h ssh-ed25519 AAAA\njunk\n"}]},
+         "targets[0].known_hosts", "line 2 is not"),
         ({"identity": {"issuer": "idp.example"}}, "identity.issuer", "http(s) URL"),
         ({"tls": "sometimes"}, "tls.mode", "required or optional"),
         ({"colour": "blue"}, "colour", "unknown key"),
@@ -84,6 +89,21 @@ def test_errors_name_the_key(raw: dict, key: str, reason: str) -> None:
     with pytest.raises(ConfigError) as exc:
         parse_config(raw)
     assert exc.value.key == key and reason in exc.value.reason
+
+
+def test_ssh_known_hosts_is_a_path_or_the_lines_themselves(tmp_path: Path) -> None:
+    def target(known: str) -> Any:
+        raw = {"name": "s", "protocol": "ssh", "upstream": "h:22", "username": "u",
+               "secret_arn": "arn:x", "allow_groups": ["g"], "known_hosts": known}  # fmt: skip
+        return parse_config({"targets": [raw]}).targets["s"]
+
+    as_file = target("keys/known_hosts")
+    assert as_file.known_hosts is not None and as_file.known_hosts_lines is None
+    lines = (
+        "# the bastion\n[10.0.1.5]:22 ssh-ed25519 AAAAC3Nza\n@cert-authority *.lan ssh-rsa AAAAB\n"
+    )
+    inline = target(lines)
+    assert inline.known_hosts is None and inline.known_hosts_lines == lines
 
 
 def test_yaml_syntax_error(tmp_path: Path) -> None:

@@ -293,7 +293,11 @@ async def connect_upstream(target: Target) -> asyncssh.SSHClientConnection:
             username=target.username,
             client_keys=keys,
             password=cred.password,
-            known_hosts=str(target.known_hosts),
+            known_hosts=(
+                asyncssh.import_known_hosts(target.known_hosts_lines)
+                if target.known_hosts_lines
+                else str(target.known_hosts)
+            ),
             config=None,
             agent_path=None,
             preferred_auth="publickey" if keys else "password,keyboard-interactive",

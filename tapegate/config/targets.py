@@ -24,6 +24,8 @@ from tapegate.config.checks import (
 )
 
 PROTOCOLS = ("postgres", "ssh", "http")
+# `known_hosts:` holds either a path or the lines themselves: a line is HOSTS KEYTYPE KEY.
+_KNOWN_HOSTS_LINE = re.compile(r"(^|\n)\s*(@\S+\s+)?\S+\s+(ssh-|ecdsa-|sk-)\S+\s+\S+")
 
 # Keys every target has, then what each protocol adds.
 _COMMON = {"name", "protocol", "upstream", "allow_groups"}
@@ -82,6 +84,7 @@ class Target:
     # ssh
     private_key_file: Path | None = None
     known_hosts: Path | None = None
+    known_hosts_lines: str | None = None  # the lines themselves, where no file can be (Fargate)
     allow_port_forwarding: bool = False
     # http: upstream_url is the API base, e.g. https://api.internal:9000/v1
     upstream_url: str = ""
@@ -140,6 +143,11 @@ def parse_target(raw: Any, key: str, base_dir: Path) -> Target:
     )
 
 
+def is_known_hosts_lines(value: str) -> bool:
+    """Whether a `known_hosts:` value holds known_hosts lines rather than a path to a file."""
+    return _KNOWN_HOSTS_LINE.search(value) is not None
+
+
 def _ssh(m: dict[str, Any], key: str, base_dir: Path, common: dict[str, Any]) -> Target:
     if "known_hosts" not in m:
         raise ConfigError(
@@ -150,9 +158,16 @@ def _ssh(m: dict[str, Any], key: str, base_dir: Path, common: dict[str, Any]) ->
     forwarding = m.get("allow_port_forwarding", False)
     if not isinstance(forwarding, bool):
         raise ConfigError(f"{key}.allow_port_forwarding", "must be true or false")
+    known = as_str(m["known_hosts"], f"{key}.known_hosts")
+    lines = known if is_known_hosts_lines(known) else None
+    if lines is not None:
+        for n, line in enumerate(lines.splitlines(), 1):
+            if line.strip() and not line.lstrip().startswith("#") and len(line.split()) < 3:
+                raise ConfigError(f"{key}.known_hosts", f"line {n} is not 'HOSTS KEYTYPE KEY'")
     return Target(
         private_key_file=_opt_path(m, "private_key_file", key, base_dir),
-        known_hosts=as_path(m["known_hosts"], f"{key}.known_hosts", base_dir),
+        known_hosts=None if lines else as_path(known, f"{key}.known_hosts", base_dir),
+        known_hosts_lines=lines,
         allow_port_forwarding=forwarding,
         **common,
     )

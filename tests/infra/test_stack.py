@@ -363,6 +363,8 @@ def test_alarms_page_on_tampering_failures_and_unhealthy_tasks(template) -> None
         ({"targets": [{"name": "db", "protocol": "postgres", "password_env": "X"}]},
          "targets[0].password_env: use secret_arn on AWS"),
         ({"targets": [{"name": "web", "protocol": "ssh"}]}, "no listener for protocol 'ssh'"),
+        ({"targets": [{"name": "web", "protocol": "ssh", "known_hosts": "/etc/kh"}],
+          "listeners": {"ssh": 22}}, "targets[0].known_hosts: give the known_hosts lines"),
         ({"vpc_cidr": "10.0.0.0/8"}, "vpc_cidr: a prefix length between /16 and /24"),
     ],
 )  # fmt: skip

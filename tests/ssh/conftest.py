@@ -34,8 +34,9 @@ def ssh_config(data_dir: Path, sshd: SshServer, **overrides: Any) -> Config:
             {"name": "web1", "allow_groups": ["agents"],
              "guardrails": {"deny": [{"regex": "rm\\s+-rf\\s+/"}, {"regex": "^shutdown\\b"}]},
              **common},
+            # known_hosts as the lines themselves (as on Fargate, where no file can be)
             {"name": "web1fwd", "allow_groups": ["agents"], "allow_port_forwarding": True,
-             **common},
+             **common, "known_hosts": sshd.known_hosts.read_text()},
             {"name": "admin1", "allow_groups": ["admins"], **common},
             {**common, "name": "down1", "allow_groups": ["agents"],
              "upstream": f"127.0.0.1:{free_port()}"},
