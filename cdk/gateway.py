@@ -3,7 +3,8 @@
 TCP pass-through listeners, one per protocol: the gateway terminates TLS itself, so the load
 balancer never sees a token or a statement. Target groups check the gateway's /readyz on the
 health port, which fails while the archive is failing (the gateway refuses sessions then). The
-task role may only put records on its own stream and read its signing key and target secrets.
+task role may only put records on its own stream and read its signing key, SSH host key and
+target secrets.
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ CONTAINER = "gateway"
 
 
 def gateway_config(
-    settings: Settings, *, stream: str, region: str, signing_key: str, archive: dict[str, Any]
+    settings: Settings,
+    *,
+    stream: str,
+    region: str,
+    signing_key: str,
+    archive: dict[str, Any],
+    ssh_host_key: str | None = None,
 ) -> dict[str, Any]:
     """The tapegate.yaml the task runs with (JSON is YAML), tokens resolved at deploy time."""
     config: dict[str, Any] = {
@@ -59,6 +66,8 @@ def gateway_config(
     }
     if settings.auditor_public_key:
         config["keys"]["auditor_public_keys"] = [settings.auditor_public_key]
+    if ssh_host_key:
+        config["keys"]["ssh_host_key"] = ssh_host_key
     return config
 
 
@@ -74,6 +83,7 @@ class Gateway(Construct):
         index: SessionIndex,
         analytics: Analytics,
         gateway_key: KeyPair,
+        ssh_host_key: KeyPair | None = None,
     ) -> None:
         super().__init__(scope, id)
         stack = Stack.of(self)
@@ -96,6 +106,7 @@ class Gateway(Construct):
             stream=ingest.stream.delivery_stream_name,
             region=stack.region,
             signing_key=gateway_key.secret.secret_arn,
+            ssh_host_key=ssh_host_key.secret.secret_arn if ssh_host_key else None,
             archive={
                 "evidence_bucket": storage.evidence.bucket_name,
                 "curated_bucket": storage.curated.bucket_name,
@@ -149,6 +160,8 @@ class Gateway(Construct):
                    "(the signing key and target credentials are read from Secrets Manager).",
         ))  # fmt: skip
         self._grant(task.task_role, settings, ingest, gateway_key)
+        if ssh_host_key is not None:
+            ssh_host_key.grant_sign(task.task_role)  # only the task reads the host key's seed
         acknowledge(
             task,
             "AwsSolutions-IAM5[Resource::*]",

@@ -99,6 +99,7 @@ class KeyPair(Construct):
             },
         )  # fmt: skip
         self.public_key = self.resource.get_att_string("PublicKey")
+        self.openssh_public_key = self.resource.get_att_string("OpenSshPublicKey")
 
     def grant_read_public(self, grantee: iam.IGrantable) -> None:
         iam.Grant.add_to_principal(grantee=grantee, actions=["ssm:GetParameter"],

@@ -46,6 +46,12 @@ class TapegateStack(Stack):
             parameter_name=f"/{settings.name}/export-public-keys",
             generation=settings.export_key_generation,
         )  # fmt: skip
+        # One SSH host key for every task behind the NLB, or clients would see it change.
+        self.ssh_host_key = KeyPair(
+            self, "SshHostKey",
+            generator=generator, key=self.storage.key, purpose="tapegate gateway SSH host key",
+            parameter_name=f"/{settings.name}/ssh-host-public-key",
+        ) if "ssh" in settings.listeners else None  # fmt: skip
         self.ingest = Ingest(self, "Ingest", settings=settings, storage=self.storage)
         self.index = SessionIndex(self, "Index", key=self.storage.key)
         self.pipeline = Pipeline(
@@ -63,6 +69,7 @@ class TapegateStack(Stack):
             self, "Gateway",
             settings=settings, storage=self.storage, ingest=self.ingest, index=self.index,
             analytics=self.analytics, gateway_key=self.gateway_key,
+            ssh_host_key=self.ssh_host_key,
         )  # fmt: skip
         self.access = AuditorAccess(
             self, "Auditors",
@@ -107,6 +114,9 @@ class TapegateStack(Stack):
             "BreakGlassRoleArn": self.storage.break_glass.role_arn,
             "AlarmTopicArn": self.alarms.topic.topic_arn,
         }
+        if self.ssh_host_key is not None:
+            # The line for clients' known_hosts, after "[<GatewayEndpoint>]:<ssh port> ".
+            outputs["SshHostPublicKey"] = self.ssh_host_key.openssh_public_key
         if settings.private_link:
             outputs["EndpointServiceName"] = self.gateway.endpoint_service.vpc_endpoint_service_name
         for name, value in outputs.items():

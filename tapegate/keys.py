@@ -111,6 +111,11 @@ def load_signing_key(spec: str, region: str | None = None) -> SigningKey:
     return SigningKey(_load_secret_hex(spec, "signing key", region))
 
 
+def load_ssh_host_seed(spec: str, region: str | None = None) -> bytes:
+    """The gateway's SSH host key as an Ed25519 seed, stored the way the signing key is."""
+    return _load_secret_hex(spec, "SSH host key", region)
+
+
 def _load_secret_hex(spec: str, what: str, region: str | None) -> bytes:
     if spec.startswith("arn:aws:secretsmanager:"):
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import boto3
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from moto import mock_aws
 from nacl.signing import SigningKey
 
@@ -44,7 +46,11 @@ def test_create_puts_the_seed_in_the_secret_and_the_public_key_in_the_parameter(
     result = on_event(event("Create", aws), None)
     key, param = seed_and_param(aws)
     public = bytes(key.verify_key).hex()
-    assert result == {"PhysicalResourceId": PARAM, "Data": {"PublicKey": public}}
+    openssh = Ed25519PublicKey.from_public_bytes(bytes(key.verify_key)).public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    data = {"PublicKey": public, "OpenSshPublicKey": openssh.decode()}
+    assert result == {"PhysicalResourceId": PARAM, "Data": data}
     assert param == public
     assert key.encode().hex() not in str(result), "the seed never goes back to CloudFormation"
 

@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway_task import policy
 from gateway_task.identity import TokenError
 from gateway_task.recorder import Recorder
 from gateway_task.secrets import CredentialError, ssh_credential
 from gateway_task.server.ssh_channels import ForwardRelay, SessionRelay
-from tapegate.config import Address, Target
+from tapegate.config import Address, Config, Target
+from tapegate.keys import load_ssh_host_seed
 from tapegate.tape import Event, Identity
 
 if TYPE_CHECKING:
@@ -73,7 +76,7 @@ async def start_ssh_server(gw: Gateway, listen: Address) -> SshListener:
         lambda: SshClientLink(gw, links),
         listen.host,
         listen.port,
-        server_host_keys=[host_key(gw.config.data_dir)],
+        server_host_keys=[host_key(gw.config)],
         server_version="tapegate",
         encoding=None,
         line_editor=False,
@@ -93,9 +96,18 @@ async def start_ssh_server(gw: Gateway, listen: Address) -> SshListener:
     return SshListener(acceptor, links)
 
 
-def host_key(data_dir: Path) -> asyncssh.SSHKey:
-    """The gateway's Ed25519 host key, made once and kept in the data dir (clients pin it)."""
-    path = Path(data_dir) / "ssh" / "host_ed25519"
+def host_key(config: Config) -> asyncssh.SSHKey:
+    """The gateway's Ed25519 host key, which clients pin: from `keys.ssh_host_key` (one key for
+    every task behind a load balancer), else made once and kept in the data dir."""
+    if config.keys.ssh_host_key:
+        seed = load_ssh_host_seed(config.keys.ssh_host_key, config.sink.region)
+        pem = Ed25519PrivateKey.from_private_bytes(seed).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        return asyncssh.import_private_key(pem)
+    path = Path(config.data_dir) / "ssh" / "host_ed25519"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = asyncssh.generate_private_key("ssh-ed25519", comment="tapegate gateway")

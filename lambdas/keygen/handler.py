@@ -1,6 +1,7 @@
 """Custom resource (CDK Provider framework): an Ed25519 key pair made inside the account.
 
-Create: a new seed into the secret, its public key (hex) into the SSM parameter.
+Create: a new seed into the secret, its public key (hex) into the SSM parameter; the public key
+    is also reported in OpenSSH's form, for the SSH host key.
 Update with a new Generation: a new seed; the parameter becomes "new,old,..." so chunks signed
     by the old key still verify (the verifier trusts every key listed; the first is current).
 Update otherwise: nothing changes; the current public key is reported again.
@@ -10,6 +11,8 @@ Delete: nothing is removed. The parameter is how evidence is checked after the s
 
 from __future__ import annotations
 
+import base64
+import struct
 from typing import Any
 
 import boto3
@@ -45,7 +48,17 @@ def on_event(event: dict[str, Any], context: Any) -> dict[str, Any]:
         ssm.put_parameter(Name=name, Value=rotated(current, public), Type="String",
                           Overwrite=True)  # fmt: skip
         logger.info("new key pair", parameter=name, public_key=public, request=request)
-    return {"PhysicalResourceId": name, "Data": {"PublicKey": public}}
+    return {"PhysicalResourceId": name,
+            "Data": {"PublicKey": public, "OpenSshPublicKey": openssh_public(public)}}  # fmt: skip
+
+
+def openssh_public(public_hex: str) -> str:
+    """The Ed25519 public key as OpenSSH writes it (`ssh-ed25519 AAAA...`): for a host key, the
+    line clients put in known_hosts after the host name."""
+    kind = b"ssh-ed25519"
+    raw = bytes.fromhex(public_hex)
+    blob = struct.pack(">I", len(kind)) + kind + struct.pack(">I", len(raw)) + raw
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()}"
 
 
 def _parameter(ssm: Any, name: str) -> str | None:

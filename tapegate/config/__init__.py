@@ -107,6 +107,9 @@ class KeysConfig:
     """Where the gateway's keys come from. Unset: the data dir's keys/ (made on first use)."""
 
     signing_key: str | None = None  # a file or a Secrets Manager ARN holding the seed (hex)
+    # The SSH host key's Ed25519 seed (hex), the same way: shared by every task behind a load
+    # balancer. Without it the gateway makes one in <data_dir>/ssh/ and keeps it there.
+    ssh_host_key: str | None = None
     auditor_public_keys: tuple[bytes, ...] = ()  # X25519 keys the session keys are sealed to
 
 
@@ -342,8 +345,9 @@ def _archive(raw: Any) -> ArchiveConfig:
 
 def _keys(raw: Any) -> KeysConfig:
     m = as_mapping(raw, "keys")
-    check_only(m, "keys", {"signing_key", "auditor_public_keys"})
+    check_only(m, "keys", {"signing_key", "ssh_host_key", "auditor_public_keys"})
     signing = as_str(m["signing_key"], "keys.signing_key") if "signing_key" in m else None
+    ssh_host = as_str(m["ssh_host_key"], "keys.ssh_host_key") if "ssh_host_key" in m else None
     auditors = m.get("auditor_public_keys", [])
     if not isinstance(auditors, list):
         raise ConfigError("keys.auditor_public_keys", "must be a list of hex keys")
@@ -356,4 +360,4 @@ def _keys(raw: Any) -> KeysConfig:
         if len(raw_key) != 32:
             raise ConfigError(f"keys.auditor_public_keys[{i}]", "must be 64 hex digits")
         parsed.append(raw_key)
-    return KeysConfig(signing_key=signing, auditor_public_keys=tuple(parsed))
+    return KeysConfig(signing_key=signing, ssh_host_key=ssh_host, auditor_public_keys=tuple(parsed))

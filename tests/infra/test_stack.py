@@ -278,6 +278,17 @@ def test_exports_run_daily_on_a_schedule(template) -> None:
 
 def test_nlb_passes_tcp_through_and_checks_readyz_on_the_health_port(tmp_path) -> None:
     template = synth(tmp_path, listeners='{"postgres": 5432, "ssh": 2222}')
+    # With an SSH listener every task gets one host key, made at deploy time like the signing
+    # key: its seed readable by the task alone, its public line a stack output for known_hosts.
+    (task,) = resources(template, "AWS::ECS::TaskDefinition").values()
+    config = flat(task["Properties"]["ContainerDefinitions"][0]["Environment"])
+    assert "ssh_host_key" in config and "SshHostKeySeed" in config
+    outputs = template.to_json()["Outputs"]
+    assert "OpenSshPublicKey" in flat(outputs["SshHostPublicKey"]["Value"])
+    secret_policies = resources(template, "AWS::SecretsManager::ResourcePolicy").values()
+    host_key_policies = [p for p in secret_policies
+                         if "SshHostKeySeed" in flat(p["Properties"]["SecretId"])]  # fmt: skip
+    assert host_key_policies and '"Deny"' in flat(host_key_policies[0])
     listeners = sorted((ln["Properties"]["Port"], ln["Properties"]["Protocol"])
                        for ln in resources(template, "AWS::ElasticLoadBalancingV2::Listener")
                        .values())  # fmt: skip
@@ -306,6 +317,7 @@ def test_the_task_config_is_one_the_gateway_accepts(template) -> None:
     assert config.sink.kind == "firehose" and config.archive.kind == "aws"
     assert not config.archive.embedded_pipeline
     assert config.keys.signing_key == "resolved-at-deploy"
+    assert config.keys.ssh_host_key is None  # no SSH listener here: no host key either
     assert config.listen_health is not None and config.listen_health.port == 8081
     assert container["ReadonlyRootFilesystem"] is True and container["User"] == "10001"
     assert "Secrets" not in container

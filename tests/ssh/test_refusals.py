@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 import threading
 from dataclasses import replace
 from pathlib import Path
 
+import asyncssh
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway_task.server import ssh as ssh_server
 from tapegate.config import Address
@@ -106,3 +111,32 @@ def test_hanging_and_dropping_target(sgw: RunningGateway, monkeypatch: pytest.Mo
                for evs in events for e in evs)  # fmt: skip
     exits = [e["attrs"] for evs in events for e in evs if e["type"] == "exit"]
     assert {"status": None, "stdin_bytes": 0, "stdout_bytes": 8, "stderr_bytes": 0} in exits, exits
+
+
+def test_configured_host_key_is_the_one_presented(sshd: SshServer, tmp_path: Path) -> None:
+    """keys.ssh_host_key (a seed file here; a Secrets Manager ARN on AWS): every task behind the
+    load balancer presents the same key, and none is made in the data dir."""
+    seed = os.urandom(32)
+    seed_file = tmp_path / "ssh_host_seed.hex"
+    seed_file.write_text(seed.hex())
+    public = (
+        Ed25519PrivateKey.from_private_bytes(seed)
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+    config = ssh_config(tmp_path / "data", sshd, keys={"ssh_host_key": str(seed_file)})
+    gw = RunningGateway(config)
+    try:
+        host, port = gw.address("ssh")
+        pinned = asyncssh.import_known_hosts(f"[{host}]:{port} {public.decode()}\n")
+
+        async def run() -> bytes:
+            async with asyncssh.connect(host, port, username="web1", password=gw.token(),
+                                        known_hosts=pinned, config=None, agent_path=None,
+                                        client_keys=None) as conn:  # fmt: skip
+                return (await conn.run("echo pinned", check=True)).stdout  # type: ignore[return-value]
+
+        assert asyncio.run(run()) == "pinned\n"
+        assert not (Path(config.data_dir) / "ssh").exists()
+    finally:
+        gw.stop()
