@@ -6,7 +6,8 @@
 - SSH exec round trips: asyncssh runs `true` 200 times on one connection, direct and through.
 - scp of a 1 GB file (OpenSSH scp, SFTP protocol), direct, through tapegate, and through a bare
   asyncssh relay (bench/plain_relay.py); the median of 3 alternated runs. Goal ≥ 0.7x direct.
-- The ceilings of the libraries: h11's own cost per proxied exchange, and the bare relay above.
+- The ceilings of the libraries: h11's own cost per proxied exchange, and the bare relay above;
+  and asyncssh's encryption rate per cipher a client might pick.
 
 Usage: .venv/bin/python bench/bench_ssh_http.py [--scp-mb 1024] [--seconds 10]
 """
@@ -23,11 +24,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 import h11
 import yaml
+from asyncssh.encryption import get_encryption, get_encryption_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -129,6 +134,25 @@ def h11_exchange_seconds(n: int = 20000) -> float:
     return (time.perf_counter() - start) / n
 
 
+def cipher_rates(n: int = 3000) -> None:
+    """asyncssh's own cost per 32 KiB packet for each cipher (and MAC) a client might pick: why
+    the gateway's SSH listener offers what it offers (gateway_task/server/ssh.py)."""
+    print("asyncssh encrypting 32 KiB packets, one core:")
+    choices = [(b"aes128-gcm@openssh.com", b""), (b"aes128-ctr", b"umac-64-etm@openssh.com"),
+               (b"chacha20-poly1305@openssh.com", b""),
+               (b"aes128-ctr", b"hmac-sha2-256-etm@openssh.com")]  # fmt: skip
+    packet = os.urandom(32768)
+    for enc, mac in choices:
+        key_len, iv_len, _, mac_key_len, _, etm = get_encryption_params(enc, mac)
+        cipher = get_encryption(enc, os.urandom(key_len), os.urandom(iv_len), mac,
+                                os.urandom(mac_key_len), etm)  # fmt: skip
+        start = time.perf_counter()
+        for seq in range(n):
+            cipher.encrypt_packet(seq, b"\0\0\x80\x00", packet)
+        rate = n * len(packet) / (time.perf_counter() - start) / 1e6
+        print(f"  {enc.decode()} {mac.decode() or '(AEAD)'}: {rate:,.0f} MB/s")
+
+
 def http_rates(seconds: int, up_port: int, gw_http: str, token: str) -> None:
     print("HTTP keep-alive, 1 KiB responses, wrk -t2 -c16:")
     direct = wrk(f"http://127.0.0.1:{up_port}/v1/x", seconds, None)
@@ -209,21 +233,31 @@ def scp_rates(
         print(f"  CPU seconds, {name} (medians): {used}; 2 cores x {secs:.1f} s = {2 * secs:.1f}")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--scp-mb", type=int, default=1024)
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--only", choices=["http", "exec", "scp"], help="run one measure")
-    args = ap.parse_args()
+@dataclass
+class Setup:
+    """A throwaway sshd and HTTP upstream, and `tapegate up` in front of both."""
+
+    work: Path
+    sshd: SshServer
+    up_port: int
+    gateway: subprocess.Popen[bytes]
+    gw_http: str
+    gw_ssh: str
+    token: str
+
+
+@contextmanager
+def running() -> Iterator[Setup]:
     work = Path(tempfile.mkdtemp(prefix="tapegate-bench-"))
     sshd = start_sshd(work / "sshd")
     up_port = free_port()
     upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM, str(up_port)])
     os.environ["BENCH_API_KEY"] = "bench-key"
+    listen = {"ssh": f"127.0.0.1:{free_port()}", "http": f"127.0.0.1:{free_port()}"}
     raw = {
         "data_dir": str(work / "data"),
         "identity": {"issuer": "dev", "dev_listen": f"127.0.0.1:{free_port()}"},
-        "listen": {"ssh": f"127.0.0.1:{free_port()}", "http": f"127.0.0.1:{free_port()}"},
+        "listen": listen,
         "tls": "optional",
         "archive": {"embedded_pipeline": False},
         "targets": [
@@ -243,19 +277,30 @@ def main() -> int:
     try:
         time.sleep(3)
         token = mint_token(config.data_dir, config.identity, "bench", ["agents"], 3600)
-        gw_http, gw_ssh = raw["listen"]["http"], raw["listen"]["ssh"]  # type: ignore[index]
-        if args.only in (None, "http"):
-            http_rates(args.seconds, up_port, gw_http, token)
-        if args.only in (None, "exec"):
-            exec_rates(sshd, gw_ssh, token)
-        if args.only in (None, "scp"):
-            scp_rates(sshd, gw_ssh, token, gw.pid, work, args.scp_mb)
+        yield Setup(work, sshd, up_port, gw, listen["http"], listen["ssh"], token)
     finally:
         gw.terminate()
         gw.wait(30)
         upstream.terminate()
         sshd.stop()
         subprocess.run(["rm", "-rf", str(work)])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scp-mb", type=int, default=1024)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--only", choices=["http", "exec", "scp", "ciphers"], help="one measure")
+    args = ap.parse_args()
+    with running() as run:
+        if args.only in (None, "http"):
+            http_rates(args.seconds, run.up_port, run.gw_http, run.token)
+        if args.only in (None, "exec"):
+            exec_rates(run.sshd, run.gw_ssh, run.token)
+        if args.only in (None, "ciphers"):
+            cipher_rates()
+        if args.only in (None, "scp"):
+            scp_rates(run.sshd, run.gw_ssh, run.token, run.gateway.pid, run.work, args.scp_mb)
     return 0
 
 

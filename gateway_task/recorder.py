@@ -2,8 +2,8 @@
 
 Record first, forward second: the server calls `frame` before it writes bytes on, and `frame`
 raises RecordingUnavailable while the sink is failing, so no byte is forwarded unrecorded. The
-tape writer is driven through the sealer (gateway_task/sealer.py): small frames and events reach
-it at once, bulk frames on the sealer's thread, always in the order they were recorded.
+tape writer is driven through the sealer (gateway_task/sealer.py): what only adds to a chunk
+reaches it at once, what seals one goes to the sealer's thread, always in the order recorded.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ class Recorder:
         if type(data) is not bytes:  # a view of a buffer the caller may reuse
             data = bytes(data)
         self.sealer.run(
-            lambda: self._shipped(self.writer.add_frame(ts, direction, data)), len(data)
+            lambda: self._shipped(self.writer.add_frame(ts, direction, data)),
+            len(data),
+            seals=self.writer.seals_with(len(data)),
         )
 
     def events(self, events: Iterable[Event]) -> None:
@@ -58,7 +60,9 @@ class Recorder:
     def event(self, event: Event) -> None:
         # Not refused while the sink fails: an event forwards nothing, and the sink keeps what
         # it is given for its retry (a refusal is recorded that way).
-        self.sealer.run(lambda: self._shipped(self.writer.add_event(event)))
+        self.sealer.run(
+            lambda: self._shipped(self.writer.add_event(event)), seals=self.writer.seals_with(0)
+        )
 
     async def commit(self, timeout_s: float = 30.0) -> None:
         """`durability: acked`: seal what is pending and wait until the sink holds it."""
@@ -72,7 +76,7 @@ class Recorder:
             except RecordingUnavailable as exc:
                 handed.set_exception(exc)
 
-        self.sealer.run(flush)
+        self.sealer.run(flush, seals=True)
         self.sealer.hand_over()
         ack = await asyncio.wrap_future(handed)
         if ack is None:
@@ -95,7 +99,8 @@ class Recorder:
         if not self.closed:
             if self._error is not None:
                 raise RecordingUnavailable(self._error)
-            self.sealer.run(lambda: self._shipped(self.writer.tick(now_ns)))
+            if self.writer.due(now_ns):
+                self.sealer.run(lambda: self._shipped(self.writer.tick(now_ns)), seals=True)
 
     def close(self, reason: str) -> None:
         """Seal the final chunk. Best effort when the sink is failing: it is kept in its batch."""
@@ -104,7 +109,7 @@ class Recorder:
         self.closed = True
         now = time.time_ns()
         # A failing sink still keeps the record for its retry; the session is already closed.
-        self.sealer.run(lambda: self._shipped([self.writer.close(now, reason)]))
+        self.sealer.run(lambda: self._shipped([self.writer.close(now, reason)]), seals=True)
 
     def _check(self) -> None:
         failure = self.sink.failure or self._error

@@ -5,11 +5,12 @@ relaying the bytes did; libsodium and hashlib release the GIL while they work, s
 lets a second core seal while the event loop relays (bench/RESULTS.md has the difference).
 
 Operations run in the order sessions record them, so each session's chunks chain in sequence and
-reach the sink in order. Small ones (under INLINE_BYTES) run at once on the event loop while the
-thread has nothing queued: for chatty traffic a thread only adds hand-offs and contention for the
-GIL (pgbench through the gateway lost a fifth of its TPS that way). Bulk traffic is queued and
-handed over every HAND_OVER_S or HAND_OVER_BYTES, whichever comes first, and everything after it
-waits in the queue, in order, until the thread is idle again. The loop waits for the thread when
+reach the sink in order. One that seals nothing (adding a frame or an event to a chunk is a copy)
+runs at once on the event loop while the thread has nothing queued: for chatty traffic a thread
+only adds hand-offs and contention for the GIL (pgbench through the gateway lost a fifth of its
+TPS that way). One that seals a chunk is queued, handed over every HAND_OVER_S or
+HAND_OVER_BYTES, whichever comes first, and everything after it waits in the queue, in order,
+until the thread is idle again. The loop waits for the thread when
 more than MAX_BACKLOG_BYTES are queued, so a fast relay cannot outrun sealing and grow memory
 without bound. The sink's `put` and `tick` are called by one thread at a time, never both.
 """
@@ -24,7 +25,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 log = logging.getLogger("tapegate.gateway")
 
-INLINE_BYTES = 64 * 1024
 HAND_OVER_S = 0.005
 HAND_OVER_BYTES = 1 << 20
 MAX_BACKLOG_BYTES = 32 << 20
@@ -45,10 +45,10 @@ class Sealer:
         self._queued_bytes = 0
         self._sealed_bytes = 0
 
-    def run(self, op: Operation, size: int = 0) -> None:
-        """Run an operation after every one queued before it: here and now when it is small and
-        nothing is queued, else on the sealing thread."""
-        if size < INLINE_BYTES and not self._queued and not self._busy():
+    def run(self, op: Operation, size: int = 0, seals: bool = False) -> None:
+        """Run an operation after every one queued before it: here and now when it seals
+        nothing and nothing is queued, else on the sealing thread."""
+        if not seals and not self._queued and not self._busy():
             self._run_one(op)
             return
         self._queued.append((op, size))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway_task.sealer import INLINE_BYTES, Sealer
+from gateway_task.sealer import Sealer
 
 
 def test_order_is_kept_across_the_loop_and_the_thread() -> None:
@@ -17,23 +17,22 @@ def test_order_is_kept_across_the_loop_and_the_thread() -> None:
     loop_thread = threading.current_thread().name
 
     async def record() -> None:
-        for i in range(1000):
-            size = INLINE_BYTES if i % 10 == 0 else 100  # bulk now and then, chatty in between
-            sealer.run(lambda i=i: seen.append((i, threading.current_thread().name)), size)
-            if i % 7 == 0:
-                await asyncio.sleep(0)
+        for i in range(300):
+            seals = i % 10 == 5  # a chunk sealed now and then, frames added in between
+            sealer.run(lambda i=i: seen.append((i, threading.current_thread().name)), 100, seals)
+            if i % 10 == 9:
+                await asyncio.sleep(0.05)  # long enough for a hand-over and the thread's run
         await sealer.drain()
 
     asyncio.run(record())
     sealer.close()
-    assert [i for i, _ in seen] == list(range(1000))
+    assert [i for i, _ in seen] == list(range(300))
     on_thread = {i for i, name in seen if name != loop_thread}
-    assert all(i in on_thread for i in range(0, 1000, 10)), "bulk runs on the sealing thread"
-    assert len(on_thread) < 1000, "small operations on an idle sealer run on the loop"
+    assert on_thread == {i for i in range(300) if i % 10 >= 5}, "a seal and what follows it"
 
 
 def test_a_backlog_over_the_cap_makes_the_loop_wait() -> None:
-    sealer = Sealer(max_backlog_bytes=INLINE_BYTES * 3 // 2)
+    sealer = Sealer(max_backlog_bytes=1500)
     gate = threading.Event()
     done: list[int] = []
 
@@ -42,13 +41,13 @@ def test_a_backlog_over_the_cap_makes_the_loop_wait() -> None:
         done.append(i)
 
     async def record() -> float:
-        for _ in range(100):  # small ones run inline and must not count against the backlog
-            sealer.run(lambda: None, INLINE_BYTES // 2)
-        sealer.run(lambda: slow(0), INLINE_BYTES)
+        for _ in range(100):  # these run inline and must not count against the backlog
+            sealer.run(lambda: None, 500)
+        sealer.run(lambda: slow(0), 1000, seals=True)
         sealer.hand_over()
         threading.Timer(0.3, gate.set).start()
         started = time.monotonic()
-        sealer.run(lambda: slow(1), INLINE_BYTES)  # over the cap: waits for the first batch
+        sealer.run(lambda: slow(1), 1000, seals=True)  # over the cap: waits for the first batch
         waited = time.monotonic() - started
         assert done[:1] == [0]
         await sealer.drain()
@@ -70,7 +69,7 @@ def test_a_failing_operation_is_logged_and_the_rest_still_run(
         raise ValueError("boom")
 
     async def record() -> None:
-        sealer.run(broken, INLINE_BYTES)
+        sealer.run(broken, seals=True)
         sealer.run(broken)
         sealer.run(lambda: done.append("after"))
         await sealer.drain()
