@@ -47,14 +47,16 @@ and about 58% of the gateway's samples sit in the write() syscall — on loopbac
 runs the receiver's TCP delivery and is preempted by the woken process. The rest is the Python
 work per round trip (two frames, a query and a result event as JSON, statement naming for the
 guardrails, the relay's message parsing): about 70 µs of gateway CPU per transaction against
-pgbouncer's few µs in C. COPY: sealing was 55% of the event loop's time (XChaCha20-Poly1305
-29%, SHA-256 16%, Ed25519 4%); bulk frames are now sealed on a thread of their own
-(gateway_task/sealer.py; both primitives release the GIL), which took COPY from 0.32x to 0.38x
-direct, on cores that PostgreSQL and psql also need. Small frames are still sealed on the event
-loop: handing chatty traffic to the thread cost pgbench a fifth of its TPS in GIL contention.
-Also tried, and kept: moving the local sink's writes and fsyncs off the event loop (they were 40%
-of the loop's time in a COPY) and skipping row messages by length in a tight loop. Not tried
-yet: a protocol-based relay without asyncio streams.
+pgbouncer's few µs in C. COPY: 55% of the event loop's time is sealing (XChaCha20-Poly1305 29%,
+SHA-256 16%, Ed25519 4%), which bounds one session at roughly the seal rate of bench_tape.py,
+on a core that PostgreSQL and psql also need. Tried, and kept: moving the local sink's writes
+and fsyncs off the event loop (they were 40% of the loop's time in a COPY) and skipping row
+messages by length in a tight loop (the general scanner was the next largest cost). Tried, and
+dropped: sealing on a thread of its own (both primitives release the GIL). On these two cores,
+shared with the client and the server, it did not pay: A/B runs gave pgbench -S about 10% fewer
+TPS, scp through the SSH gateway 9% less (bench_ssh_http.py --only scp), and COPY no difference
+beyond the noise; with nothing else on the gateway's cores it may. Not tried yet: a
+protocol-based relay without asyncio streams.
 """
 
 

@@ -118,7 +118,6 @@ class RunningGateway:
     async def _flush(self) -> None:
         for session in list(self.gateway.sessions):
             session.recorder.tick(2**62)
-        await self.gateway.sealer.drain()
         await asyncio.to_thread(self.gateway.sink.flush)
 
     def sessions(self) -> dict[str, list[bytes]]:

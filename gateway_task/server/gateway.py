@@ -23,7 +23,6 @@ from gateway_task.health import HealthServer
 from gateway_task.identity import OidcVerifier
 from gateway_task.metrics import GatewayMetrics
 from gateway_task.recorder import Recorder, RecordingUnavailable
-from gateway_task.sealer import Sealer
 from gateway_task.server.http import HttpConnection
 from gateway_task.server.listeners import SniffingListener
 from gateway_task.server.postgres import PgConnection, PgSession
@@ -76,7 +75,6 @@ class Gateway:
         else:
             self.auditors = keys.auditor_public_keys()
         self.sink: Sink = sink or make_sink(config)
-        self.sealer = Sealer()
         self.metrics = GatewayMetrics(config.gateway_name)
         self.metrics.gauges["sessions_active"] = lambda: len(self.sessions)
         self.metrics.gauges["sink_failing"] = lambda: float(self.sink.failure is not None)
@@ -154,8 +152,6 @@ class Gateway:
                 await asyncio.wait(unfinished, timeout=5)
         if self._ticker:
             self._ticker.cancel()
-        self.sealer.hand_over()
-        await asyncio.to_thread(self.sealer.close)  # the last chunks, sealed and handed over
         lost = await asyncio.to_thread(self.sink.close)
         if lost:
             log.error("the archive is failing: %d bytes of sealed records were not delivered", lost)
@@ -197,7 +193,7 @@ class Gateway:
             max_chunk_bytes=rec.max_chunk_bytes,
             max_age_ns=rec.max_age_ms * 1_000_000,
         )
-        return Recorder(writer, self.sink, self.sealer, self.metrics)
+        return Recorder(writer, self.sink, self.metrics)
 
     def record_refusal(
         self,
@@ -251,10 +247,7 @@ class Gateway:
                 except RecordingUnavailable:
                     session.end_reason = "recording_failed"
                     session.abort()
-            self.sealer.run(self._tick_sink)
-
-    def _tick_sink(self) -> None:
-        self.sink.tick(time.monotonic_ns())
+            self.sink.tick(time.monotonic_ns())
 
     async def _archive_forever(self) -> None:
         """The embedded pipeline: index each delivered object within about a second."""

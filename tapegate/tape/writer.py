@@ -199,19 +199,6 @@ class TapeWriter:
         out += self._cut_if_full(event.ts_ns)
         return out
 
-    def seals_with(self, size: int) -> bool:
-        """Whether adding `size` more bytes would seal a chunk: the costly step (encrypt, hash,
-        sign), which a caller may want to do elsewhere; adding alone is a copy."""
-        return self._pending_bytes + codec.INDEX_ENTRY.size + size >= self._max_bytes
-
-    def due(self, now_ns: int) -> bool:
-        """Whether `tick(now_ns)` would seal."""
-        return (
-            not self._closed
-            and self._first_ns is not None
-            and now_ns - self._first_ns >= self._max_age_ns
-        )
-
     def tick(self, now_ns: int) -> list[bytes]:
         """Seal the pending chunk if its oldest item is older than the age bound."""
         if self._closed or self._first_ns is None:
