@@ -61,8 +61,10 @@ class SshListener:
 # at 3, ChaCha20-Poly1305 (new cipher objects per packet) and AES-CTR with HMAC-SHA2 at 1.5.
 # OpenSSH clients take ChaCha20 first when offered, so it is not: they pick AES-CTR with UMAC,
 # newer clients of other kinds AES-GCM (paramiko from 3.5), older ones AES-CTR with HMAC.
-# Upstream, the gateway's own order picks AES-GCM.
+# Upstream the gateway's own order decides: AES-GCM, and ChaCha20 only for a target that allows
+# nothing else.
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+UPSTREAM_CIPHERS = (*CIPHERS, "chacha20-poly1305@openssh.com")
 # Bigger packets and window from clients (OpenSSH allows 256 KiB packets): fewer packets to handle.
 CLIENT_MAX_PACKET = 255 * 1024
 CLIENT_WINDOW = 8 << 20
@@ -315,7 +317,7 @@ async def connect_upstream(target: Target) -> asyncssh.SSHClientConnection:
             preferred_auth="publickey" if keys else "password,keyboard-interactive",
             encoding=None,
             login_timeout=UPSTREAM_TIMEOUT_S,
-            encryption_algs=CIPHERS,
+            encryption_algs=UPSTREAM_CIPHERS,
         )
     except asyncssh.HostKeyNotVerifiable as exc:
         raise UpstreamError(
