@@ -32,7 +32,7 @@ from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
 from bench.results import write_section
-from gateway_task.sinks.firehose import FirehoseSink
+from gateway_task.recording.firehose import FirehoseSink
 from tapegate.archive.local import LocalObjectStore, SqliteIndex
 from tapegate.keys import Keyring
 from tapegate.pipeline import Pipeline

@@ -22,12 +22,12 @@ from nacl.public import PublicKey
 from gateway_task.health import HealthServer
 from gateway_task.identity import OidcVerifier
 from gateway_task.metrics import GatewayMetrics
-from gateway_task.recorder import Recorder, RecordingUnavailable
+from gateway_task.recording import Recorder, RecordingUnavailable
+from gateway_task.recording.local import LocalFolderSink
+from gateway_task.recording.sink import Sink
 from gateway_task.server.http import HttpConnection
 from gateway_task.server.listeners import SniffingListener
 from gateway_task.server.postgres import PgConnection, PgSession
-from gateway_task.sinks import Sink
-from gateway_task.sinks.local import LocalFolderSink
 from gateway_task.tls import server_context
 from tapegate.archive.embedded import LocalArchive
 from tapegate.config import Config
@@ -94,6 +94,7 @@ class Gateway:
         self.archive = archive
 
     async def start(self) -> None:
+        self.sink.bind(asyncio.get_running_loop())
         if self.config.identity.is_dev:
             from gateway_task.dev_issuer import DevIssuerServer
 
@@ -193,7 +194,7 @@ class Gateway:
             max_chunk_bytes=rec.max_chunk_bytes,
             max_age_ns=rec.max_age_ms * 1_000_000,
         )
-        return Recorder(writer, self.sink, self.metrics)
+        return Recorder(writer, self.sink, self.metrics, acked=self.config.durability == "acked")
 
     def record_refusal(
         self,
@@ -300,18 +301,24 @@ class Gateway:
 def make_sink(config: Config) -> Sink:
     if config.sink.kind == "firehose":
         import boto3
+        from botocore.config import Config as BotoConfig
 
-        from gateway_task.sinks.firehose import FirehoseSink
+        from gateway_task.recording.firehose import FirehoseSink
 
-        client = boto3.client("firehose", region_name=config.sink.region)
+        # The sink retries (and spools) itself: botocore's own retries would only hold a sender
+        # thread longer before the outage is noticed, and a dead endpoint must fail in seconds.
+        boto = BotoConfig(connect_timeout=3, read_timeout=10, retries={"total_max_attempts": 1})
+        client = boto3.client("firehose", region_name=config.sink.region, config=boto)
         return FirehoseSink(
             config.sink.stream or "",
             client,
             config.sink.spool_dir or config.data_dir / "spool",
             flush_ms=config.sink.flush_ms,
             spool_max_bytes=config.sink.spool_max_bytes,
+            max_memory_bytes=config.sink.max_memory_bytes,
         )
-    return LocalFolderSink(config.delivery_dir, config.sink.flush_bytes, config.sink.flush_ms)
+    return LocalFolderSink(config.delivery_dir, config.sink.flush_bytes, config.sink.flush_ms,
+                           config.sink.max_memory_bytes)  # fmt: skip
 
 
 async def serve(config: Config, ready: Callable[[dict[str, str]], None]) -> None:

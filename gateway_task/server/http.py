@@ -25,7 +25,7 @@ from gateway_task import policy
 from gateway_task.identity import TokenError
 from gateway_task.protocols.http import exchange as x
 from gateway_task.protocols.http.websocket import WebSocketObserver
-from gateway_task.recorder import Recorder, RecordingUnavailable
+from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.secrets import CredentialError, header_value
 from gateway_task.tls import upstream_https_context
 from tapegate.config import Target
@@ -388,6 +388,10 @@ class HttpConnection:
                 if data:
                     recorder.frame(direction, data, time.time_ns())
                     recorder.events(watch.feed(data))
+                    if direction is C2S:
+                        await recorder.forwarding()
+                    else:
+                        await recorder.pace()
                     writer.write(data)
                     await writer.drain()
                 data = await reader.read(READ_SIZE)
@@ -499,8 +503,7 @@ class HttpConnection:
         if not data:
             return
         recorder.frame(C2S, shown, time.time_ns())
-        if self.gw.config.durability == "acked":
-            await recorder.commit()
+        await recorder.forwarding()  # acked: the sink holds the chunk before the target sees it
         up.writer.write(data)
         await up.writer.drain()
 

@@ -22,7 +22,7 @@ from gateway_task.identity import TokenError
 from gateway_task.protocols.postgres import messages as m
 from gateway_task.protocols.postgres.login import LoginError, UpstreamLogin
 from gateway_task.protocols.postgres.relay import PgRelay, RelayLimits
-from gateway_task.recorder import Recorder, RecordingUnavailable
+from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.secrets import CredentialError, target_password
 from gateway_task.tls import upstream_context
 from tapegate.config import Target
@@ -360,7 +360,6 @@ class PgConnection:
         up_writer: asyncio.StreamWriter,
     ) -> str:
         recorder = session.recorder
-        acked = self.gw.config.durability == "acked"
 
         async def client_to_upstream() -> str:
             while True:
@@ -383,8 +382,8 @@ class PgConnection:
                     recorder.frame(S2C, reply, ts)
                     self.writer.write(reply)
                 if forward:
-                    if acked:  # nothing reaches the upstream before its chunk is accepted
-                        await recorder.commit()
+                    # acked: nothing reaches the upstream before the sink holds its chunk
+                    await recorder.forwarding()
                     up_writer.write(forward)
                     await up_writer.drain()
 
@@ -413,6 +412,7 @@ class PgConnection:
                     recorder.frame(S2C, out, ts)
                 recorder.events(events)
                 if out:
+                    await recorder.pace()
                     self.writer.write(out)
                     await self.writer.drain()
 

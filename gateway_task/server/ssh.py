@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway_task import policy
 from gateway_task.identity import TokenError
-from gateway_task.recorder import Recorder
+from gateway_task.recording import Recorder
 from gateway_task.secrets import CredentialError, ssh_credential
 from gateway_task.server.ssh_channels import ForwardRelay, SessionRelay
 from tapegate.config import Address, Config, Target

@@ -21,7 +21,8 @@ import asyncssh
 from gateway_task import policy
 from gateway_task.protocols.ssh.scp import ScpObserver
 from gateway_task.protocols.ssh.sftp import SftpObserver
-from gateway_task.recorder import Recorder, RecordingUnavailable
+from gateway_task.recording import Recorder, RecordingUnavailable
+from gateway_task.recording.gate import ForwardGate
 from tapegate.config import Target
 from tapegate.tape import Direction, Event
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tapegate.gateway")
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
+UNRECORDABLE = "tapegate cannot record this session, so it is closed: nothing runs unrecorded"
 
 
 class _Relay:
@@ -44,6 +46,22 @@ class _Relay:
         self.up_chan: Any = None  # the target's channel
         self.bytes_in = self.bytes_out = self.bytes_err = 0
         self._closed = False
+        # Bytes leave only through these: to the target once recorded (and, in acked, held by
+        # the sink); to the client once the sink has room.
+        self.to_target = ForwardGate(
+            recorder,
+            to_target=True,
+            pause=self._pause_client,
+            resume=self._resume_client,
+            failed=self._unrecordable,
+        )
+        self.to_client = ForwardGate(
+            recorder,
+            to_target=False,
+            pause=self._pause_upstream,
+            resume=self._resume_upstream,
+            failed=self._unrecordable,
+        )
 
     @property
     def idle(self) -> bool:
@@ -59,10 +77,35 @@ class _Relay:
             self.recorder.frame(direction, data, time.time_ns())
             return True
         except RecordingUnavailable as exc:
-            log.error("ssh session %s: recording unavailable: %s", self.recorder.session_id, exc)
-            self.end_reason = "recording_failed"
-            self.abort()
+            self._unrecordable(exc)
             return False
+
+    def _unrecordable(self, exc: RecordingUnavailable) -> None:
+        log.error("ssh session %s: recording unavailable: %s", self.recorder.session_id, exc)
+        self.end_reason = "recording_failed"
+        self.to_target.cancel()
+        self.to_client.cancel()
+        if self.chan is not None and hasattr(self.chan, "write_stderr"):
+            with contextlib.suppress(Exception):
+                self.chan.write_stderr(f"tapegate: {UNRECORDABLE}\r\n".encode())
+                self.chan.exit(255)
+        self.abort()
+
+    def _pause_client(self) -> None:
+        if self.chan is not None:
+            self.chan.pause_reading()
+
+    def _resume_client(self) -> None:
+        if self.chan is not None and not self._closed:
+            self.chan.resume_reading()
+
+    def _pause_upstream(self) -> None:
+        if self.up_chan is not None:
+            self.up_chan.pause_reading()
+
+    def _resume_upstream(self) -> None:
+        if self.up_chan is not None and not self._closed:
+            self.up_chan.resume_reading()
 
     def _events(self, events: list[Event]) -> None:
         try:
@@ -193,9 +236,9 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
             return
         self.up_chan = up_chan
         for data in self._early:
-            up_chan.write(data)
+            self.to_target.send(lambda data=data: up_chan.write(data))
         if self._early_eof:
-            up_chan.write_eof()
+            self.to_target.send(up_chan.write_eof)
         self._early = []
         self.chan.resume_reading()
 
@@ -208,29 +251,31 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         if self.up_chan is None:
             self._early.append(data)
         else:
-            self.up_chan.write(data)
+            self.to_target.send(lambda: self.up_chan.write(data))
 
     def eof_received(self) -> bool:
         if self.up_chan is None:
             self._early_eof = True
         else:
-            self.up_chan.write_eof()
+            self.to_target.send(self.up_chan.write_eof)
         return True  # half-close: the target's answer may still come
 
     def break_received(self, msec: int) -> bool:
         if self.up_chan is not None:
-            self.up_chan.send_break(msec)
+            self.to_target.send(lambda: self.up_chan.send_break(msec))
         return True
 
     def signal_received(self, signal: str) -> None:
         self._events([Event(time.time_ns(), "signal", C2S, {"name": signal})])
         if self.up_chan is not None:
-            self.up_chan.send_signal(signal)
+            self.to_target.send(lambda: self.up_chan.send_signal(signal))
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         self._events([Event(time.time_ns(), "resize", C2S, {"cols": width, "rows": height})])
         if self.up_chan is not None:
-            self.up_chan.change_terminal_size(width, height, pixwidth, pixheight)
+            self.to_target.send(
+                lambda: self.up_chan.change_terminal_size(width, height, pixwidth, pixheight)
+            )
 
     def pause_writing(self) -> None:
         self.client_paused()
@@ -255,12 +300,16 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
             self.bytes_out += len(data)
             if self.files is not None:
                 self._events(self.files.from_server(data))
-        self.chan.write(data, datatype)
+        self.to_client.send(lambda: self.chan.write(data, datatype))
 
     def upstream_eof(self) -> None:
-        self.chan.write_eof()
+        self.to_client.send(self.chan.write_eof)
 
     def upstream_closed(self) -> None:
+        # After any output still waiting for room: the exit status comes last, as it did.
+        self.to_client.send(self._exit)
+
+    def _exit(self) -> None:
         if self.exit_signal is not None:
             name, core, msg, lang = self.exit_signal
             self.chan.exit_with_signal(name, core, msg, lang)
@@ -347,10 +396,10 @@ class ForwardRelay(_Relay, asyncssh.SSHTCPSession):  # type: ignore[misc]
     def data_received(self, data: bytes, datatype: int | None) -> None:
         if self._record(C2S, data):
             self.bytes_in += len(data)
-            self.up_chan.write(data)
+            self.to_target.send(lambda: self.up_chan.write(data))
 
     def eof_received(self) -> bool:
-        self.up_chan.write_eof()
+        self.to_target.send(self.up_chan.write_eof)
         return True
 
     def pause_writing(self) -> None:
@@ -365,7 +414,7 @@ class ForwardRelay(_Relay, asyncssh.SSHTCPSession):  # type: ignore[misc]
     def from_upstream(self, data: bytes) -> None:
         if self._record(S2C, data):
             self.bytes_out += len(data)
-            self.chan.write(data)
+            self.to_client.send(lambda: self.chan.write(data))
 
     def _totals(self) -> Event:
         return Event(time.time_ns(), "forward_closed", None,
@@ -381,7 +430,7 @@ class _UpstreamTcp(asyncssh.SSHTCPSession):  # type: ignore[misc]
 
     def eof_received(self) -> bool:
         if self.relay.chan is not None:
-            self.relay.chan.write_eof()
+            self.relay.to_client.send(self.relay.chan.write_eof)
         return True
 
     def pause_writing(self) -> None:

@@ -78,6 +78,9 @@ class SinkConfig:
     region: str | None = None
     spool_dir: Path | None = None  # firehose: default <data_dir>/spool
     spool_max_bytes: int = 1 << 30
+    # Sealed bytes held in memory until the sink holds them; above it, batches go to the disk
+    # spool first (Firehose) and sessions wait for room (both sinks).
+    max_memory_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -295,7 +298,7 @@ def _durability(raw: Any) -> str:
 def _sink(raw: Any, base_dir: Path) -> SinkConfig:
     m = as_mapping(raw, "sink")
     check_only(m, "sink", {"kind", "dir", "flush_bytes", "flush_ms", "stream", "region",
-                           "spool_dir", "spool_max_bytes"})  # fmt: skip
+                           "spool_dir", "spool_max_bytes", "max_memory_bytes"})  # fmt: skip
     kind = as_str(m.get("kind", "local"), "sink.kind")
     if kind not in ("local", "firehose"):
         raise ConfigError("sink.kind", "must be local or firehose")
@@ -312,6 +315,8 @@ def _sink(raw: Any, base_dir: Path) -> SinkConfig:
         spool_dir=as_path(m["spool_dir"], "sink.spool_dir", base_dir) if "spool_dir" in m else None,
         spool_max_bytes=as_int(m.get("spool_max_bytes", d.spool_max_bytes), "sink.spool_max_bytes",
                              1024, 1 << 40),
+        max_memory_bytes=as_int(m.get("max_memory_bytes", d.max_memory_bytes),
+                                "sink.max_memory_bytes", 1 << 20, 16 << 30),
     )  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 
 moto = pytest.importorskip("moto")
 
-from gateway_task.sinks.firehose import FirehoseSink  # noqa: E402
+from gateway_task.recording.firehose import FirehoseSink  # noqa: E402
 from tapegate.archive.aws import TABLE_SPEC, DynamoIndex, S3ObjectStore  # noqa: E402
 from tapegate.archive.local import DuckDBQuery  # noqa: E402
 from tests.gateway_harness import RunningGateway, gateway_config  # noqa: E402

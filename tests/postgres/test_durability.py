@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg
 
-from gateway_task.sinks.local import LocalFolderSink
+from gateway_task.recording.local import LocalFolderSink
 from tests.gateway_harness import RunningGateway, gateway_config
 from tests.pg import PgServer
 
@@ -22,8 +22,10 @@ class GatedSink(LocalFolderSink):
         self.gate = threading.Event()
         self.waiting = threading.Event()
 
-    def put(self, records: list[bytes], urgent: bool = False) -> Future[None] | None:
-        inner = super().put(records, urgent)
+    def put(
+        self, records: list[bytes], urgent: bool = False, ack: bool = False
+    ) -> Future[None] | None:
+        inner = super().put(records, urgent, ack)
         if inner is None:
             return None
         outer: Future[None] = Future()
@@ -72,7 +74,7 @@ def test_acked_statement_waits_for_the_archive(pg: PgServer, tmp_path: Path) -> 
 def test_full_spool_refuses_sessions_until_firehose_recovers(pg: PgServer, tmp_path: Path) -> None:
     """Firehose down and the spool full: sessions stop and new ones are refused, with a clear
     error; when Firehose is back, what was kept is delivered and sessions are admitted again."""
-    from gateway_task.sinks.firehose import FirehoseSink
+    from gateway_task.recording.firehose import FirehoseSink
     from tests.test_firehose_sink import FakeFirehose
 
     client = FakeFirehose()
