@@ -37,7 +37,7 @@ from tapegate.tables import (
     write_parquet,
 )
 from tapegate.tape import Record, TapeFormatError, decode_record, split_records
-from tapegate.tape.codec import ZERO_DIGEST
+from tapegate.tape.chain import ChunkLink, Fault, check_chain
 from tapegate.tape.seal import check_signature
 
 DEFAULT_SKEW_NS = 5 * 60 * 1_000_000_000  # a chunk sealed this long after delivery is flagged
@@ -250,39 +250,25 @@ def summarize(record: SessionRecord, entries: list[ChunkEntry]) -> None:
 
 
 def _chain_problems(entries: list[ChunkEntry]) -> tuple[list[str], bool, str | None]:
-    """(findings, complete, head digest) for a session's chunks sorted by seq."""
-    problems: list[str] = []
-    by_seq = {e.seq: e for e in entries}
-    finals = [e.seq for e in entries if e.final]
-    last = finals[0] if finals else max(by_seq, default=-1)
-    missing, start = [], None
-    for seq in range(last + 1):
-        if seq not in by_seq:
-            start = seq if start is None else start
-        elif start is not None:
-            missing.append((start, seq - 1))
-            start = None
-    if start is not None:
-        missing.append((start, last))
-    for lo, hi in missing:
-        problems.append(f"missing seq {lo}" if lo == hi else f"missing seq {lo}-{hi}")
-    for seq in sorted(by_seq):
-        e = by_seq[seq]
-        if seq == 0 and e.prev_digest != ZERO_DIGEST.hex():
-            problems.append("broken_link at seq 0")
-        elif seq > 0 and seq - 1 in by_seq and e.prev_digest != by_seq[seq - 1].digest:
-            problems.append(f"broken_link at seq {seq}")
-    head = None
-    seq = 0
-    while seq in by_seq and (seq == 0 or by_seq[seq].prev_digest == by_seq[seq - 1].digest):
-        head = by_seq[seq].digest
-        seq += 1
-    if finals and any(s > finals[0] for s in by_seq):
-        problems.append(f"chunks after the final chunk {finals[0]}")
-    if not finals:
+    """(findings, complete, head digest) of a session's claimed chunks, by the tape's rules."""
+    chain = check_chain(
+        ChunkLink(e.seq, bytes.fromhex(e.digest), bytes.fromhex(e.prev_digest), e.final)
+        for e in entries
+    )
+    # Gaps first, then links: the order the index's problem lists have always had.
+    faults = sorted(chain.faults, key=lambda f: f.kind is not Fault.MISSING)
+    problems = [
+        (f"missing seq {f.seq}" if f.seq == f.last else f"missing seq {f.seq}-{f.last}")
+        if f.kind is Fault.MISSING
+        else f"broken_link at seq {f.seq}"
+        for f in faults
+    ]
+    if chain.after_final:
+        problems.append(f"chunks after the final chunk {chain.final_seq}")
+    if chain.final_seq is None:
         problems.append("no final chunk yet")
-    complete = bool(finals) and not problems
-    return problems, complete, head
+    head = chain.head_digest.hex() if chain.head_digest is not None else None
+    return problems, chain.complete, head
 
 
 def _entry(rec: Record, key: str, statements: int, first_ns: int, last_ns: int) -> ChunkEntry:

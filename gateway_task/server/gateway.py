@@ -160,7 +160,10 @@ class Gateway:
             self._archiver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._archiver
-            await asyncio.to_thread(self.archive.scan)  # what the last flush delivered
+            # Cancelling does not stop a scan already running in its thread: stop it after the
+            # object in hand. The rest (the last flush included) waits for the next scan, which
+            # every `tapegate` command runs first: a backlog must not hold up a shutdown.
+            await asyncio.to_thread(self.archive.stop)
         if self._dev_issuer is not None:
             self._dev_issuer.stop()
 
@@ -261,7 +264,7 @@ class Gateway:
                     if report.rejected or report.conflicts:
                         log.warning("archive: %s: %s", report.key, "; ".join(report.rejected[:5]))
                 if time.monotonic() - last_sweep > 60:
-                    await asyncio.to_thread(self.archive.pipeline.sweep)
+                    await asyncio.to_thread(self.archive.sweep)
                     last_sweep = time.monotonic()
             except Exception:  # keep serving; the next scan retries what failed
                 log.exception("archive scan failed")

@@ -1,15 +1,20 @@
 """Ports of the archive: where objects live, where sessions are indexed, how SQL is answered.
 
 One small interface each, one adapter per backend (local folder | S3, SQLite | DynamoDB,
-DuckDB | Athena). The pipeline and the CLI see only these interfaces.
+DuckDB | Athena). The pipeline and the CLI see only these interfaces. Where the adapters would
+otherwise repeat a decision, it lives here and they supply only the storage step (the model is
+Powertools' idempotency persistence layers).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
+
+from tapegate.tape.chain import Copy, second_copy
 
 
 class Claim(Enum):
@@ -77,17 +82,50 @@ class ObjectStore(Protocol):
     def list(self, prefix: str = "") -> list[str]: ...
 
 
-class Index(Protocol):
+@dataclass(frozen=True)
+class HeldChunk:
+    """The copy of a (session, seq) that the index kept: the first one claimed."""
+
+    digest: str
+    object_key: str
+
+
+class Index(ABC):
+    """The session index. `claim_chunk` decides here; an adapter supplies the atomic write."""
+
     def claim_chunk(self, entry: ChunkEntry) -> tuple[Claim, str | None]:
         """Record a verified chunk unless its (session, seq) is known; say which case it was
         and, for a conflict, the digest already held."""
+        if self._insert_chunk(entry):
+            return Claim.NEW, None
+        held = self._held_chunk(entry.session_id, entry.seq)
+        if second_copy(held.digest, entry.digest) is Copy.CONFLICT:
+            return Claim.CONFLICT, held.digest
+        # The same chunk: from the same object it is that object processed again (its rows are
+        # rewritten in place); from another it is a second delivery, and adds nothing.
+        again = held.object_key == entry.object_key
+        return (Claim.AGAIN if again else Claim.DUPLICATE), held.digest
 
+    @abstractmethod
+    def _insert_chunk(self, entry: ChunkEntry) -> bool:
+        """Write the chunk unless its (session, seq) is held, in one conditional write (never
+        read-then-write: two archive workers may claim the same chunk at once); whether it
+        was written."""
+
+    @abstractmethod
+    def _held_chunk(self, session_id: str, seq: int) -> HeldChunk:
+        """The copy held for a (session, seq) that `_insert_chunk` found taken."""
+
+    @abstractmethod
     def chunks(self, session_id: str) -> list[ChunkEntry]: ...
 
+    @abstractmethod
     def get_session(self, session_id: str) -> SessionRecord | None: ...
 
+    @abstractmethod
     def put_session(self, record: SessionRecord) -> None: ...
 
+    @abstractmethod
     def sessions(
         self,
         *,

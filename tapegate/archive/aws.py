@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from tapegate.archive import ChunkEntry, Claim, SessionRecord
+from tapegate.archive import ChunkEntry, HeldChunk, Index, SessionRecord
 from tapegate.schema import one_day_sql
 
 TABLE_SPEC: dict[str, Any] = {
@@ -66,29 +66,26 @@ class S3ObjectStore:
         return keys
 
 
-class DynamoIndex:
+class DynamoIndex(Index):
     def __init__(self, table: str, client: Any) -> None:
         self.table, self.client = table, client
 
-    def claim_chunk(self, entry: ChunkEntry) -> tuple[Claim, str | None]:
-        item = {"pk": {"S": f"S#{entry.session_id}"}, "sk": {"S": f"C#{entry.seq:012d}"}}
+    def _insert_chunk(self, entry: ChunkEntry) -> bool:
+        item = {"pk": {"S": f"S#{entry.session_id}"}, "sk": {"S": _chunk_sk(entry.seq)}}
         for name in _CHUNK_FIELDS:
             item[name] = _attr(getattr(entry, name))
         try:
             self.client.put_item(
                 TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
             )
-            return Claim.NEW, None
         except self.client.exceptions.ConditionalCheckFailedException:
-            pass
-        held = self.client.get_item(
-            TableName=self.table, Key={"pk": item["pk"], "sk": item["sk"]}, ConsistentRead=True
-        )["Item"]
-        digest = held["digest"]["S"]
-        if digest != entry.digest:
-            return Claim.CONFLICT, digest
-        same_object = held["object_key"]["S"] == entry.object_key
-        return (Claim.AGAIN if same_object else Claim.DUPLICATE), digest
+            return False
+        return True
+
+    def _held_chunk(self, session_id: str, seq: int) -> HeldChunk:
+        key = {"pk": {"S": f"S#{session_id}"}, "sk": {"S": _chunk_sk(seq)}}
+        held = self.client.get_item(TableName=self.table, Key=key, ConsistentRead=True)["Item"]
+        return HeldChunk(held["digest"]["S"], held["object_key"]["S"])
 
     def chunks(self, session_id: str) -> list[ChunkEntry]:
         out = []
@@ -270,6 +267,10 @@ def _athena_value(value: str | None, kind: str) -> Any:
     if kind == "boolean":
         return value == "true"
     return value
+
+
+def _chunk_sk(seq: int) -> str:
+    return f"C#{seq:012d}"
 
 
 def _attr(value: Any) -> dict[str, Any]:

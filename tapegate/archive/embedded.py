@@ -4,15 +4,20 @@ The gateway's folder sink writes delivery objects; `scan` feeds every object not
 to the same pipeline function the Lambda runs, and remembers it in the index. `tapegate
 sessions` and `tapegate query` call `scan` first too, so the archive is current even when no
 gateway is running.
+
+So several processes scan one data dir at once (the gateway's loop while a `tapegate` command
+catches up). Each object is claimed in the index transaction that records its effects: it is
+processed by one of them only, and a reader sees all of an object's effects or none.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
-from tapegate.archive.local import DuckDBQuery, LocalObjectStore, SqliteIndex
+from tapegate.archive.local import DuckDBQuery, IndexBusy, LocalObjectStore, SqliteIndex
 from tapegate.config import Config
 from tapegate.keys import Keyring, LocalKeyStore
 from tapegate.pipeline import ObjectReport, Pipeline
@@ -30,6 +35,8 @@ class LocalArchive:
         self._keys = LocalKeyStore(config.data_dir)
         self._pipeline: Pipeline | None = None
         self.default_auditor_key = self._keys.dir / "auditor.key"
+        self._stopping = threading.Event()
+        self._working = threading.Lock()  # held by a scan or sweep of this process
 
     def trusted(self) -> Keyring:
         return self._keys.trusted()
@@ -41,13 +48,52 @@ class LocalArchive:
         return self._pipeline
 
     def scan(self) -> list[ObjectReport]:
-        """Process every delivery object not processed yet, oldest first."""
+        """Process every delivery object not processed yet, oldest first; after `stop`, none."""
         reports = []
-        for key in self.deliveries.list():
-            if not key.endswith(".bin") or self.index.processed(key):
-                continue
-            path = self.deliveries.root / key
-            delivered_ns = int(os.stat(path).st_mtime_ns)
-            reports.append(self.pipeline.process_object(key, path.read_bytes(), delivered_ns))
-            self.index.mark_processed(key, time.time_ns())
+        with self._working:
+            for key in self.deliveries.list():
+                if self._stopping.is_set():
+                    break
+                if not key.endswith(".bin") or self.index.processed(key):
+                    continue
+                try:
+                    report = self._process(key)
+                except IndexBusy:
+                    # Stopping, or another process kept the index busy past the timeout: it is
+                    # indexing, and what it indexes shows once committed. The next scan goes on
+                    # from here.
+                    break
+                if report is not None:
+                    reports.append(report)
         return reports
+
+    def sweep(self) -> list[str]:
+        """Mark sessions open past the grace period as truncated (in one index transaction, so
+        that it cannot undo what another process indexes meanwhile)."""
+        with self._working:
+            if self._stopping.is_set():
+                return []
+            try:
+                with self.index.transaction(abandon=self._stopping):
+                    return self.pipeline.sweep()
+            except IndexBusy:  # stopping, or another process is busy: the next sweep does it
+                return []
+
+    def stop(self) -> None:
+        """Let a scan in progress finish the object in hand, and index nothing more; returns
+        once it has. What is left waits for the next scan: every `tapegate` command scans
+        first, and so does the next `tapegate up`."""
+        self._stopping.set()
+        with self._working:
+            pass
+
+    def _process(self, key: str) -> ObjectReport | None:
+        path = self.deliveries.root / key
+        delivered_ns = int(os.stat(path).st_mtime_ns)
+        data = path.read_bytes()  # read before taking the write lock, to hold it less
+        with self.index.transaction(abandon=self._stopping):
+            if self.index.processed(key):
+                return None  # another process took it while this one was reading it
+            report = self.pipeline.process_object(key, data, delivered_ns)
+            self.index.mark_processed(key, time.time_ns())
+        return report

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tapegate.archive import ChunkEntry, Claim, SessionRecord
+from tapegate.archive import ChunkEntry, HeldChunk, Index, SessionRecord
 from tapegate.schema import TABLES, arrow_schema, duckdb_view_sql, one_day_sql
 
 
@@ -20,11 +23,19 @@ class LocalObjectStore:
         self.root = Path(root)
 
     def put(self, key: str, data: bytes) -> None:
+        """Write a whole file or nothing: a reader (DuckDB globbing `*.parquet`) sees the old
+        file or the new one, never half of one."""
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        # A temp name of its own per writer: with one shared name, two writers of the same key
+        # renamed each other's temp file away (FileNotFoundError).
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def get(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
@@ -58,37 +69,86 @@ CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, processed_ns INTEGER N
 """
 
 
-class SqliteIndex:
-    """The session index in one SQLite file. Safe to share between threads of one process."""
+BUSY_TIMEOUT_S = 60.0  # how long a write waits for other processes' writes to commit
+LOCK_STEP_S = 0.1  # a transaction waiting for the write lock looks at its stop signal this often
+
+
+class IndexBusy(Exception):
+    """The write lock was not had: other processes kept it past the timeout, or the wait was
+    abandoned."""
+
+
+class SqliteIndex(Index):
+    """The session index in one SQLite file, shared by every process on the data dir (the
+    gateway's archive loop, each `tapegate` command): WAL lets readers read a committed state
+    while one writer writes, and a writer waits its turn (busy timeout) instead of failing.
+    Within a process, threads share one connection under a lock."""
 
     def __init__(self, path: Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(
+            str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         # Commits without an fsync each: the index can always be rebuilt from the delivered
         # objects, which are fsynced, and per-chunk fsyncs were most of the pipeline's time.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        # Reentrant: a transaction holds it across the pipeline's calls, so that another
+        # thread's statement waits instead of landing inside this thread's transaction.
+        self._lock = threading.RLock()
 
-    def claim_chunk(self, entry: ChunkEntry) -> tuple[Claim, str | None]:
+    @contextlib.contextmanager
+    def transaction(self, abandon: threading.Event | None = None) -> Iterator[None]:
+        """One atomic write: other processes see all of it or none, and wait while it runs.
+
+        Waiting for the write lock ends with IndexBusy after the busy timeout, or soon after
+        `abandon` is set (a stopping gateway must not wait out another process's backlog)."""
         with self._lock:
-            row = self._db.execute(
+            self._begin(abandon)
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _begin(self, abandon: threading.Event | None) -> None:
+        # IMMEDIATE takes the write lock up front, so that what is read inside cannot go stale
+        # before the write that depends on it (a deferred one would fail to upgrade instead).
+        # SQLite's own wait cannot be interrupted: wait in short steps, looking at `abandon`.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        self._db.execute(f"PRAGMA busy_timeout = {int(LOCK_STEP_S * 1000)}")
+        try:
+            while True:
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # any BUSY_* kind
+                        raise
+                    if time.monotonic() >= deadline or (abandon and abandon.is_set()):
+                        raise IndexBusy(str(exc)) from exc
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+
+    def _insert_chunk(self, entry: ChunkEntry) -> bool:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                (entry.session_id, entry.seq, entry.digest, entry.prev_digest,
+                 int(entry.final), entry.sealed_ns, entry.object_key, entry.bytes_c2s,
+                 entry.bytes_s2c, entry.statements, entry.first_ns, entry.last_ns),
+            )  # fmt: skip
+            return cur.rowcount == 1
+
+    def _held_chunk(self, session_id: str, seq: int) -> HeldChunk:
+        with self._lock:
+            digest, key = self._db.execute(
                 "SELECT digest, object_key FROM chunks WHERE session_id = ? AND seq = ?",
-                (entry.session_id, entry.seq),
+                (session_id, seq),
             ).fetchone()
-            if row is None:
-                self._db.execute(
-                    "INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (entry.session_id, entry.seq, entry.digest, entry.prev_digest,
-                     int(entry.final), entry.sealed_ns, entry.object_key, entry.bytes_c2s,
-                     entry.bytes_s2c, entry.statements, entry.first_ns, entry.last_ns),
-                )  # fmt: skip
-                return Claim.NEW, None
-        digest, key = row
-        if digest != entry.digest:
-            return Claim.CONFLICT, digest
-        return (Claim.AGAIN if key == entry.object_key else Claim.DUPLICATE), digest
+        return HeldChunk(digest, key)
 
     def chunks(self, session_id: str) -> list[ChunkEntry]:
         with self._lock:

@@ -14,7 +14,8 @@ from enum import StrEnum
 
 from nacl.signing import VerifyKey
 
-from tapegate.tape.codec import ZERO_DIGEST, Record, TapeFormatError, decode_record
+from tapegate.tape.chain import Chain, Copy, Fault, check_chain, second_copy
+from tapegate.tape.codec import Record, TapeFormatError, decode_record
 from tapegate.tape.seal import check_signature
 
 
@@ -101,7 +102,7 @@ def verify_session(
         seen = by_seq.get(rec.seq)
         if seen is None:
             by_seq[rec.seq] = rec
-        elif seen.raw != rec.raw:
+        elif second_copy(seen.digest, digest) is Copy.CONFLICT:
             # Both are validly signed: the first copy is kept, the clash is the finding.
             problems.append(
                 Problem(
@@ -111,60 +112,36 @@ def verify_session(
                 )
             )
 
-    problems += _check_chain(by_seq)
-    ordered = tuple(by_seq[s] for s in sorted(by_seq))
-    finals = [r.seq for r in ordered if r.final]
-    final_seq = finals[0] if finals else None
-    if final_seq is not None:
-        for r in ordered:
-            if r.seq > final_seq:
-                problems.append(
-                    Problem(ProblemKind.AFTER_FINAL, r.seq, f"final chunk is seq {final_seq}")
-                )
-    else:
-        last = ordered[-1].seq if ordered else None
-        detail = "no chunks verified" if last is None else f"last chunk seen is seq {last}"
-        problems.append(Problem(ProblemKind.NO_FINAL, None, detail))
-
+    chain = check_chain(by_seq.values())
+    problems += _chain_problems(chain, max(by_seq, default=None))
     return Verdict(
         session_id=session_id,
         problems=tuple(problems),
         chunks=len(by_seq),
-        final_seq=final_seq,
-        head_digest=_head_digest(by_seq),
-        records=ordered,
+        final_seq=chain.final_seq,
+        head_digest=chain.head_digest,
+        records=tuple(by_seq[s] for s in sorted(by_seq)),
     )
 
 
-def _check_chain(by_seq: dict[int, Record]) -> list[Problem]:
-    problems: list[Problem] = []
-    if not by_seq:
-        return problems
-    expected = 0
-    for seq in sorted(by_seq):
-        if seq > expected:
-            last = seq - 1
-            span = f"{expected}" if expected == last else f"{expected}-{last}"
-            problems.append(Problem(ProblemKind.MISSING, expected, f"seq {span} absent"))
-        rec = by_seq[seq]
-        if seq == 0:
-            if rec.prev_digest != ZERO_DIGEST:
-                problems.append(Problem(ProblemKind.BROKEN_LINK, 0, "chunk 0 must link to zeros"))
-        elif seq - 1 in by_seq and rec.prev_digest != by_seq[seq - 1].digest:
+def _chain_problems(chain: Chain, last_seq: int | None) -> list[Problem]:
+    """The chain rules' findings as the verifier names them."""
+    problems = []
+    for fault in chain.faults:
+        if fault.kind is Fault.MISSING:
+            span = f"{fault.seq}" if fault.seq == fault.last else f"{fault.seq}-{fault.last}"
+            problems.append(Problem(ProblemKind.MISSING, fault.seq, f"seq {span} absent"))
+        elif fault.seq == 0:
+            problems.append(Problem(ProblemKind.BROKEN_LINK, 0, "chunk 0 must link to zeros"))
+        else:
             problems.append(
-                Problem(ProblemKind.BROKEN_LINK, seq, "prev_digest differs from chunk before")
+                Problem(ProblemKind.BROKEN_LINK, fault.seq, "prev_digest differs from chunk before")
             )
-        expected = seq + 1
+    for seq in chain.after_final:
+        problems.append(
+            Problem(ProblemKind.AFTER_FINAL, seq, f"final chunk is seq {chain.final_seq}")
+        )
+    if chain.final_seq is None:
+        detail = "no chunks verified" if last_seq is None else f"last chunk seen is seq {last_seq}"
+        problems.append(Problem(ProblemKind.NO_FINAL, None, detail))
     return problems
-
-
-def _head_digest(by_seq: dict[int, Record]) -> bytes | None:
-    head = None
-    seq = 0
-    while seq in by_seq:
-        rec = by_seq[seq]
-        if seq and rec.prev_digest != head:
-            break
-        head = rec.digest
-        seq += 1
-    return head

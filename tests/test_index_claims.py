@@ -1,0 +1,63 @@
+"""Chunk claiming: one decision (tapegate.archive.Index), the same answers from every adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tapegate.archive import ChunkEntry, Claim, Index
+from tapegate.archive.local import SqliteIndex
+
+REGION = "us-east-1"
+FIRST = ChunkEntry("s-1", 3, "aa" * 32, "bb" * 32, False, 1, "object-1", 10, 20, 1, 1, 2)
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Index]:
+    if request.param == "sqlite":
+        yield SqliteIndex(tmp_path / "index.sqlite")
+        return
+    moto = pytest.importorskip("moto")
+    from tapegate.archive.aws import TABLE_SPEC, DynamoIndex
+
+    mp = pytest.MonkeyPatch()
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        mp.setenv(k, "testing")
+    try:
+        with moto.mock_aws():
+            client = boto3.client("dynamodb", region_name=REGION)
+            client.create_table(TableName="index", **TABLE_SPEC)
+            yield DynamoIndex("index", client)
+    finally:
+        mp.undo()
+
+
+def test_every_case_of_a_claim(index: Index) -> None:
+    assert index.claim_chunk(FIRST) == (Claim.NEW, None)
+    assert index.claim_chunk(FIRST) == (Claim.AGAIN, FIRST.digest)
+    elsewhere = replace(FIRST, object_key="object-2")
+    assert index.claim_chunk(elsewhere) == (Claim.DUPLICATE, FIRST.digest)
+    forged = replace(FIRST, digest="cc" * 32, object_key="object-3")
+    assert index.claim_chunk(forged) == (Claim.CONFLICT, FIRST.digest)
+    assert index.claim_chunk(replace(FIRST, seq=4)) == (Claim.NEW, None)
+    # The first copy is the one kept, whatever came after it.
+    assert [(e.seq, e.digest, e.object_key) for e in index.chunks("s-1")] == [
+        (3, FIRST.digest, "object-1"),
+        (4, FIRST.digest, "object-1"),
+    ]
+
+
+def test_a_chunk_claimed_through_another_connection_is_held(tmp_path: Path) -> None:
+    """Two processes each have their own connection to the index file."""
+    one, other = SqliteIndex(tmp_path / "index.sqlite"), SqliteIndex(tmp_path / "index.sqlite")
+    assert one.claim_chunk(FIRST) == (Claim.NEW, None)
+    assert other.claim_chunk(replace(FIRST, object_key="object-2")) == (
+        Claim.DUPLICATE,
+        FIRST.digest,
+    )
+    with other.transaction():  # a claim inside an object's transaction sees the same
+        assert other.claim_chunk(replace(FIRST, digest="cc" * 32))[0] is Claim.CONFLICT
