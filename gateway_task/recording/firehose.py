@@ -52,6 +52,11 @@ class SendError:
     message: str
     permanent: bool
 
+    @property
+    def throttled(self) -> bool:
+        """Firehose is there and busy: back off and retry, but it is no outage."""
+        return "Throttl" in self.code or self.code == "LimitExceededException"
+
 
 def classify(exc: Exception) -> SendError:
     """A failed call: botocore's ClientError carries the service's code; anything else (no
@@ -155,9 +160,11 @@ class FirehoseSink(BatchingSink):
                 )
             except Exception as exc:
                 error = classify(exc)
-                self._degrade(error)
                 if error.permanent:
+                    self._degrade(error)
                     return pending
+                if not error.throttled:  # an outage: new batches go to the spool meanwhile
+                    self._degrade(error)
                 continue
             results = response.get("RequestResponses", [])
             failed: list[bytes] = []

@@ -25,14 +25,17 @@ from gateway_task.metrics import GatewayMetrics
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.recording.local import LocalFolderSink
 from gateway_task.recording.sink import Sink
+from gateway_task.server.admission import Admission, Slot
 from gateway_task.server.http import HttpConnection
 from gateway_task.server.listeners import SniffingListener
 from gateway_task.server.postgres import PgConnection, PgSession
+from gateway_task.server.refusals import RefusalLedger
 from gateway_task.tls import server_context
 from tapegate.archive.embedded import LocalArchive
 from tapegate.config import Config
 from tapegate.keys import LocalKeyStore, load_signing_key
 from tapegate.tape import Event, Identity, SessionHeader, TapeWriter
+from tapegate.vocab import EndReason
 
 log = logging.getLogger("tapegate.gateway")
 
@@ -51,8 +54,9 @@ class LiveSession(Protocol):
     @property
     def idle(self) -> bool: ...
 
-    def abort(self) -> None:
-        """Stop forwarding now (shutdown, a failing archive); the session records its end."""
+    def end(self, reason: EndReason) -> None:
+        """Stop forwarding now (shutdown, a failing archive, an expired token): the session
+        tells its client why in its protocol's own terms, and records its end with `reason`."""
 
 
 class Gateway:
@@ -81,6 +85,11 @@ class Gateway:
         self.metrics.sources.append(self._sink_metrics)
         self.verifier = verifier or OidcVerifier(config.identity)
         self.tls = server_context(config.tls, config.data_dir)
+        self.admission = Admission(config.limits, self.metrics)
+        self.refusals = RefusalLedger(config.limits.refusals_per_source,
+                                      config.limits.refusal_interval_s)  # fmt: skip
+        self.metrics.gauges["connections_open"] = lambda: float(self.admission.open)
+        self.metrics.gauges["connections_preauth"] = lambda: float(self.admission.preauth)
         self.sessions: set[LiveSession] = set()
         self.cancel_keys: dict[tuple[int, int], PgSession] = {}
         self.addresses: dict[str, str] = {}
@@ -117,7 +126,8 @@ class Gateway:
         if self.config.listen_http is not None:
             listen = self.config.listen_http
             http_tls = server_context(self.config.tls, self.config.data_dir, alpn=["http/1.1"])
-            sniffing = SniffingListener(listen.host, listen.port, http_tls, self._accept_http)
+            sniffing = SniffingListener(listen.host, listen.port, http_tls, self._accept_http,
+                                        self.admission)  # fmt: skip
             sniffing.start()
             self._listening_on("http", sniffing)
         if self.config.listen_ssh is not None:
@@ -140,8 +150,7 @@ class Gateway:
                 break
             await asyncio.sleep(0.05)
         for session in list(self.sessions):
-            session.end_reason = session.end_reason or "gateway_shutdown"
-            session.abort()
+            session.end(EndReason.GATEWAY_SHUTDOWN)
         for server in self._servers:
             if hasattr(server, "close_connections"):
                 await server.close_connections()
@@ -153,6 +162,7 @@ class Gateway:
                 await asyncio.wait(unfinished, timeout=5)
         if self._ticker:
             self._ticker.cancel()
+        self._seal_refusal_summaries(everything=True)
         lost = await asyncio.to_thread(self.sink.close)
         if lost:
             log.error("the archive is failing: %d bytes of sealed records were not delivered", lost)
@@ -209,10 +219,18 @@ class Gateway:
         started_ns: int | None = None,
         first: Event | None = None,
     ) -> None:
-        """A refused login or request is a session too: one `auth` event, ended "refused"."""
+        """A refused login or request is a session too: one `auth` event, ended "refused";
+        past the per-source rate it is folded into that source's summary instead."""
         self.metrics.inc("sessions_refused")
         who = identity or Identity(issuer=self.config.identity.issuer_url, subject="(unverified)")
         now = time.time_ns()
+        source = client_addr.rsplit(":", 1)[0]
+        if not self.refusals.take(source, now):
+            self.metrics.inc("refusals_folded")
+            self.refusals.fold(source, now, protocol=protocol, target=target,
+                               reason=str(attrs.get("reason", "")),
+                               subject=identity.subject if identity else None)  # fmt: skip
+            return
         try:
             recorder = self.open_recorder(who, target, protocol, client_addr, started_ns or now)
             if first is not None:
@@ -222,6 +240,21 @@ class Gateway:
         except RecordingUnavailable:
             log.error("could not record a refused %s connection from %s", protocol, client_addr)
         log.info("refused %s %s: %s", protocol, client_addr, attrs.get("reason"))
+
+    def _seal_refusal_summaries(self, everything: bool = False) -> None:
+        for summary in self.refusals.due(time.time_ns(), everything):
+            who = Identity(issuer=self.config.identity.issuer_url, subject="(refusal summary)")
+            protocol = summary.by_protocol.most_common(1)[0][0]
+            try:
+                recorder = self.open_recorder(who, "(refusals)", protocol,
+                                              f"{summary.source}:0", summary.first_ns)  # fmt: skip
+                recorder.event(Event(time.time_ns(), "refusal_summary", None, summary.attrs()))
+                recorder.close(EndReason.REFUSED)
+            except RecordingUnavailable:
+                log.error("could not record a summary of %d refusals from %s", summary.count,
+                          summary.source)  # fmt: skip
+            log.warning("folded %d refusals from %s into one summary", summary.count,
+                        summary.source)  # fmt: skip
 
     def _sink_metrics(self) -> dict[str, float]:
         stats = getattr(self.sink, "stats", {})
@@ -245,13 +278,24 @@ class Gateway:
                 print(self.metrics.emf(), flush=True)
                 last_emf = time.monotonic()
             now = time.time_ns()
+            expired_before = time.time() - self.config.identity.leeway_s
             for session in list(self.sessions):
                 try:
                     session.recorder.tick(now)
                 except RecordingUnavailable:
-                    session.end_reason = "recording_failed"
-                    session.abort()
+                    session.end(EndReason.RECORDING_FAILED)
+                    continue
+                if self._expired(session, expired_before):
+                    session.end(EndReason.TOKEN_EXPIRED)
+            self._seal_refusal_summaries()
             self.sink.tick(time.monotonic_ns())
+
+    def _expired(self, session: LiveSession, before: float) -> bool:
+        """`identity.on_token_expiry: end`: the token's `exp` (+ leeway) has passed."""
+        if self.config.identity.on_token_expiry != "end" or session.end_reason is not None:
+            return False
+        expires_at = session.recorder.writer.header.identity.expires_at
+        return expires_at is not None and expires_at < before
 
     async def _archive_forever(self) -> None:
         """The embedded pipeline: index each delivered object within about a second."""
@@ -275,12 +319,15 @@ class Gateway:
         self._servers.append(server)
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.track(self._connection(PgConnection(self, reader, writer).run(), writer))
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        slot = self.admission.arrive(peer[0])
+        self.track(self._connection(PgConnection(self, reader, writer, slot).run(), writer))
 
     def _accept_http(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool, slot: Slot
     ) -> None:
-        self.track(self._connection(HttpConnection(self, reader, writer, tls).run(), writer))
+        connection = HttpConnection(self, reader, writer, tls, slot)
+        self.track(self._connection(connection.run(), writer))
 
     def track(self, work: Coroutine[Any, Any, None]) -> None:
         """Run one connection's work as a task that shutdown waits for."""

@@ -30,8 +30,10 @@ from gateway_task.secrets import CredentialError, header_value
 from gateway_task.tls import upstream_https_context
 from tapegate.config import Target
 from tapegate.tape import Direction, Event, Identity
+from tapegate.vocab import EndReason
 
 if TYPE_CHECKING:
+    from gateway_task.server.admission import Slot
     from gateway_task.server.gateway import Gateway
 
 log = logging.getLogger("tapegate.gateway")
@@ -64,7 +66,10 @@ class HttpSession:
     end_reason: str | None = None
     idle: bool = True
 
-    def abort(self) -> None:
+    def end(self, reason: EndReason) -> None:
+        if reason == EndReason.TOKEN_EXPIRED:
+            return  # HTTP checks the token on every request: the next one gets its 401
+        self.end_reason = self.end_reason or reason
         for task in self.tasks:
             task.cancel()
 
@@ -101,9 +106,15 @@ class _Outbox:
 
 class HttpConnection:
     def __init__(
-        self, gw: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool
+        self,
+        gw: Gateway,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        tls: bool,
+        slot: Slot,
     ) -> None:
         self.gw = gw
+        self.slot = slot  # pre-auth until a request is admitted
         self.reader, self.writer, self.tls = reader, writer, tls
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.client_addr = f"{peer[0]}:{peer[1]}"
@@ -117,7 +128,7 @@ class HttpConnection:
         reason = "client_closed"
         try:
             while True:
-                event = await self._client_event(IDLE_TIMEOUT_S, first=True)
+                event = await self._request_head()
                 if not isinstance(event, h11.Request):
                     break  # ConnectionClosed
                 if not await self._exchange(event):
@@ -134,16 +145,30 @@ class HttpConnection:
             if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 status = exc.error_status_hint
                 await self._send_error(status, f"malformed HTTP request: {exc}", record=False)
-        except (_Closed, TimeoutError, ConnectionError, ssl.SSLError):
+        except TimeoutError:
+            if self.conn.our_state is h11.IDLE and self.conn.trailing_data[0]:
+                await self._send_error(408, "the request head did not arrive in time", record=False)
+        except (_Closed, ConnectionError, ssl.SSLError):
             pass
         except RecordingUnavailable as exc:
             reason = "recording_failed"
             log.error("http %s: recording unavailable: %s", self.client_addr, exc)
             if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 await self._send_error(503, _UNRECORDABLE, record=False)
+        except asyncio.CancelledError:
+            # end(): the gateway stops this session (shutdown, a failing archive). A request
+            # waiting for its response gets the reason as a 503; between requests, the close.
+            ended = self.session.end_reason if self.session is not None else None
+            if ended is None:
+                raise
+            if self.conn.our_state == h11.SEND_RESPONSE:
+                message = (_UNRECORDABLE if ended == EndReason.RECORDING_FAILED
+                           else "tapegate is shutting down: retry on another gateway")  # fmt: skip
+                await self._send_error(503, message, record=False)
         finally:
             self._close_upstream()
             self._end_session(reason)
+            self.slot.release()
 
     # -- one request ----------------------------------------------------------------------------
 
@@ -155,6 +180,7 @@ class HttpConnection:
                 # h11 caps only a head still arriving; one read can bring a whole oversized one.
                 raise _Refused(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes")
             target, identity, rest = await self._admit(request)
+            self.slot.admitted()
         except _Refused as refusal:
             self._record_refusal(request, refusal, started)
             await self._send_error(refusal.status, refusal.message, refusal.headers, record=False)
@@ -518,19 +544,41 @@ class HttpConnection:
         except (ConnectionError, RuntimeError, OSError):
             raise _Closed from None
 
-    async def _client_event(self, timeout: float, first: bool = False) -> object:
+    async def _request_head(self) -> object:
+        """The next request's head. Its first byte may take IDLE_TIMEOUT_S; from then on the
+        whole head has HEAD_TIMEOUT_S, and until a request is admitted, everything has the
+        slot's pre-auth deadline. Deadlines are absolute: trickled bytes do not extend them."""
+        loop = asyncio.get_running_loop()
+        head_deadline = loop.time() + HEAD_TIMEOUT_S if self.conn.trailing_data[0] else None
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            wait = timeout if first and not self.conn.trailing_data[0] else HEAD_TIMEOUT_S
+            now = loop.time()
+            limit = head_deadline if head_deadline is not None else now + IDLE_TIMEOUT_S
+            if self.slot.preauth:
+                limit = min(limit, now + self.slot.remaining_s)
             try:
-                async with asyncio.timeout(wait):  # no task per read, as wait_for makes
+                async with asyncio.timeout_at(limit):  # no task per read, as wait_for makes
                     data = await self.reader.read(READ_SIZE)
             except (ConnectionError, OSError):
                 data = b""
             self.conn.receive_data(data)
-            first = False
+            if head_deadline is None:
+                head_deadline = loop.time() + HEAD_TIMEOUT_S
+
+    async def _client_event(self, timeout: float) -> object:
+        """The next event of a request body: each read may take `timeout` (an idle timeout)."""
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(READ_SIZE)
+            except (ConnectionError, OSError):
+                data = b""
+            self.conn.receive_data(data)
 
     async def _upstream_event(self, up: _Upstream, timeout: float | None) -> object:
         while True:

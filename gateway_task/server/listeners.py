@@ -13,17 +13,22 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from gateway_task.server.admission import Admission, Slot
+
 log = logging.getLogger("tapegate.gateway")
 
 TLS_HANDSHAKE = 0x16
-FIRST_BYTE_TIMEOUT_S = 30.0
 
-# Called with each connection once its kind is known (True: TLS); it starts the session's task.
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bool], None]
+# Called with each connection once its kind is known (True: TLS) and its slot under the limits;
+# it starts the session's task, which releases the slot.
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bool, Slot], None]
 
 
 class SniffingListener:
-    def __init__(self, host: str, port: int, tls: ssl.SSLContext, handler: Handler) -> None:
+    def __init__(
+        self, host: str, port: int, tls: ssl.SSLContext, handler: Handler, admission: Admission
+    ) -> None:
+        self._admission = admission
         self._sock = socket.create_server((host, port), reuse_port=False, backlog=1024)
         self._sock.setblocking(False)
         self._tls = tls
@@ -51,35 +56,48 @@ class SniffingListener:
                 log.error("accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
+            slot = self._admission.arrive(conn.getpeername()[0])
+            if isinstance(slot, str):
+                # Over a limit, before TLS: no HTTP answer can reach a TLS client yet, and a
+                # handshake per refused socket is what a flood would want. Closed and counted.
+                log.warning("http: refused a connection: %s", slot)
+                conn.close()
+                continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = asyncio.create_task(self._start(conn))
+            task = asyncio.create_task(self._start(conn, slot))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _start(self, conn: socket.socket) -> None:
+    async def _start(self, conn: socket.socket, slot: Slot) -> None:
         loop = asyncio.get_running_loop()
         try:
-            first = await asyncio.wait_for(_peek(loop, conn), FIRST_BYTE_TIMEOUT_S)
+            # The first byte and the TLS handshake count against the slot's pre-auth deadline.
+            first = await asyncio.wait_for(_peek(loop, conn), slot.remaining_s)
             if not first:
                 conn.close()
+                slot.release()
                 return
             tls = first[0] == TLS_HANDSHAKE
             reader = asyncio.StreamReader(limit=2**20)
             protocol = asyncio.StreamReaderProtocol(reader)
             handshake = (
-                {"ssl": self._tls, "ssl_handshake_timeout": FIRST_BYTE_TIMEOUT_S} if tls else {}
+                {"ssl": self._tls, "ssl_handshake_timeout": max(0.1, slot.remaining_s)}
+                if tls
+                else {}
             )
             transport, _ = await loop.connect_accepted_socket(  # type: ignore[type-var]
                 lambda: protocol, conn, **handshake
             )
         except (TimeoutError, OSError, ssl.SSLError):
             conn.close()
+            slot.release()
             return
         except BaseException:
             conn.close()
+            slot.release()
             raise
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        self._handler(reader, writer, tls)
+        self._handler(reader, writer, tls, slot)
 
 
 async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:

@@ -27,15 +27,17 @@ from gateway_task.secrets import CredentialError, target_password
 from gateway_task.tls import upstream_context
 from tapegate.config import Target
 from tapegate.tape import Direction, Event, Identity
+from tapegate.vocab import EndReason
 
 if TYPE_CHECKING:
+    from gateway_task.server.admission import Slot
     from gateway_task.server.gateway import Gateway
 
 log = logging.getLogger("tapegate.gateway")
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 READ_SIZE = 256 * 1024
-STARTUP_TIMEOUT_S = 30.0
+OFF_LOOP_BYTES = 1 << 20  # a client message this large is parsed off the event loop
 UPSTREAM_TIMEOUT_S = 10.0
 
 
@@ -61,16 +63,22 @@ class PgSession:
     def idle(self) -> bool:
         return self.relay is None or self.relay.idle
 
-    def abort(self) -> None:
+    def end(self, reason: EndReason) -> None:
+        self.end_reason = self.end_reason or reason
         for task in self.tasks:
             task.cancel()
 
 
 class PgConnection:
     def __init__(
-        self, gw: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        gw: Gateway,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        slot: Slot | str,
     ) -> None:
         self.gw = gw
+        self.slot = slot  # its place under the limits, or why it has none
         self.reader, self.writer = reader, writer
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.client_addr = f"{peer[0]}:{peer[1]}"
@@ -81,9 +89,24 @@ class PgConnection:
         self.startup = m.StartupMessage()  # the client's, once read
 
     async def run(self) -> None:
+        if isinstance(self.slot, str):
+            # As the postmaster does when it cannot take a connection: at once, before reading.
+            await self._send(m.error_response("53300", f"sorry, {self.slot}"))
+            return
         try:
-            startup = await asyncio.wait_for(self._startup(), STARTUP_TIMEOUT_S)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            await self._run(self.slot)
+        finally:
+            self.slot.release()
+
+    async def _run(self, slot: Slot) -> None:
+        # One deadline from accept to admission (TLS, startup, token): trickled bytes do not
+        # extend it.
+        try:
+            startup = await asyncio.wait_for(self._startup(), slot.remaining_s)
+        except TimeoutError:
+            await self._send(self._too_slow())
+            return
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             return
         except m.ProtocolError as exc:
             await self._send(m.error_response("08P01", f"protocol violation: {exc}"))
@@ -93,14 +116,24 @@ class PgConnection:
         self.params = startup.params
         self.startup = startup
         try:
-            identity, target = await asyncio.wait_for(self._authenticate(), STARTUP_TIMEOUT_S)
+            identity, target = await asyncio.wait_for(self._authenticate(), slot.remaining_s)
         except _Refused as refusal:
             self._record_refusal(refusal)
             await self._send(m.error_response(refusal.code, refusal.message, hint=refusal.hint))
             return
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+        except TimeoutError:
+            await self._send(self._too_slow())
             return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        slot.admitted()
         await self._session(identity, target)
+
+    def _too_slow(self) -> bytes:
+        limit = self.gw.config.limits.preauth_deadline_s
+        return m.error_response(
+            "08P01", f"the login took too long (limits.preauth_deadline_s is {limit} s)"
+        )
 
     # -- startup phase -------------------------------------------------------------------------
 
@@ -360,6 +393,7 @@ class PgConnection:
         up_writer: asyncio.StreamWriter,
     ) -> str:
         recorder = session.recorder
+        relay_lock = asyncio.Lock()
 
         async def client_to_upstream() -> str:
             while True:
@@ -369,7 +403,14 @@ class PgConnection:
                 ts = time.time_ns()
                 recorder.frame(C2S, data, ts)
                 try:
-                    forward, events = relay.from_client(data, ts)
+                    if relay.client_buffered + len(data) >= OFF_LOOP_BYTES:
+                        # A large message may complete here: naming its statements for the
+                        # guardrails takes a while, so it runs on a thread, the relay locked
+                        # meanwhile, and the loop keeps serving everyone else.
+                        async with relay_lock:
+                            forward, events = await asyncio.to_thread(relay.from_client, data, ts)
+                    else:
+                        forward, events = relay.from_client(data, ts)
                 except m.ProtocolError as exc:
                     recorder.event(Event(ts, "protocol_error", C2S, {"message": str(exc)}))
                     await self._send_recorded(
@@ -402,6 +443,9 @@ class PgConnection:
                         )
                     return "upstream_closed"
                 ts = time.time_ns()
+                if relay_lock.locked():  # the other direction is in the relay, on a thread
+                    async with relay_lock:
+                        pass
                 try:
                     segments, events = relay.from_server(data, ts)
                 except m.ProtocolError as exc:
@@ -427,12 +471,8 @@ class PgConnection:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        if session.end_reason is not None:  # set by shutdown or the ticker
-            if session.end_reason == "gateway_shutdown" and relay.at_boundary:
-                await self._send_recorded(
-                    recorder,
-                    m.error_response("57P01", "terminating connection: tapegate is shutting down"),
-                )
+        if session.end_reason is not None:  # set by end(): shutdown, the ticker
+            await self._say_end(session, relay)
             return session.end_reason
         first = done.pop()
         if first.cancelled():
@@ -444,6 +484,24 @@ class PgConnection:
             log.error("session %s relay error: %r", recorder.session_id, exc)
             return "error"
         return first.result()
+
+    async def _say_end(self, session: PgSession, relay: PgRelay) -> None:
+        """Tell the client why the gateway ended its session, as PostgreSQL would: a FATAL
+        error between messages (mid-message only the connection's close can say it)."""
+        if not relay.at_boundary:
+            return
+        reason = session.end_reason
+        if reason == EndReason.RECORDING_FAILED:
+            # Not recorded: the archive is what failed. The client still learns why.
+            await self._send(_unrecordable(self.gw.sink.failure or "the archive is failing"))
+        elif reason == EndReason.GATEWAY_SHUTDOWN:
+            await self._send_recorded(session.recorder, m.error_response(
+                "57P01", "terminating connection: tapegate is shutting down"))  # fmt: skip
+        elif reason == EndReason.TOKEN_EXPIRED:
+            await self._send_recorded(session.recorder, m.error_response(
+                "28000", "terminating connection: your OIDC token has expired",
+                hint="Connect again with a fresh token (the gateway's identity.on_token_expiry "
+                     "is end)."))  # fmt: skip
 
     async def _send(self, data: bytes) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError, OSError):

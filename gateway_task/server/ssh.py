@@ -32,11 +32,11 @@ from tapegate.keys import load_ssh_host_seed
 from tapegate.tape import Event, Identity
 
 if TYPE_CHECKING:
+    from gateway_task.server.admission import Slot
     from gateway_task.server.gateway import Gateway
 
 log = logging.getLogger("tapegate.gateway")
 
-LOGIN_TIMEOUT_S = 30.0
 UPSTREAM_TIMEOUT_S = 10.0
 
 
@@ -82,7 +82,7 @@ async def start_ssh_server(gw: Gateway, listen: Address) -> SshListener:
         server_version="tapegate",
         encoding=None,
         line_editor=False,
-        login_timeout=LOGIN_TIMEOUT_S,
+        login_timeout=gw.config.limits.preauth_deadline_s,
         keepalive_interval=60,
         encryption_algs=CIPHERS,
         max_pktsize=CLIENT_MAX_PACKET,
@@ -135,6 +135,7 @@ class SshClientLink(asyncssh.SSHServer):
         self.method = ""
         self.upstream: asyncssh.SSHClientConnection | None = None
         self.upstream_error: str | None = None
+        self.slot: Slot | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -143,8 +144,17 @@ class SshClientLink(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.client_addr = f"{peer[0]}:{peer[1]}"
         self._links.add(self)
+        # The pre-auth deadline is asyncssh's login_timeout, which runs from this moment.
+        slot = self.gw.admission.arrive(str(peer[0]))
+        if isinstance(slot, str):
+            log.warning("ssh %s: refused a connection: %s", self.client_addr, slot)
+            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"tapegate: {slot}")
+            return
+        self.slot = slot
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.slot is not None:
+            self.slot.release()
         self._links.discard(self)
         if self.upstream is not None:
             self.upstream.close()
@@ -194,6 +204,8 @@ class SshClientLink(asyncssh.SSHServer):
             return self._refuse(username, "the archive is failing: nothing runs unrecorded",
                                 method, identity)  # fmt: skip
         self.target, self.identity, self.method = found, identity, method
+        if self.slot is not None:
+            self.slot.admitted()
         # Log in upstream now: a failure is then told when the client opens its first channel.
         try:
             self.upstream = await asyncio.wait_for(connect_upstream(found), UPSTREAM_TIMEOUT_S)
@@ -222,7 +234,24 @@ class SshClientLink(asyncssh.SSHServer):
 
     # -- channels -----------------------------------------------------------------------------
 
+    def _token_expired(self, channel: str) -> bool:
+        """`identity.on_token_expiry: end`: no new channel opens on an expired token. The
+        refusal is recorded like any other, and the client is told why."""
+        cfg = self.gw.config.identity
+        expires_at = self.identity.expires_at if self.identity is not None else None
+        if cfg.on_token_expiry != "end" or expires_at is None:
+            return False
+        if expires_at + cfg.leeway_s >= time.time():
+            return False
+        reason = "your OIDC token has expired: log in again with a fresh one"
+        self.gw.record_refusal(
+            self.identity, self.target.name if self.target else "(none)", "ssh",
+            self.client_addr, {"method": self.method, "reason": reason, "channel": channel},
+        )  # fmt: skip
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
+
     def session_requested(self) -> SessionRelay:
+        self._token_expired("session")
         recorder = self._channel_recorder("session")
         if self.upstream is None:
             self._fail_channel(recorder)
@@ -249,6 +278,7 @@ class SshClientLink(asyncssh.SSHServer):
         return False
 
     def _forward(self, attrs: dict[str, Any]) -> Any:
+        self._token_expired("port_forward")
         recorder = self._channel_recorder("port_forward")
         assert self.target is not None
         if not self.target.allow_port_forwarding:

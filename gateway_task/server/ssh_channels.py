@@ -25,6 +25,7 @@ from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.recording.gate import ForwardGate
 from tapegate.config import Target
 from tapegate.tape import Direction, Event
+from tapegate.vocab import EndReason
 
 if TYPE_CHECKING:
     from gateway_task.server.gateway import Gateway
@@ -32,7 +33,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("tapegate.gateway")
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
-UNRECORDABLE = "tapegate cannot record this session, so it is closed: nothing runs unrecorded"
+_END_MESSAGES = {
+    EndReason.RECORDING_FAILED:
+        "cannot record this session, so it is closed: nothing runs unrecorded",
+    EndReason.GATEWAY_SHUTDOWN: "the gateway is shutting down",
+    EndReason.TOKEN_EXPIRED: "your OIDC token has expired: log in again with a fresh one",
+}  # fmt: skip
 
 
 class _Relay:
@@ -67,6 +73,19 @@ class _Relay:
     def idle(self) -> bool:
         return False  # a channel is busy until it closes: shutdown waits up to its drain time
 
+    def end(self, reason: EndReason) -> None:
+        """Close the channel, telling the client why on its stderr (an exec's or shell's); the
+        connection stays, so a new channel with a fresh login can follow."""
+        self.end_reason = self.end_reason or reason
+        self.to_target.cancel()
+        self.to_client.cancel()
+        message = _END_MESSAGES.get(reason)
+        if message and self.chan is not None and hasattr(self.chan, "write_stderr"):
+            with contextlib.suppress(Exception):
+                self.chan.write_stderr(f"tapegate: {message}\r\n".encode())
+                self.chan.exit(255)
+        self.abort()
+
     def abort(self) -> None:
         for chan in (self.chan, self.up_chan):
             if chan is not None:
@@ -82,14 +101,7 @@ class _Relay:
 
     def _unrecordable(self, exc: RecordingUnavailable) -> None:
         log.error("ssh session %s: recording unavailable: %s", self.recorder.session_id, exc)
-        self.end_reason = "recording_failed"
-        self.to_target.cancel()
-        self.to_client.cancel()
-        if self.chan is not None and hasattr(self.chan, "write_stderr"):
-            with contextlib.suppress(Exception):
-                self.chan.write_stderr(f"tapegate: {UNRECORDABLE}\r\n".encode())
-                self.chan.exit(255)
-        self.abort()
+        self.end(EndReason.RECORDING_FAILED)
 
     def _pause_client(self) -> None:
         if self.chan is not None:
@@ -111,8 +123,7 @@ class _Relay:
         try:
             self.recorder.events(events)
         except RecordingUnavailable:
-            self.end_reason = "recording_failed"
-            self.abort()
+            self.end(EndReason.RECORDING_FAILED)
 
     # flow control: a full window on one side pauses reading on the other
     def client_paused(self) -> None:

@@ -27,8 +27,8 @@ from tapegate.config.targets import PROTOCOLS, GuardRule, InjectHeader, Target, 
 
 __all__ = [
     "PROTOCOLS", "Address", "ArchiveConfig", "Config", "ConfigError", "GuardRule", "IdentityConfig",
-    "InjectHeader", "KeysConfig", "RecordingConfig", "SinkConfig", "TLSConfig", "Target",
-    "load_config", "parse_config",
+    "InjectHeader", "KeysConfig", "LimitsConfig", "RecordingConfig", "SinkConfig", "TLSConfig",
+    "Target", "load_config", "parse_config",
 ]  # fmt: skip
 
 
@@ -39,6 +39,9 @@ class IdentityConfig:
     groups_claim: str = "groups"
     leeway_s: int = 30
     dev_listen: Address = Address("127.0.0.1", 6580)
+    # At the token's `exp` (+ leeway) a session ends (`end`, reason token_expired), or goes on
+    # until it closes (`keep`). HTTP checks the token on each request either way.
+    on_token_expiry: str = "end"
 
     @property
     def is_dev(self) -> bool:
@@ -106,6 +109,21 @@ class ArchiveConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """What one gateway takes on at once, and how long a login may take. The defaults suit a
+    small production gateway (a file limit of 65,536, a few hundred agents)."""
+
+    max_connections: int = 4096  # open client connections, every listener together
+    max_preauth: int = 1024  # of those, not yet admitted (token verified, policy passed)
+    max_preauth_per_source: int = 256  # not yet admitted, from one source (a pool, a NAT)
+    preauth_deadline_s: int = 15  # from accept to admitted, whatever trickles in meanwhile
+    # Refusals are recorded as sessions up to this many per source address and interval; the
+    # rest are folded into one sealed summary per source and interval.
+    refusals_per_source: int = 10
+    refusal_interval_s: int = 60
+
+
+@dataclass(frozen=True)
 class KeysConfig:
     """Where the gateway's keys come from. Unset: the data dir's keys/ (made on first use)."""
 
@@ -132,6 +150,7 @@ class Config:
     durability: str = "buffered"  # buffered | acked
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: str = "built-in defaults"
 
     @property
@@ -203,6 +222,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
             "archive",
             "durability",
             "keys",
+            "limits",
         },
     )
     data_dir = as_path(top.get("data_dir", ".tapegate"), "data_dir", base_dir)
@@ -236,12 +256,17 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
         archive=_archive(top.get("archive", {})),
         durability=_durability(top.get("durability", "buffered")),
         keys=_keys(top.get("keys", {})),
+        limits=_limits(top.get("limits", {})),
     )
 
 
 def _identity(raw: Any) -> IdentityConfig:
     m = as_mapping(raw, "identity")
-    check_only(m, "identity", {"issuer", "audience", "groups_claim", "leeway_s", "dev_listen"})
+    check_only(m, "identity", {"issuer", "audience", "groups_claim", "leeway_s", "dev_listen",
+                               "on_token_expiry"})  # fmt: skip
+    on_expiry = as_str(m.get("on_token_expiry", "end"), "identity.on_token_expiry")
+    if on_expiry not in ("end", "keep"):
+        raise ConfigError("identity.on_token_expiry", "must be end or keep")
     issuer = as_str(m.get("issuer", "dev"), "identity.issuer")
     if issuer != "dev" and not issuer.startswith(("https://", "http://")):
         raise ConfigError("identity.issuer", 'must be "dev" or an http(s) URL')
@@ -251,6 +276,7 @@ def _identity(raw: Any) -> IdentityConfig:
         groups_claim=as_str(m.get("groups_claim", "groups"), "identity.groups_claim"),
         leeway_s=as_int(m.get("leeway_s", 30), "identity.leeway_s", 0, 600),
         dev_listen=as_address(m.get("dev_listen", "127.0.0.1:6580"), "identity.dev_listen"),
+        on_token_expiry=on_expiry,
     )
 
 
@@ -366,3 +392,17 @@ def _keys(raw: Any) -> KeysConfig:
             raise ConfigError(f"keys.auditor_public_keys[{i}]", "must be 64 hex digits")
         parsed.append(raw_key)
     return KeysConfig(signing_key=signing, ssh_host_key=ssh_host, auditor_public_keys=tuple(parsed))
+
+
+def _limits(raw: Any) -> LimitsConfig:
+    m = as_mapping(raw, "limits")
+    d = LimitsConfig()
+    bounds = {"max_connections": (1, 1 << 20), "max_preauth": (1, 1 << 20),
+              "max_preauth_per_source": (1, 1 << 20), "preauth_deadline_s": (1, 600),
+              "refusals_per_source": (1, 1 << 20), "refusal_interval_s": (1, 86_400)}  # fmt: skip
+    check_only(m, "limits", set(bounds))
+    values = {key: as_int(m.get(key, getattr(d, key)), f"limits.{key}", lo, hi)
+              for key, (lo, hi) in bounds.items()}  # fmt: skip
+    if values["max_preauth"] > values["max_connections"]:
+        raise ConfigError("limits.max_preauth", "cannot exceed limits.max_connections")
+    return LimitsConfig(**values)

@@ -187,3 +187,34 @@ def test_failing_archive_stops_forwarding(gw: RunningGateway, pg: PgServer) -> N
     assert verdicts and all(v.intact for v in verdicts.values()), [
         [str(p) for p in v.problems] for v in verdicts.values()
     ]
+
+
+def test_a_40mb_statement_is_named_off_the_loop_and_guardrails_still_hold(
+    gw: RunningGateway, pg: PgServer
+) -> None:
+    """The statement is parsed on a thread (its naming takes seconds); another session is
+    served meanwhile, and a DROP after megabytes of literal is still denied."""
+    big = "x" * 40_000_000
+    served = []
+    stop = threading.Event()
+
+    def bystander() -> None:
+        with psycopg.connect(gw.dsn(gw.token()), autocommit=True) as other:
+            while not stop.is_set():
+                served.append(other.execute("SELECT 1").fetchone())
+
+    thread = threading.Thread(target=bystander, daemon=True)
+    thread.start()
+    try:
+        with psycopg.connect(gw.dsn(gw.token()), autocommit=True) as conn:
+            row = conn.execute(f"SELECT length('{big}')").fetchone()
+            assert row == (40_000_000,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="guardrail"):
+                conn.execute(f"SELECT '{big[:2_000_000]}'; DROP TABLE IF EXISTS nothing_here")
+            assert conn.execute("SELECT 2").fetchone() == (2,)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert served and all(r == (1,) for r in served)
+    events = [e for evs in gw.events().values() for e in evs]
+    assert any(e["type"] == "blocked" for e in events), "the denial was recorded"

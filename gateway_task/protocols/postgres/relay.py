@@ -84,6 +84,11 @@ class PgRelay:
         return not self._s_left and not self._s_carry
 
     @property
+    def client_buffered(self) -> int:
+        """Bytes of a client message still incomplete (a large statement arriving)."""
+        return self._client.buffered
+
+    @property
     def idle(self) -> bool:
         """Nothing asked of the server is still unanswered, and no client bytes are waiting."""
         return not self._requests and not self._client.buffered and self.at_boundary

@@ -1,0 +1,194 @@
+"""The contract suite's protocols: one real gateway and one real client per protocol.
+
+A protocol joins the suite by adding a `Peer` class here and its name to PROTOCOLS. Each peer
+opens a session with a token, runs a round trip through it (one that reaches the target), and
+says what the client saw when the gateway refused or ended it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import httpx
+import psycopg
+import pytest
+
+from tapegate.throwaway_sshd import SshServer
+from tests.gateway_harness import RunningGateway, gateway_config
+from tests.http.conftest import http_config, upstream, ws_upstream  # noqa: F401  (fixtures)
+from tests.http_upstream import HttpUpstream
+from tests.pg import PgServer
+from tests.postgres.conftest import pg  # noqa: F401  (fixture)
+from tests.ssh.conftest import ssh_config, sshd  # noqa: F401  (fixture)
+
+PROTOCOLS = ["postgres", "ssh", "http"]
+
+
+class Refused(Exception):
+    """The gateway refused or ended the session; the text is what the client was told."""
+
+
+class Peer:
+    name: str
+    target: str
+
+    def __init__(self, gw: RunningGateway) -> None:
+        self.gw = gw
+
+    def open(self, token: str) -> Any:
+        """A session (raise Refused with the client's message when it is refused)."""
+        raise NotImplementedError
+
+    def round_trip(self, session: Any) -> None:
+        """One exchange that reaches the target; Refused when the gateway ended the session."""
+        raise NotImplementedError
+
+    def close(self, session: Any) -> None:
+        raise NotImplementedError
+
+
+class PostgresPeer(Peer):
+    name, target = "postgres", "appdb"
+
+    def open(self, token: str) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self.gw.dsn(token), autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise Refused(str(exc)) from None
+
+    def round_trip(self, session: psycopg.Connection[Any]) -> None:
+        try:
+            assert session.execute("SELECT 1").fetchone() == (1,)
+        except psycopg.OperationalError as exc:
+            raise Refused(str(exc)) from None
+
+    def close(self, session: psycopg.Connection[Any]) -> None:
+        session.close()
+
+
+class SshPeer(Peer):
+    """asyncssh as the client, on a loop of its own; a round trip is one exec channel."""
+
+    name, target = "ssh", "web1"
+
+    def __init__(self, gw: RunningGateway) -> None:
+        super().__init__(gw)
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def open(self, token: str) -> asyncssh.SSHClientConnection:
+        host, port = self.gw.address("ssh")
+
+        banner: list[str] = []
+
+        class Client(asyncssh.SSHClient):  # type: ignore[misc]
+            def auth_banner_received(self, msg: str, lang: str) -> None:
+                banner.append(msg.strip())  # where the gateway says why (OpenSSH shows it)
+
+        async def connect() -> asyncssh.SSHClientConnection:
+            return await asyncssh.connect(
+                host, port, username=self.target, password=token, known_hosts=None,
+                config=None, agent_path=None, client_keys=None, preferred_auth="password",
+                client_factory=Client)  # fmt: skip
+
+        try:
+            return self._run(connect())
+        except (asyncssh.Error, OSError) as exc:
+            raise Refused(" ".join([*banner, str(exc)])) from None
+
+    def round_trip(self, session: asyncssh.SSHClientConnection) -> None:
+        try:
+            done = self._run(session.run("echo ok", check=False))
+        except asyncssh.Error as exc:
+            raise Refused(str(exc)) from None
+        if done.exit_status != 0 or done.stdout not in (b"ok\n", "ok\n"):
+            raise Refused(f"exit {done.exit_status}: {done.stderr!r}")
+
+    def close(self, session: asyncssh.SSHClientConnection) -> None:
+        session.close()
+        self._run(session.wait_closed())
+
+
+class HttpPeer(Peer):
+    """httpx on one kept-alive connection; a round trip is one GET through to the API."""
+
+    name, target = "http", "api"
+
+    def open(self, token: str) -> httpx.Client:
+        client = httpx.Client(base_url=self.gw.base, timeout=30,  # type: ignore[attr-defined]
+                              headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        try:
+            self.round_trip(client)
+        except Refused:
+            client.close()
+            raise
+        return client
+
+    def round_trip(self, session: httpx.Client) -> None:
+        try:
+            response = session.get("/api/echo")
+        except httpx.HTTPError as exc:
+            raise Refused(str(exc)) from None
+        if response.status_code != 200:
+            raise Refused(f"{response.status_code} {response.text}")
+
+    def close(self, session: httpx.Client) -> None:
+        session.close()
+
+
+PEERS: dict[str, type[Peer]] = {"postgres": PostgresPeer, "ssh": SshPeer, "http": HttpPeer}
+
+
+def contract_config(
+    protocol: str, data_dir: Path, request: pytest.FixtureRequest, **overrides: Any
+) -> Any:
+    """One gateway config for `protocol`, with its real target started (session fixtures)."""
+    if protocol == "postgres":
+        pg_server: PgServer = request.getfixturevalue("pg")
+        return gateway_config(data_dir, pg_server, **overrides)
+    if protocol == "ssh":
+        sshd_server: SshServer = request.getfixturevalue("sshd")
+        return ssh_config(data_dir, sshd_server, **overrides)
+    api: HttpUpstream = request.getfixturevalue("upstream")
+    ws: str = request.getfixturevalue("ws_upstream")
+    return http_config(data_dir, api.url, ws, **overrides)
+
+
+class ContractGateway:
+    """A running gateway for one protocol, its peer, and a way to restart it with overrides."""
+
+    def __init__(self, protocol: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        self.protocol = protocol
+        self.tmp_path = tmp_path
+        self.request = request
+        self.gw: RunningGateway | None = None
+
+    def start(self, sink: Any = None, **overrides: Any) -> tuple[RunningGateway, Peer]:
+        """Start the gateway with config `overrides` (top-level keys) and maybe a test sink
+        (a callable taking the config, so it can write where the config says)."""
+        config = contract_config(self.protocol, self.tmp_path / "data", self.request, **overrides)
+        kwargs = {"sink": sink(config)} if sink is not None else {}
+        self.gw = RunningGateway(config, **kwargs)
+        if self.protocol == "http":
+            host, port = self.gw.address("http")
+            self.gw.base = f"http://{host}:{port}"  # type: ignore[attr-defined]
+        return self.gw, PEERS[self.protocol](self.gw)
+
+    def stop(self) -> None:
+        if self.gw is not None:
+            self.gw.stop()
+
+
+@pytest.fixture(params=PROTOCOLS)
+def contract(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ContractGateway]:
+    running = ContractGateway(request.param, tmp_path, request)
+    yield running
+    running.stop()

@@ -1,0 +1,246 @@
+"""Promises every protocol keeps, checked the same way for each (see conftest's PEERS).
+
+Each test first asserts that something was recorded, then what it says.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway_task.recording.batching import Batch
+from gateway_task.recording.local import LocalFolderSink
+from tapegate.tape import decode_record
+from tests.contract.conftest import ContractGateway, Refused
+from tests.pg import free_port
+
+
+def _ends(gw: Any) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """Each recorded session's end reason and events."""
+    out = {}
+    for sid, records in gw.sessions().items():
+        recs = [decode_record(r) for r in records]
+        final = [r for r in recs if r.final]
+        reason = final[0].meta["end"]["reason"] if final else "(open)"
+        events = [e for r in sorted(recs, key=lambda r: r.seq) for e in r.meta["events"]]
+        out[sid] = (reason, events)
+    return out
+
+
+def _auth_results(gw: Any) -> list[tuple[str, str]]:
+    return [(reason, e["attrs"].get("result", "")) for reason, events in _ends(gw).values()
+            for e in events if e["type"] == "auth"]  # fmt: skip
+
+
+def test_a_bad_token_is_refused_and_recorded(contract: ContractGateway) -> None:
+    gw, peer = contract.start()
+    with pytest.raises(Refused) as refused:
+        peer.open("not-a-token")
+    told = str(refused.value).lower()
+    assert "token" in told or "authentication" in told or "permission denied" in told, told
+    results = _auth_results(gw)
+    assert results, "the refusal was recorded"
+    assert ("refused", "refused") in results
+
+
+def _short_identity(**extra: Any) -> dict[str, Any]:
+    return {"issuer": "dev", "dev_listen": f"127.0.0.1:{free_port()}", "leeway_s": 0, **extra}
+
+
+def test_an_expired_token_ends_the_session_with_its_message(contract: ContractGateway) -> None:
+    gw, peer = contract.start(identity=_short_identity())
+    session = peer.open(gw.token(ttl_s=3))
+    try:
+        peer.round_trip(session)  # admitted and served while the token is good
+        time.sleep(3.6)  # past exp: the gateway's ticker ends the session
+        with pytest.raises(Refused) as ended:
+            peer.round_trip(session)
+        assert "expired" in str(ended.value).lower(), ended.value
+    finally:
+        peer.close(session)
+    gw.wait_closed()
+    ends = _ends(gw)
+    assert ends, "the session was recorded"
+    reasons = [reason for reason, _ in ends.values()]
+    if contract.protocol == "postgres":
+        assert "token_expired" in reasons
+    else:  # SSH refuses the new channel, HTTP the next request: both recorded as refusals
+        refusals = [e for reason, events in ends.values() if reason == "refused"
+                    for e in events if e["type"] == "auth"]  # fmt: skip
+        assert any("expired" in str(e["attrs"].get("reason", "")) for e in refusals), refusals
+
+
+def test_keep_lets_a_connection_outlive_its_token(contract: ContractGateway) -> None:
+    """`keep`: PostgreSQL sessions and SSH connections go on; HTTP still checks each request."""
+    gw, peer = contract.start(identity=_short_identity(on_token_expiry="keep"))
+    session = peer.open(gw.token(ttl_s=2))
+    try:
+        time.sleep(2.6)
+        if contract.protocol == "http":
+            with pytest.raises(Refused, match="expired"):
+                peer.round_trip(session)
+        else:
+            peer.round_trip(session)
+    finally:
+        peer.close(session)
+    ends = _ends(gw)
+    assert ends, "the session was recorded"
+    assert "token_expired" not in [reason for reason, _ in ends.values()]
+
+
+class BreakingSink(LocalFolderSink):
+    """The folder sink with a bug in its writer: it raises the first `breaks` times."""
+
+    def __init__(self, root: Path, breaks: int) -> None:
+        super().__init__(root, flush_ms=20)
+        self.breaks = breaks
+
+    def _write(self, batch: Batch) -> str | None:
+        if self.breaks > 0:
+            self.breaks -= 1
+            raise RuntimeError("a bug in the writer")
+        return super()._write(batch)
+
+
+def test_a_sink_worker_that_raises_once_is_restarted(contract: ContractGateway) -> None:
+    gw, peer = contract.start(sink=lambda c: BreakingSink(c.delivery_dir, breaks=1))
+    session = peer.open(gw.token())
+    try:
+        for _ in range(3):
+            peer.round_trip(session)
+    finally:
+        peer.close(session)
+    verdicts = gw.verdicts()
+    assert verdicts, "the sessions were recorded"
+    assert all(v.intact for v in verdicts.values())
+    assert gw.gateway.sink.stats["worker_restarts"] == 1
+    assert gw.gateway._not_ready() is None
+
+
+def test_a_sink_worker_that_keeps_raising_turns_the_gateway_not_ready(
+    contract: ContractGateway,
+) -> None:
+    gw, peer = contract.start(sink=lambda c: BreakingSink(c.delivery_dir, breaks=10**9))
+    deadline = time.monotonic() + 30
+    session = None
+    with pytest.raises(Refused):  # the first sessions trip it; then every one is refused
+        while time.monotonic() < deadline:
+            session = peer.open(gw.token())
+            peer.round_trip(session)
+            peer.close(session)
+            session = None
+            time.sleep(0.1)
+    if session is not None:
+        peer.close(session)
+    failure = gw.gateway.sink.failure
+    assert failure is not None and "keeps failing" in failure
+    assert "keeps failing" in (gw.gateway._not_ready() or "")
+    with pytest.raises(Refused) as refused:
+        peer.round_trip(peer.open(gw.token()))
+    told = str(refused.value).lower()
+    assert "record" in told or "archive" in told, told
+
+
+# -- limits: pre-auth deadline and connection caps ----------------------------------------------
+
+# The first bytes of a login in each protocol, to trickle one at a time.
+TRICKLE = {
+    "postgres": (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"),  # an SSLRequest
+    "ssh": b"SSH-2.0-trickle_0.1\r\n",
+    "http": b"GET /api/echo HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200,
+}
+
+
+def _listener(gw: Any, protocol: str) -> tuple[str, int]:
+    return gw.address(protocol)
+
+
+def test_trickled_preauth_bytes_are_cut_at_the_deadline(contract: ContractGateway) -> None:
+    gw, _ = contract.start(limits={"preauth_deadline_s": 2})
+    sock = socket.create_connection(_listener(gw, contract.protocol), timeout=5)
+    sock.settimeout(0.3)
+    sent, closed = 0, False
+    started = time.monotonic()
+    try:
+        for byte in TRICKLE[contract.protocol] * 20:  # far more than 2 s worth of bytes
+            try:
+                sock.sendall(bytes([byte]))
+                sent += 1
+                if sock.recv(4096) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue  # nothing to read yet: keep trickling
+            except OSError:
+                closed = True
+                break
+            if time.monotonic() - started > 30:
+                break
+    finally:
+        sock.close()
+    assert closed, f"the gateway kept a trickling login open ({sent} bytes over 30 s)"
+    assert gw.gateway.admission.preauth == 0 or _until_preauth_zero(gw)
+
+
+def _until_preauth_zero(gw: Any) -> bool:
+    deadline = time.monotonic() + 5
+    while gw.gateway.admission.preauth and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return gw.gateway.admission.preauth == 0
+
+
+def test_connections_over_the_limit_are_refused_while_admitted_ones_work(
+    contract: ContractGateway,
+) -> None:
+    gw, peer = contract.start(limits={"max_preauth_per_source": 3, "preauth_deadline_s": 60})
+    admitted = peer.open(gw.token())
+    idle = [socket.create_connection(_listener(gw, contract.protocol)) for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 5  # the listener counts them as it accepts them
+        while gw.gateway.admission.preauth < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert gw.gateway.admission.preauth == 3
+        with pytest.raises(Refused) as refused:
+            peer.round_trip(peer.open(gw.token()))
+        # PostgreSQL answers at once with 53300, as the postmaster does, but libpq hides an
+        # error's text during the SSL exchange; SSH and HTTP close at accept, as sshd's
+        # MaxStartups does (no HTTP answer can reach a TLS client before its handshake).
+        if contract.protocol == "postgres":
+            assert "error response" in str(refused.value), refused.value
+        peer.round_trip(admitted)  # the admitted session is still served
+        assert gw.gateway.metrics.counters.get("connections_refused_limit", 0) >= 1
+    finally:
+        for sock in idle:
+            sock.close()
+    assert _until_preauth_zero(gw)
+    again = peer.open(gw.token())  # room again once the idle sockets are gone
+    peer.round_trip(again)
+    peer.close(again)
+    peer.close(admitted)
+
+
+def test_a_refusal_flood_is_folded_into_summaries(contract: ContractGateway) -> None:
+    gw, peer = contract.start(limits={"refusals_per_source": 3, "refusal_interval_s": 600})
+    admitted = peer.open(gw.token())
+    attempts = 20
+    for _ in range(attempts):
+        with pytest.raises(Refused):
+            peer.open("not-a-token")
+        peer.round_trip(admitted)  # served all along
+    peer.close(admitted)
+    gw.stop()  # seals the summary of the interval still open
+    ends = _ends(gw)
+    assert ends, "the refusals were recorded"
+    alone = [events for reason, events in ends.values() if reason == "refused"
+             and not any(e["type"] == "refusal_summary" for e in events)]  # fmt: skip
+    summaries = [e["attrs"] for _, events in ends.values() for e in events
+                 if e["type"] == "refusal_summary"]  # fmt: skip
+    assert len(alone) == 3, "the first refusals of an interval are sessions of their own"
+    assert len(summaries) == 1 and summaries[0]["count"] == attempts - 3
+    assert summaries[0]["source"] == "127.0.0.1"
+    assert sum(summaries[0]["by_reason"].values()) == attempts - 3
+    assert gw.verdicts() and all(v.intact for v in gw.verdicts().values())
