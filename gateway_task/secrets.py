@@ -1,17 +1,74 @@
 """Where target credentials come from: an environment variable, a file, or Secrets Manager.
 
-A credential is fetched when a session needs it and held only as long as the login (or, for HTTP,
-the request) takes. It is never logged, recorded, or shown to the client.
+Sessions ask `Credentials` (one per gateway): lookups run on a thread, so a file read or a
+Secrets Manager call never stalls the event loop; a value is cached for CACHE_TTL_S, so a busy
+HTTP target does not call Secrets Manager per request, and a rotated secret is picked up within
+that time; concurrent lookups of one credential share one fetch; one Secrets Manager client
+serves the whole process. A credential is never logged, recorded, or shown to the client, and
+a failed lookup is not cached.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tapegate.config import InjectHeader, Target
+
+CACHE_TTL_S = 300.0
+T = TypeVar("T")
+
+
+class Credentials:
+    def __init__(self, ttl_s: float = CACHE_TTL_S, clock: Callable[[], float] = time.monotonic):
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
+
+    async def password(self, target: Target) -> str:
+        return await self._get(("password", target.name), lambda: target_password(target))
+
+    async def ssh(self, target: Target) -> SshCredential:
+        return await self._get(("ssh", target.name), lambda: ssh_credential(target))
+
+    async def header(self, target: Target) -> str:
+        inject = target.inject_header
+        assert inject is not None
+        return await self._get(("header", target.name), lambda: header_value(inject))
+
+    def forget(self, target: Target) -> None:
+        """Drop a target's cached credentials (the target refused one: it may have rotated)."""
+        for key in [k for k in self._cache if k[1] == target.name]:
+            del self._cache[key]
+
+    async def _get(self, key: tuple[str, str], fetch: Callable[[], T]) -> T:
+        cached = self._cache.get(key)
+        if cached is not None and self._clock() < cached[0]:
+            return cached[1]  # type: ignore[no-any-return]
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            return await asyncio.shield(waiting)  # type: ignore[no-any-return]
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            value = await asyncio.to_thread(fetch)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._inflight[key]
+        self._cache[key] = (self._clock() + self.ttl_s, value)
+        future.set_result(value)
+        return value
 
 
 class CredentialError(Exception):
@@ -101,11 +158,18 @@ def _json_object(text: str) -> dict[str, object] | None:
 
 def _secrets_manager(arn: str) -> str:
     try:
-        import boto3
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:
         raise CredentialError("secret_arn needs boto3: pip install 'tapegate[aws]'") from None
     try:
-        return boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+        return _secrets_client().get_secret_value(SecretId=arn)["SecretString"]
     except (BotoCoreError, ClientError) as exc:
         raise CredentialError(f"cannot read secret {arn}: {type(exc).__name__}") from None
+
+
+@functools.cache
+def _secrets_client() -> Any:
+    """One Secrets Manager client for the process (a client per call costs ~19 MB and 100 ms)."""
+    import boto3
+
+    return boto3.client("secretsmanager")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,7 +36,10 @@ from gateway_task.recording.spool import DiskSpool
 log = logging.getLogger("tapegate.sink.firehose")
 
 MAX_BATCH_RECORDS = 500
-MAX_BATCH_BYTES = 4 * 1024 * 1024
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # PutRecordBatch's limit
+# What the sink puts in one call: well under the limit, because botocore holds several copies
+# of a call's records while it is in flight (below), and calls cost nothing per se.
+BATCH_BYTES = 1024 * 1024
 # Per-entry and per-call codes worth sending again; any other code is a permanent error.
 RETRYABLE_CODES = frozenset({
     "ServiceUnavailableException", "InternalFailure", "InternalFailureException",
@@ -44,6 +48,10 @@ RETRYABLE_CODES = frozenset({
 })  # fmt: skip
 SENDERS = 4
 PERMANENT_PROBE_S = 30.0
+# botocore encodes a call's records as base64 in a JSON body, then as bytes: about 2.7x the
+# batch while a call is in flight. Calls (the senders' and the drain's together) are capped at
+# SENDERS, so what the encoding holds is bounded by this, on top of sink.max_memory_bytes.
+IN_FLIGHT_BYTES_MAX = SENDERS * BATCH_BYTES * 3
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,7 @@ class FirehoseSink(BatchingSink):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         super().__init__(flush_ms=flush_ms, max_records=MAX_BATCH_RECORDS,
-                         max_bytes=MAX_BATCH_BYTES, max_memory_bytes=max_memory_bytes)  # fmt: skip
+                         max_bytes=BATCH_BYTES, max_memory_bytes=max_memory_bytes)  # fmt: skip
         self.stream = stream
         self.client = client
         self.spool = DiskSpool(spool_dir, spool_max_bytes)
@@ -103,6 +111,7 @@ class FirehoseSink(BatchingSink):
         self.max_delay_s = max_delay_s
         self._sleep = sleep
         self._spill: deque[Batch] = deque()  # batches bound for the spool
+        self._calls = threading.BoundedSemaphore(SENDERS)  # PutRecordBatch calls in flight
         self._degraded: SendError | None = None  # why sends are failing, while they are
         self.stats.update({"spooled_records": 0, "drained_records": 0, "permanent_errors": 0})
         with self._cond:
@@ -121,7 +130,10 @@ class FirehoseSink(BatchingSink):
             self._queue.append(batch)
 
     def _busy(self) -> bool:
-        return bool(self._queue or self._inflight or self._spill)
+        # A spool waits to drain too while Firehose answers: a clean stop leaves none behind.
+        # While it does not, the spool is the delivery (drained at the next start).
+        spooled = self.spool.bytes > 0 and self._degraded is None and self._sticky is None
+        return bool(self._queue or self._inflight or self._spill or spooled)
 
     def _work_target(self, name: str) -> Callable[[], None]:
         if name.endswith("spooler"):
@@ -155,9 +167,10 @@ class FirehoseSink(BatchingSink):
                 self._sleep(random.uniform(0, cap))  # full jitter
             try:
                 self.stats["calls"] += 1
-                response = self.client.put_record_batch(
-                    DeliveryStreamName=self.stream, Records=[{"Data": r} for r in pending]
-                )
+                with self._calls:
+                    response = self.client.put_record_batch(
+                        DeliveryStreamName=self.stream, Records=[{"Data": r} for r in pending]
+                    )
             except Exception as exc:
                 error = classify(exc)
                 if error.permanent:
@@ -273,15 +286,39 @@ class FirehoseSink(BatchingSink):
         (the file is kept and sent whole again later: duplicates are harmless downstream)."""
         for path in files:
             records = self.spool.read(path)
-            for start in range(0, len(records), MAX_BATCH_RECORDS):
-                part = records[start : start + MAX_BATCH_RECORDS]
+            if self._degraded is not None and records:
+                # A probe: one record tells whether Firehose is back, without encoding a
+                # whole file's worth of calls every few seconds of an outage.
+                if self._send(records[:1]):
+                    return False
+                self.stats["drained_records"] += 1
+                records = records[1:]
+            for part in _parts(records):
                 if self._send(part):
                     return False
                 self.stats["drained_records"] += len(part)
             self.spool.remove(path)
             with self._cond:
+                self._cond.notify_all()  # flush() may be waiting for the spool to drain
                 if self._closing:
                     return True
         if self.spool.fits() and self._degraded is None:
             self._set_failure(None)
         return True
+
+
+def _parts(records: list[bytes]) -> list[list[bytes]]:
+    """Records in calls of at most MAX_BATCH_RECORDS records and BATCH_BYTES bytes (a record
+    larger than that goes alone: records are at most 900 KiB, under the call's limit)."""
+    parts: list[list[bytes]] = []
+    part: list[bytes] = []
+    size = 0
+    for record in records:
+        if part and (len(part) >= MAX_BATCH_RECORDS or size + len(record) > BATCH_BYTES):
+            parts.append(part)
+            part, size = [], 0
+        part.append(record)
+        size += len(record)
+    if part:
+        parts.append(part)
+    return parts

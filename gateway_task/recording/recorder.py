@@ -52,6 +52,7 @@ class Recorder:
         self.commit_timeout_s = commit_timeout_s
         self.closed = False
         self._unacked: list[Future[None]] = []  # acked: shipped, not yet known to be held
+        self.last_frame_ns = time.time_ns()  # for limits.idle_timeout_s
 
     @property
     def session_id(self) -> str:
@@ -60,6 +61,7 @@ class Recorder:
     def frame(self, direction: Direction, data: bytes, ts: int) -> None:
         if self.sink.failure is not None:
             raise RecordingUnavailable(self.sink.failure)
+        self.last_frame_ns = ts
         self._ship(self.writer.add_frame(ts, direction, data))
 
     def events(self, events: Iterable[Event]) -> None:

@@ -1,4 +1,5 @@
-"""Connection limits, applied the same way by every listener at accept.
+"""Admission's I/O: connection limits every listener applies at accept, and the driver that
+carries out the sans-IO admission steps (tapegate/proxy/admission.py) for every protocol.
 
 A connection takes a slot when it is accepted. Until it is admitted (its token verified and its
 policy passed) it is *pre-auth*: it counts against `limits.max_preauth` and, per source address,
@@ -16,9 +17,27 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
+from gateway_task.identity import TokenError
 from gateway_task.metrics import GatewayMetrics
-from tapegate.config import LimitsConfig
+from gateway_task.secrets import CredentialError
+from tapegate.config import LimitsConfig, Target
+from tapegate.proxy.admission import (
+    Admitted,
+    CheckArchive,
+    CredentialMissing,
+    FetchCredential,
+    Refusal,
+    Steps,
+    TokenRejected,
+    VerifyToken,
+)
+from tapegate.tape import Identity
+
+if TYPE_CHECKING:
+    from gateway_task.server.gateway import Gateway
 
 log = logging.getLogger("tapegate.gateway")
 
@@ -87,3 +106,40 @@ class Admission:
         self.preauth_by_source[source] -= 1
         if self.preauth_by_source[source] <= 0:
             del self.preauth_by_source[source]
+
+
+async def run_admission(
+    gw: Gateway, steps: Steps, verify: Callable[[str], Awaitable[Identity]] | None = None
+) -> Admitted | Refusal:
+    """Carry out admission's commands (tapegate/proxy/admission.py) for any protocol. `verify`
+    replaces the verifier (HTTP remembers a kept-alive connection's token until its exp)."""
+    answer: object = None
+    check = verify or gw.verifier.verify
+    try:
+        while True:
+            command = steps.send(answer)
+            if isinstance(command, VerifyToken):
+                try:
+                    answer = await check(command.token)
+                except TokenError as exc:
+                    answer = TokenRejected(str(exc))
+            elif isinstance(command, CheckArchive):
+                answer = gw.sink.failure
+            elif isinstance(command, FetchCredential):
+                answer = await _credential(gw, command.target)
+            else:  # pragma: no cover - a new command without its executor
+                raise TypeError(f"admission asked for {command!r}")
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def _credential(gw: Gateway, target: Target) -> object:
+    try:
+        if target.protocol == "postgres":
+            return await gw.credentials.password(target)
+        if target.protocol == "ssh":
+            return await gw.credentials.ssh(target)
+        return await gw.credentials.header(target)
+    except CredentialError as exc:
+        log.error("target %s: %s", target.name, exc)  # names the source, never the value
+        return CredentialMissing(str(exc))

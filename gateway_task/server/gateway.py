@@ -25,6 +25,7 @@ from gateway_task.metrics import GatewayMetrics
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.recording.local import LocalFolderSink
 from gateway_task.recording.sink import Sink
+from gateway_task.secrets import Credentials
 from gateway_task.server.admission import Admission, Slot
 from gateway_task.server.http import HttpConnection
 from gateway_task.server.listeners import SniffingListener
@@ -85,6 +86,7 @@ class Gateway:
         self.metrics.sources.append(self._sink_metrics)
         self.verifier = verifier or OidcVerifier(config.identity)
         self.tls = server_context(config.tls, config.data_dir)
+        self.credentials = Credentials()
         self.admission = Admission(config.limits, self.metrics)
         self.refusals = RefusalLedger(config.limits.refusals_per_source,
                                       config.limits.refusal_interval_s)  # fmt: skip
@@ -279,6 +281,7 @@ class Gateway:
                 last_emf = time.monotonic()
             now = time.time_ns()
             expired_before = time.time() - self.config.identity.leeway_s
+            idle_ns = self.config.limits.idle_timeout_s * 1_000_000_000
             for session in list(self.sessions):
                 try:
                     session.recorder.tick(now)
@@ -287,6 +290,8 @@ class Gateway:
                     continue
                 if self._expired(session, expired_before):
                     session.end(EndReason.TOKEN_EXPIRED)
+                elif idle_ns and now - session.recorder.last_frame_ns > idle_ns:
+                    session.end(EndReason.IDLE_TIMEOUT)
             self._seal_refusal_summaries()
             self.sink.tick(time.monotonic_ns())
 

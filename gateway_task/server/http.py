@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from gateway_task import policy
-from gateway_task.identity import TokenError
 from gateway_task.protocols.http import exchange as x
 from gateway_task.protocols.http.websocket import WebSocketObserver
 from gateway_task.recording import Recorder, RecordingUnavailable
-from gateway_task.secrets import CredentialError, header_value
+from gateway_task.server.admission import run_admission
 from gateway_task.tls import upstream_https_context
 from tapegate.config import Target
+from tapegate.proxy.admission import Admitted, Login, Refusal, RefusalKind, Words, admit, auth_attrs
 from tapegate.tape import Direction, Event, Identity
 from tapegate.vocab import EndReason
 
@@ -47,10 +46,39 @@ CONNECT_TIMEOUT_S = 10.0
 RESPONSE_TIMEOUT_S = 60.0  # from the request's end to the response's head
 
 
+HTTP_WORDS = Words(
+    "the first path segment",
+    "use https:// (the token you just sent in clear text may have been seen on the way: "
+    "fetch a new one)",
+    "as Authorization: Bearer <token>",
+)
+# What an HTTP client gets for each of admission's refusals.
+STATUSES = {
+    RefusalKind.TLS_REQUIRED: 403, RefusalKind.UNKNOWN_TARGET: 404, RefusalKind.NO_TOKEN: 401,
+    RefusalKind.BAD_TOKEN: 401, RefusalKind.GROUPS: 403, RefusalKind.ARCHIVE_FAILING: 503,
+    RefusalKind.NO_CREDENTIAL: 502,
+}  # fmt: skip
+
+
 class _Refused(Exception):
-    def __init__(self, status: int, message: str, headers: x.Headers | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, headers: x.Headers | None = None, kind: str = "protocol"
+    ) -> None:
         super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or []
+        self.status, self.message, self.headers, self.kind = status, message, headers or [], kind
+
+    @classmethod
+    def of(cls, refusal: Refusal) -> _Refused:
+        message, headers = refusal.message, []
+        if refusal.kind == RefusalKind.UNKNOWN_TARGET and refusal.hint:
+            message = f"{message} ({refusal.hint})"
+        if refusal.kind == RefusalKind.NO_TOKEN:
+            headers = [(b"www-authenticate", b'Bearer realm="tapegate"')]
+        elif refusal.kind == RefusalKind.BAD_TOKEN:
+            why = refusal.message.removeprefix("authentication failed: ").replace('"', "'")
+            challenge = f'Bearer realm="tapegate", error="invalid_token", error_description="{why}"'
+            headers = [(b"www-authenticate", challenge.encode())]
+        return cls(STATUSES[refusal.kind], message, headers, refusal.kind)
 
 
 class _Closed(Exception):
@@ -179,59 +207,34 @@ class HttpConnection:
             if _head_size(request) > MAX_HEAD_BYTES:
                 # h11 caps only a head still arriving; one read can bring a whole oversized one.
                 raise _Refused(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes")
-            target, identity, rest = await self._admit(request)
+            admitted, rest = await self._admit(request)
             self.slot.admitted()
         except _Refused as refusal:
             self._record_refusal(request, refusal, started)
             await self._send_error(refusal.status, refusal.message, refusal.headers, record=False)
             return False
-        session = self._session_for(target, identity)
+        session = self._session_for(admitted)
         session.idle = False
         try:
-            return await self._forward(session, request, rest, started)
+            return await self._forward(session, request, rest, started, admitted.credential)
         finally:
             session.idle = True
 
-    async def _admit(self, request: h11.Request) -> tuple[Target, Identity, str]:
-        """The target, the caller and the path after the target segment, or _Refused."""
+    async def _admit(self, request: h11.Request) -> tuple[Admitted, str]:
+        """The admitted caller and the path after the target segment, or _Refused."""
         route = x.route(request.target)
-        target = self.gw.config.targets.get(route.target) if route else None
-        if target is None or target.protocol != "http":
-            known = [t.name for t in self.gw.config.targets.values() if t.protocol == "http"]
-            raise _Refused(
-                404,
-                f"unknown target {route.target if route else request.target.decode()!r}: the "
-                f"first path segment names the target (here: {', '.join(known) or 'none'})",
-            )
-        if not self.tls and self.gw.config.tls.mode == "required":
-            raise _Refused(
-                403,
-                "this gateway requires TLS: use https:// (the token you just sent in clear "
-                "text may have been seen on the way: fetch a new one)",
-            )
         token = x.bearer_token(request.headers)
-        if token is None:
-            raise _Refused(
-                401,
-                "send your OIDC token as Authorization: Bearer <token>",
-                [(b"www-authenticate", b'Bearer realm="tapegate"')],
-            )
+        login = Login("http", tls=self.tls, target=route.target if route else None, token=token)
         try:
-            identity = await self._verify(token)
-        except TokenError as exc:
-            why = str(exc).replace('"', "'")
-            challenge = f'Bearer realm="tapegate", error="invalid_token", error_description="{why}"'
-            raise _Refused(
-                401, f"authentication failed: {exc}", [(b"www-authenticate", challenge.encode())]
-            ) from None
+            steps = admit(self.gw.config, login, HTTP_WORDS)
+            outcome = await run_admission(self.gw, steps, verify=self._verify)
         finally:
-            del token
-        refusal = policy.admit(target, identity)
-        if refusal is not None:
-            self._identity_for_refusal = identity
-            raise _Refused(403, refusal.message)
+            del token, login
+        if isinstance(outcome, Refusal):
+            self._identity_for_refusal = outcome.identity
+            raise _Refused.of(outcome)
         assert route is not None
-        return target, identity, route.path
+        return outcome, route.path
 
     async def _verify(self, token: str) -> Identity:
         # A kept-alive client sends the same token with every request: verify it once.
@@ -244,18 +247,12 @@ class HttpConnection:
         return identity
 
     async def _forward(
-        self, session: HttpSession, request: h11.Request, rest: str, started: int
-    ) -> bool:
+        self, session: HttpSession, request: h11.Request, rest: str, started: int,
+        credential: str,
+    ) -> bool:  # fmt: skip
         recorder = session.recorder
         target = session.target
         assert target.inject_header is not None
-        try:
-            credential = header_value(target.inject_header)
-        except CredentialError as exc:
-            log.error("target %s: %s", target.name, exc)
-            await self._upstream_failed(session, 502, f"the gateway has no usable credential "
-                                        f"for target {target.name!r}")  # fmt: skip
-            return False
         secret = credential.encode("latin-1")
         try:
             up = await self._upstream(target)
@@ -446,7 +443,8 @@ class HttpConnection:
 
     # -- sessions and recording -----------------------------------------------------------------
 
-    def _session_for(self, target: Target, identity: Identity) -> HttpSession:
+    def _session_for(self, admitted: Admitted) -> HttpSession:
+        target, identity = admitted.target, admitted.identity
         current = self.session
         if current is not None and (current.target.name, current.subject) == (
             target.name,
@@ -459,9 +457,7 @@ class HttpConnection:
             raise RecordingUnavailable(self.gw.sink.failure)
         now = time.time_ns()
         recorder = self.gw.open_recorder(identity, target.name, "http", self.client_addr, now)
-        recorder.event(Event(now, "auth", None, {
-            "result": "ok", "method": "oidc", "subject": identity.subject,
-            "groups": list(identity.groups), "tls": self.tls}))  # fmt: skip
+        recorder.event(Event(now, "auth", None, auth_attrs(admitted, "oidc", tls=self.tls)))
         session = HttpSession(recorder, target, identity.subject)
         task = asyncio.current_task()
         if task is not None:
@@ -486,7 +482,8 @@ class HttpConnection:
             route.target if route else "(none)",
             "http",
             self.client_addr,
-            {"status": refusal.status, "reason": refusal.message},
+            {"method": "oidc", "refusal": refusal.kind, "status": refusal.status,
+             "reason": refusal.message, "tls": self.tls},
             started_ns=started,
             first=Event(started, "request", C2S, {
                 "method": request.method.decode("latin-1"),

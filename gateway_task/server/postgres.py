@@ -14,18 +14,27 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from gateway_task import policy
-from gateway_task.identity import TokenError
 from gateway_task.protocols.postgres import messages as m
 from gateway_task.protocols.postgres.login import LoginError, UpstreamLogin
 from gateway_task.protocols.postgres.relay import PgRelay, RelayLimits
 from gateway_task.recording import Recorder, RecordingUnavailable
-from gateway_task.secrets import CredentialError, target_password
+from gateway_task.server.admission import run_admission
 from gateway_task.tls import upstream_context
 from tapegate.config import Target
+from tapegate.proxy.admission import (
+    Admitted,
+    Login,
+    Refusal,
+    RefusalKind,
+    Words,
+    admit,
+    auth_attrs,
+    precheck,
+)
 from tapegate.tape import Direction, Event, Identity
 from tapegate.vocab import EndReason
 
@@ -41,10 +50,25 @@ OFF_LOOP_BYTES = 1 << 20  # a client message this large is parsed off the event 
 UPSTREAM_TIMEOUT_S = 10.0
 
 
+PG_WORDS = Words("the database name (dbname)", "connect with sslmode=require (or verify-full)")
+# What a PostgreSQL client sees for each of admission's refusals.
+SQLSTATES = {
+    RefusalKind.TLS_REQUIRED: "28000", RefusalKind.UNKNOWN_TARGET: "3D000",
+    RefusalKind.NO_TOKEN: "28000", RefusalKind.BAD_TOKEN: "28000", RefusalKind.GROUPS: "42501",
+    RefusalKind.ARCHIVE_FAILING: "58030", RefusalKind.NO_CREDENTIAL: "08006",
+}  # fmt: skip
+
+
 class _Refused(Exception):
-    def __init__(self, code: str, message: str, hint: str | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, hint: str | None = None, kind: str | None = None
+    ) -> None:
         super().__init__(message)
-        self.code, self.message, self.hint = code, message, hint
+        self.code, self.message, self.hint, self.kind = code, message, hint, kind
+
+    @classmethod
+    def of(cls, refusal: Refusal) -> _Refused:
+        return cls(SQLSTATES[refusal.kind], refusal.message, refusal.hint, refusal.kind)
 
 
 @dataclass(eq=False)
@@ -116,7 +140,7 @@ class PgConnection:
         self.params = startup.params
         self.startup = startup
         try:
-            identity, target = await asyncio.wait_for(self._authenticate(), slot.remaining_s)
+            admitted = await asyncio.wait_for(self._authenticate(), slot.remaining_s)
         except _Refused as refusal:
             self._record_refusal(refusal)
             await self._send(m.error_response(refusal.code, refusal.message, hint=refusal.hint))
@@ -127,7 +151,7 @@ class PgConnection:
         except (asyncio.IncompleteReadError, ConnectionError):
             return
         slot.admitted()
-        await self._session(identity, target)
+        await self._session(admitted)
 
     def _too_slow(self) -> bytes:
         limit = self.gw.config.limits.preauth_deadline_s
@@ -174,18 +198,12 @@ class PgConnection:
             await w.drain()
             w.close()
 
-    async def _authenticate(self) -> tuple[Identity, Target]:
+    async def _authenticate(self) -> Admitted:
         cfg = self.gw.config
-        if not self.tls and cfg.tls.mode == "required":
-            raise _Refused(
-                "28000",
-                "this gateway requires TLS: connect with sslmode=require (or verify-full)",
-                "Your token travels as the password, so the gateway never takes it in clear text.",
-            )
-        found = policy.find_target(cfg, self.params.get("database"), "postgres")
-        if isinstance(found, policy.Refusal):
-            raise _Refused(found.code, found.message, found.hint)
-        target = found
+        login = Login("postgres", tls=self.tls, target=self.params.get("database"), token=None)
+        early = precheck(cfg, login, PG_WORDS)
+        if isinstance(early, Refusal):
+            raise _Refused.of(early)
         if self.startup.needs_negotiation:
             options = [k for k in self.params if k.startswith("_pq_.")]
             self.writer.write(m.negotiate_protocol_version(options))
@@ -201,21 +219,15 @@ class PgConnection:
         except (m.ProtocolError, UnicodeDecodeError):
             raise _Refused("28000", "the password must be your OIDC token") from None
         try:
-            identity = await self.gw.verifier.verify(token)
-        except TokenError as exc:
-            raise _Refused(
-                "28000",
-                f"authentication failed: {exc}",
-                "Fetch a fresh token from your identity provider "
-                "(locally: tapegate token --sub NAME --group GROUP) and use it as the password.",
-            ) from None
+            outcome = await run_admission(
+                self.gw, admit(cfg, replace(login, token=token), PG_WORDS)
+            )
         finally:
-            del token
-        self.identity = identity
-        refusal = policy.admit(target, identity)
-        if refusal is not None:
-            raise _Refused(refusal.code, refusal.message, refusal.hint)
-        return identity, target
+            del token, token_bytes
+        self.identity = outcome.identity
+        if isinstance(outcome, Refusal):
+            raise _Refused.of(outcome)
+        return outcome
 
     # -- recording --------------------------------------------------------------------------
 
@@ -235,30 +247,25 @@ class PgConnection:
         }
 
     def _record_refusal(self, refusal: _Refused) -> None:
+        attrs = {"method": "oidc", "refusal": refusal.kind or "protocol", "reason": refusal.message,
+                 "sqlstate": refusal.code, "tls": self.tls}  # fmt: skip
         self.gw.record_refusal(
             self.identity,
             self.params.get("database") or "(none)",
             "postgres",
             self.client_addr,
-            {"sqlstate": refusal.code, "reason": refusal.message},
+            attrs,
             started_ns=self.started_ns,
             first=Event(self.started_ns, "startup", C2S, self._startup_attrs()),
         )
 
     # -- the session ------------------------------------------------------------------------
 
-    async def _session(self, identity: Identity, target: Target) -> None:
-        if self.gw.sink.failure is not None:
-            # Fail closed before anything reaches the target.
-            self._record_refusal(_Refused("58030", "the archive is failing"))
-            await self._send(_unrecordable(self.gw.sink.failure))
-            return
+    async def _session(self, admitted: Admitted) -> None:
+        identity, target = admitted.identity, admitted.target
         recorder = self._new_recorder(identity, target.name)
         now = time.time_ns()
-        recorder.event(
-            Event(now, "auth", None, {"result": "ok", "method": "oidc", "subject": identity.subject,
-                                      "groups": list(identity.groups)})
-        )  # fmt: skip
+        recorder.event(Event(now, "auth", None, auth_attrs(admitted, "oidc", tls=self.tls)))
         session = PgSession(recorder, target, (target.upstream.host, target.upstream.port), None)
         self.gw.metrics.inc("sessions_started")
         gw = self.gw
@@ -267,7 +274,7 @@ class PgConnection:
         try:
             try:
                 up_reader, up_writer, login = await asyncio.wait_for(
-                    self._upstream(target), UPSTREAM_TIMEOUT_S
+                    self._upstream(target, admitted.credential), UPSTREAM_TIMEOUT_S
                 )
             except _Refused as refusal:
                 recorder.event(
@@ -291,7 +298,11 @@ class PgConnection:
             await self.writer.drain()
             relay = PgRelay(
                 policy.guard_for(target),
-                RelayLimits(gw.config.recording.sql_cap, gw.config.recording.param_cap),
+                RelayLimits(
+                    gw.config.recording.sql_cap,
+                    gw.config.recording.param_cap,
+                    gw.config.limits.max_message_bytes,
+                ),
             )
             session.relay = relay
             session.end_reason = await self._relay(session, relay, up_reader, up_writer)
@@ -323,15 +334,8 @@ class PgConnection:
                 return key
 
     async def _upstream(
-        self, target: Target
+        self, target: Target, password: str
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, UpstreamLogin]:
-        try:
-            password = target_password(target)
-        except CredentialError as exc:
-            log.error("target %s: %s", target.name, exc)
-            raise _Refused(
-                "08006", f"the gateway has no usable credential for target {target.name!r}"
-            ) from None
         host, port = target.upstream.host, target.upstream.port
         try:
             reader, writer = await asyncio.open_connection(host, port)
@@ -372,6 +376,7 @@ class PgConnection:
             return reader, writer, login
         except LoginError as exc:
             writer.close()
+            self.gw.credentials.forget(target)  # refused: it may have been rotated since
             log.error("target %s: upstream login failed: %s", target.name, exc)
             raise _Refused(
                 exc.fields.get("C", "08006"),
@@ -497,6 +502,11 @@ class PgConnection:
         elif reason == EndReason.GATEWAY_SHUTDOWN:
             await self._send_recorded(session.recorder, m.error_response(
                 "57P01", "terminating connection: tapegate is shutting down"))  # fmt: skip
+        elif reason == EndReason.IDLE_TIMEOUT:
+            limit = self.gw.config.limits.idle_timeout_s
+            await self._send_recorded(session.recorder, m.error_response(
+                "57P05", f"terminating connection due to idle-session timeout "
+                f"(limits.idle_timeout_s is {limit} s)"))  # fmt: skip
         elif reason == EndReason.TOKEN_EXPIRED:
             await self._send_recorded(session.recorder, m.error_response(
                 "28000", "terminating connection: your OIDC token has expired",

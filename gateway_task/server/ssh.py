@@ -22,13 +22,13 @@ import asyncssh
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway_task import policy
-from gateway_task.identity import TokenError
 from gateway_task.recording import Recorder
-from gateway_task.secrets import CredentialError, ssh_credential
+from gateway_task.secrets import Credentials, SshCredential
+from gateway_task.server.admission import run_admission
 from gateway_task.server.ssh_channels import ForwardRelay, SessionRelay
 from tapegate.config import Address, Config, Target
 from tapegate.keys import load_ssh_host_seed
+from tapegate.proxy.admission import Admitted, Login, Refusal, RefusalKind, Words, admit, auth_attrs
 from tapegate.tape import Event, Identity
 
 if TYPE_CHECKING:
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("tapegate.gateway")
 
 UPSTREAM_TIMEOUT_S = 10.0
+
+
+SSH_WORDS = Words("the SSH username", "")
 
 
 class SshListener:
@@ -187,28 +190,28 @@ class SshClientLink(asyncssh.SSHServer):
         return await self._login(username, token, "keyboard-interactive")
 
     async def _login(self, username: str, token: str, method: str) -> bool:
-        cfg = self.gw.config
-        found = policy.find_target(cfg, username, "ssh")
-        if isinstance(found, policy.Refusal):
-            return self._refuse(username, found.message + f" ({found.hint})", method)
+        login = Login("ssh", tls=True, target=username, token=token, needs_tls=False)
         try:
-            identity = await self.gw.verifier.verify(token)
-        except TokenError as exc:
-            return self._refuse(username, f"authentication failed: {exc}", method)
+            outcome = await run_admission(self.gw, admit(self.gw.config, login, SSH_WORDS))
         finally:
-            del token
-        refusal = policy.admit(found, identity)
-        if refusal is not None:
-            return self._refuse(username, refusal.message, method, identity)
-        if self.gw.sink.failure is not None:
-            return self._refuse(username, "the archive is failing: nothing runs unrecorded",
-                                method, identity)  # fmt: skip
+            del token, login
+        if isinstance(outcome, Refusal):
+            reason = outcome.message + (
+                f" ({outcome.hint})"
+                if outcome.hint and outcome.kind == RefusalKind.UNKNOWN_TARGET
+                else ""
+            )
+            return self._refuse(username, reason, method, outcome.identity, outcome.kind)
+        found, identity = outcome.target, outcome.identity
         self.target, self.identity, self.method = found, identity, method
         if self.slot is not None:
             self.slot.admitted()
         # Log in upstream now: a failure is then told when the client opens its first channel.
         try:
-            self.upstream = await asyncio.wait_for(connect_upstream(found), UPSTREAM_TIMEOUT_S)
+            self.upstream = await asyncio.wait_for(
+                connect_upstream(found, outcome.credential, self.gw.credentials),
+                UPSTREAM_TIMEOUT_S,
+            )
         except TimeoutError:
             self.upstream_error = (
                 f"target {found.name!r} did not answer in {UPSTREAM_TIMEOUT_S:g} s"
@@ -220,11 +223,12 @@ class SshClientLink(asyncssh.SSHServer):
         return True
 
     def _refuse(
-        self, target: str, reason: str, method: str, identity: Identity | None = None
-    ) -> bool:
+        self, target: str, reason: str, method: str, identity: Identity | None = None,
+        kind: str = "protocol",
+    ) -> bool:  # fmt: skip
         self.gw.record_refusal(
             identity, target or "(none)", "ssh", self.client_addr,
-            {"method": method, "reason": reason}, started_ns=self.started_ns,
+            {"method": method, "refusal": kind, "reason": reason}, started_ns=self.started_ns,
         )  # fmt: skip
         if self.conn is not None:
             # OpenSSH shows the banner before "Permission denied": the reason, not just a no.
@@ -300,10 +304,9 @@ class SshClientLink(asyncssh.SSHServer):
         now = time.time_ns()
         recorder = self.gw.open_recorder(self.identity, self.target.name, "ssh",
                                          self.client_addr, now)  # fmt: skip
-        recorder.event(Event(now, "auth", None, {
-            "result": "ok", "method": self.method, "subject": self.identity.subject,
-            "groups": list(self.identity.groups), "connection": self.connection_id,
-            "channel": channel}))  # fmt: skip
+        admitted = Admitted(self.target, self.identity)
+        recorder.event(Event(now, "auth", None, auth_attrs(
+            admitted, self.method, connection=self.connection_id, channel=channel)))  # fmt: skip
         self.gw.metrics.inc("sessions_started")
         return recorder
 
@@ -318,14 +321,9 @@ class UpstreamError(Exception):
     """Why the gateway could not log in to a target. Never holds the credential."""
 
 
-async def connect_upstream(target: Target) -> asyncssh.SSHClientConnection:
-    try:
-        cred = await asyncio.to_thread(ssh_credential, target)
-    except CredentialError as exc:
-        log.error("target %s: %s", target.name, exc)
-        raise UpstreamError(
-            f"the gateway has no usable credential for target {target.name!r}"
-        ) from None
+async def connect_upstream(
+    target: Target, cred: SshCredential, credentials: Credentials
+) -> asyncssh.SSHClientConnection:
     try:
         keys = [asyncssh.import_private_key(cred.private_key)] if cred.private_key else None
     except (asyncssh.KeyImportError, ValueError):
@@ -355,6 +353,7 @@ async def connect_upstream(target: Target) -> asyncssh.SSHClientConnection:
             "the gateway does not connect; an operator must check the key and update known_hosts"
         ) from None
     except asyncssh.PermissionDenied:
+        credentials.forget(target)  # refused: it may have been rotated since
         raise UpstreamError(f"target {target.name!r} refused the gateway's credential") from None
     except (OSError, asyncssh.Error) as exc:
         why = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)

@@ -38,6 +38,7 @@ _END_MESSAGES = {
         "cannot record this session, so it is closed: nothing runs unrecorded",
     EndReason.GATEWAY_SHUTDOWN: "the gateway is shutting down",
     EndReason.TOKEN_EXPIRED: "your OIDC token has expired: log in again with a fresh one",
+    EndReason.IDLE_TIMEOUT: "the session was idle too long (limits.idle_timeout_s)",
 }  # fmt: skip
 
 
@@ -223,6 +224,13 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         asyncio.get_running_loop().create_task(self._open_upstream())
 
     async def _open_upstream(self) -> None:
+        try:
+            # acked: the request (an exec's command line) is held by the sink before the
+            # target sees it, like any byte.
+            await self.recorder.forwarding()
+        except RecordingUnavailable as exc:
+            self._unrecordable(exc)
+            return
         kind, value = self.request
         kwargs: dict[str, Any] = {"encoding": None, "env": self.chan.get_environment()}
         if self.term is not None:
@@ -390,6 +398,11 @@ class ForwardRelay(_Relay, asyncssh.SSHTCPSession):  # type: ignore[misc]
         self.attrs = attrs
 
     async def open(self) -> ForwardRelay:
+        try:
+            await self.recorder.forwarding()  # acked: the forward's request is held first
+        except RecordingUnavailable as exc:
+            self.finish(EndReason.RECORDING_FAILED)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
         try:
             self.up_chan, _ = await self.upstream.create_connection(
                 lambda: _UpstreamTcp(self), self.attrs["dest_host"], self.attrs["dest_port"],

@@ -117,6 +117,8 @@ class LimitsConfig:
     max_preauth: int = 1024  # of those, not yet admitted (token verified, policy passed)
     max_preauth_per_source: int = 256  # not yet admitted, from one source (a pool, a NAT)
     preauth_deadline_s: int = 15  # from accept to admitted, whatever trickles in meanwhile
+    idle_timeout_s: int = 3600  # a session with no byte either way this long ends; 0: never
+    max_message_bytes: int = 64 << 20  # the largest PostgreSQL message a client may send
     # Refusals are recorded as sessions up to this many per source address and interval; the
     # rest are folded into one sealed summary per source and interval.
     refusals_per_source: int = 10
@@ -399,6 +401,7 @@ def _limits(raw: Any) -> LimitsConfig:
     d = LimitsConfig()
     bounds = {"max_connections": (1, 1 << 20), "max_preauth": (1, 1 << 20),
               "max_preauth_per_source": (1, 1 << 20), "preauth_deadline_s": (1, 600),
+              "idle_timeout_s": (0, 7 * 86_400), "max_message_bytes": (1 << 16, 1 << 30),
               "refusals_per_source": (1, 1 << 20), "refusal_interval_s": (1, 86_400)}  # fmt: skip
     check_only(m, "limits", set(bounds))
     values = {key: as_int(m.get(key, getattr(d, key)), f"limits.{key}", lo, hi)

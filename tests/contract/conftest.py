@@ -8,6 +8,7 @@ says what the client saw when the gateway refused or ended it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -48,6 +49,10 @@ class Peer:
         """One exchange that reaches the target; Refused when the gateway ended the session."""
         raise NotImplementedError
 
+    def bulk(self, session: Any, data: bytes) -> None:
+        """Send `data` as the protocol's bulk payload (no event of its own)."""
+        raise NotImplementedError
+
     def close(self, session: Any) -> None:
         raise NotImplementedError
 
@@ -66,6 +71,12 @@ class PostgresPeer(Peer):
             assert session.execute("SELECT 1").fetchone() == (1,)
         except psycopg.OperationalError as exc:
             raise Refused(str(exc)) from None
+
+    def bulk(self, session: psycopg.Connection[Any], data: bytes) -> None:
+        """COPY data: bytes that make no event, in chunks that fill by size."""
+        session.execute("CREATE TEMP TABLE IF NOT EXISTS bulk (line text)")
+        with session.cursor() as cur, cur.copy("COPY bulk FROM STDIN") as copy:
+            copy.write(data)
 
     def close(self, session: psycopg.Connection[Any]) -> None:
         session.close()
@@ -112,6 +123,11 @@ class SshPeer(Peer):
         if done.exit_status != 0 or done.stdout not in (b"ok\n", "ok\n"):
             raise Refused(f"exit {done.exit_status}: {done.stderr!r}")
 
+    def bulk(self, session: asyncssh.SSHClientConnection, data: bytes) -> None:
+        """Channel data: stdin of `wc -c`."""
+        done = self._run(session.run("wc -c", input=data, check=False, encoding=None))
+        assert int(done.stdout.split()[0]) == len(data), done
+
     def close(self, session: asyncssh.SSHClientConnection) -> None:
         session.close()
         self._run(session.wait_closed())
@@ -140,6 +156,11 @@ class HttpPeer(Peer):
         if response.status_code != 200:
             raise Refused(f"{response.status_code} {response.text}")
 
+    def bulk(self, session: httpx.Client, data: bytes) -> None:
+        """A request body, streamed."""
+        response = session.post("/api/echo", content=data)
+        assert response.status_code == 200, response.text
+
     def close(self, session: httpx.Client) -> None:
         session.close()
 
@@ -147,19 +168,44 @@ class HttpPeer(Peer):
 PEERS: dict[str, type[Peer]] = {"postgres": PostgresPeer, "ssh": SshPeer, "http": HttpPeer}
 
 
-def contract_config(
-    protocol: str, data_dir: Path, request: pytest.FixtureRequest, **overrides: Any
-) -> Any:
-    """One gateway config for `protocol`, with its real target started (session fixtures)."""
+def target_address(protocol: str, request: pytest.FixtureRequest) -> tuple[str, int]:
     if protocol == "postgres":
         pg_server: PgServer = request.getfixturevalue("pg")
+        return pg_server.host, pg_server.port
+    if protocol == "ssh":
+        sshd_server: SshServer = request.getfixturevalue("sshd")
+        return sshd_server.host, sshd_server.port
+    api: HttpUpstream = request.getfixturevalue("upstream")
+    return "127.0.0.1", api.port
+
+
+def contract_config(
+    protocol: str,
+    data_dir: Path,
+    request: pytest.FixtureRequest,
+    via: tuple[str, int] | None = None,
+    **overrides: Any,
+) -> Any:
+    """One gateway config for `protocol`, with its real target started (session fixtures);
+    `via`: reach the target through this address (a capture relay) instead."""
+    if protocol == "postgres":
+        pg_server: PgServer = request.getfixturevalue("pg")
+        if via is not None:
+            pg_server = dataclasses.replace(pg_server, host=via[0], port=via[1])
         return gateway_config(data_dir, pg_server, **overrides)
     if protocol == "ssh":
         sshd_server: SshServer = request.getfixturevalue("sshd")
+        if via is not None:  # the same host key, listed under the relay's address
+            known = data_dir.parent / "known_hosts_via"
+            key = sshd_server.known_hosts.read_text().split(" ", 1)[1]
+            known.write_text(f"[{via[0]}]:{via[1]} {key}")
+            sshd_server = dataclasses.replace(sshd_server, host=via[0], port=via[1],
+                                              known_hosts=known)  # fmt: skip
         return ssh_config(data_dir, sshd_server, **overrides)
     api: HttpUpstream = request.getfixturevalue("upstream")
     ws: str = request.getfixturevalue("ws_upstream")
-    return http_config(data_dir, api.url, ws, **overrides)
+    url = f"http://{via[0]}:{via[1]}" if via is not None else api.url
+    return http_config(data_dir, url, ws, **overrides)
 
 
 class ContractGateway:
@@ -171,10 +217,14 @@ class ContractGateway:
         self.request = request
         self.gw: RunningGateway | None = None
 
-    def start(self, sink: Any = None, **overrides: Any) -> tuple[RunningGateway, Peer]:
-        """Start the gateway with config `overrides` (top-level keys) and maybe a test sink
-        (a callable taking the config, so it can write where the config says)."""
-        config = contract_config(self.protocol, self.tmp_path / "data", self.request, **overrides)
+    def start(
+        self, sink: Any = None, via: tuple[str, int] | None = None, **overrides: Any
+    ) -> tuple[RunningGateway, Peer]:
+        """Start the gateway with config `overrides` (top-level keys), maybe a test sink (a
+        callable taking the config, so it can write where the config says), maybe reaching
+        the target through `via`."""
+        config = contract_config(self.protocol, self.tmp_path / "data", self.request, via,
+                                 **overrides)  # fmt: skip
         kwargs = {"sink": sink(config)} if sink is not None else {}
         self.gw = RunningGateway(config, **kwargs)
         if self.protocol == "http":

@@ -6,6 +6,7 @@ Each test first asserts that something was recorded, then what it says.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,14 @@ import pytest
 from gateway_task.recording.batching import Batch
 from gateway_task.recording.local import LocalFolderSink
 from tapegate.tape import decode_record
-from tests.contract.conftest import ContractGateway, Refused
+from tests.capture import Capture
+from tests.contract.conftest import (
+    ContractGateway,
+    PostgresPeer,
+    Refused,
+    SshPeer,
+    target_address,
+)
 from tests.pg import free_port
 
 
@@ -244,3 +252,84 @@ def test_a_refusal_flood_is_folded_into_summaries(contract: ContractGateway) -> 
     assert summaries[0]["source"] == "127.0.0.1"
     assert sum(summaries[0]["by_reason"].values()) == attempts - 3
     assert gw.verdicts() and all(v.intact for v in gw.verdicts().values())
+
+
+# -- acked: nothing reaches the target before the sink holds its chunk --------------------------
+
+
+class GatedSink(LocalFolderSink):
+    """The folder sink, whose writes wait for the test to open the gate."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, flush_ms=20)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()  # a write is waiting at the closed gate
+
+    def _write(self, batch: Batch) -> str | None:
+        if not self.gate.is_set():
+            self.waiting.set()
+            self.gate.wait(30)
+        return super()._write(batch)
+
+
+@pytest.mark.parametrize("what", ["round_trip", "bulk"])
+def test_acked_forwards_nothing_before_the_sink_holds_it(
+    contract: ContractGateway, request: pytest.FixtureRequest, what: str
+) -> None:
+    capture = Capture(target_address(contract.protocol, request))
+    try:
+        gw, peer = contract.start(sink=lambda c: GatedSink(c.delivery_dir), via=capture.address,
+                                  durability="acked")  # fmt: skip
+        sink: GatedSink = gw.gateway.sink  # type: ignore[assignment]
+        session = peer.open(gw.token())
+        peer.round_trip(session)
+        time.sleep(0.3)  # let the login's and the round trip's last bytes settle
+        before = capture.to_target
+        assert before > 0, "the capture sits between the gateway and the target"
+        sink.waiting.clear()
+        sink.gate.clear()
+        data = b"".join(b"%08d some bulk line that makes no event\n" % i for i in range(40_000))
+        work = threading.Thread(
+            target=(lambda: peer.round_trip(session)) if what == "round_trip"
+            else (lambda: peer.bulk(session, data)), daemon=True)  # fmt: skip
+        work.start()
+        assert sink.waiting.wait(10), "the session's chunk was handed to the sink"
+        time.sleep(0.5)
+        assert capture.to_target == before, (
+            f"{capture.to_target - before} bytes reached the target before the sink held them"
+        )
+        sink.gate.set()
+        work.join(30)
+        assert not work.is_alive(), "the exchange completes once the sink holds its chunks"
+        assert capture.to_target > before
+        peer.close(session)
+    finally:
+        capture.close()
+    verdicts = gw.verdicts()
+    assert verdicts and all(v.intact for v in verdicts.values())
+
+
+def test_an_idle_session_ends_at_the_idle_timeout(contract: ContractGateway) -> None:
+    gw, peer = contract.start(limits={"idle_timeout_s": 1})
+    session = peer.open(gw.token())
+    peer.round_trip(session)
+    held = None
+    if isinstance(peer, SshPeer):  # an SSH session is a channel: hold one open, silent
+
+        async def hold() -> Any:
+            return await session.create_process("sleep 30", encoding=None)
+
+        held = peer._run(hold())
+    time.sleep(2.5)
+    if isinstance(peer, PostgresPeer):
+        with pytest.raises(Refused, match="idle-session timeout"):
+            peer.round_trip(session)
+    if held is not None:
+        done = peer._run(held.wait(check=False, timeout=20))
+        assert done.exit_status == 255 and b"idle" in done.stderr, done
+    peer.close(session)
+    gw.wait_closed()
+    reasons = [reason for reason, _ in _ends(gw).values()]
+    assert reasons, "the sessions were recorded"
+    assert "idle_timeout" in reasons, reasons

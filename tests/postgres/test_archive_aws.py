@@ -44,15 +44,17 @@ class FlakyFirehose:
             raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}},
                               "PutRecordBatch")  # fmt: skip
         records = kwargs["Records"]
-        if roll < 0.6 and len(records) > 1:  # the first entry fails, the rest go through
+        if roll < 0.6:  # the first entry fails, the rest (if any) go through
             self.partial += 1
-            response = self.real.put_record_batch(
-                DeliveryStreamName=kwargs["DeliveryStreamName"], Records=records[1:]
-            )
+            rest = []
+            if len(records) > 1:
+                rest = self.real.put_record_batch(
+                    DeliveryStreamName=kwargs["DeliveryStreamName"], Records=records[1:]
+                )["RequestResponses"]
             return {
                 "FailedPutCount": 1,
                 "RequestResponses": [{"ErrorCode": "ServiceUnavailableException",
-                                      "ErrorMessage": "try again"}, *response["RequestResponses"]],
+                                      "ErrorMessage": "try again"}, *rest],
             }  # fmt: skip
         return self.real.put_record_batch(**kwargs)
 
