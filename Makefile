@@ -28,6 +28,7 @@ bench: setup
 	bash scripts/ensure-debian-packages.sh pgbouncer wrk
 	$(BIN)/python bench/bench_tape.py
 	$(BIN)/python bench/bench_gateway.py
+	$(BIN)/python bench/bench_faults.py
 
 setup: $(VENV)/.installed node_modules/.installed debian-packages
 

@@ -288,6 +288,8 @@ class Gateway:
                 except RecordingUnavailable:
                     session.end(EndReason.RECORDING_FAILED)
                     continue
+                if session.end_reason is not None:
+                    continue  # ending already: told once
                 if self._expired(session, expired_before):
                     session.end(EndReason.TOKEN_EXPIRED)
                 elif idle_ns and now - session.recorder.last_frame_ns > idle_ns:

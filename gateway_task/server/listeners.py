@@ -56,7 +56,12 @@ class SniffingListener:
                 log.error("accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            slot = self._admission.arrive(conn.getpeername()[0])
+            try:
+                source = conn.getpeername()[0]
+            except OSError:  # gone already (a reset between accept and here)
+                conn.close()
+                continue
+            slot = self._admission.arrive(source)
             if isinstance(slot, str):
                 # Over a limit, before TLS: no HTTP answer can reach a TLS client yet, and a
                 # handshake per refused socket is what a flood would want. Closed and counted.
