@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml
 
 from bench.results import write_section
-from tapegate.throwaway_pg import APP_PASSWORD, PgServer, free_port, start_postgres
+from gateway_task.devtools.throwaway_pg import APP_PASSWORD, PgServer, free_port, start_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 TAPEGATE = [sys.executable, "-m", "tapegate.cli"]

@@ -37,9 +37,9 @@ from asyncssh.encryption import get_encryption, get_encryption_params
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway_task.dev_issuer import mint_token
+from gateway_task.devtools.throwaway_pg import free_port
+from gateway_task.devtools.throwaway_sshd import SshServer, askpass_env, start_sshd
 from tapegate.config import load_config
-from tapegate.throwaway_pg import free_port
-from tapegate.throwaway_sshd import SshServer, askpass_env, start_sshd
 
 UPSTREAM_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1024\r\n\r\n"
                      + b"x" * 1024)  # fmt: skip

@@ -32,8 +32,8 @@ from bench.bench_gateway import (
     tapegate_token,
 )
 from bench.bench_ssh_http import running, wrk
-from tapegate.throwaway_pg import start_postgres
-from tapegate.throwaway_sshd import askpass_env
+from gateway_task.devtools.throwaway_pg import start_postgres
+from gateway_task.devtools.throwaway_sshd import askpass_env
 
 
 def main() -> None:

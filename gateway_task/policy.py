@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gateway_task.protocols.postgres.relay import Guard
-from gateway_task.protocols.postgres.sql import matches_kind
 from tapegate.config import Target
+from tapegate.protocols.postgres.relay import Guard
+from tapegate.protocols.postgres.sql import matches_kind
 
 
 def guard_for(target: Target) -> Guard:

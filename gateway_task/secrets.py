@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tapegate.config import InjectHeader, Target
+from tapegate.config import HttpTarget, InjectHeader, PostgresTarget, SshTarget, Target
 
 CACHE_TTL_S = 300.0
 T = TypeVar("T")
@@ -33,13 +33,13 @@ class Credentials:
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
-    async def password(self, target: Target) -> str:
+    async def password(self, target: PostgresTarget | SshTarget) -> str:
         return await self._get(("password", target.name), lambda: target_password(target))
 
-    async def ssh(self, target: Target) -> SshCredential:
+    async def ssh(self, target: SshTarget) -> SshCredential:
         return await self._get(("ssh", target.name), lambda: ssh_credential(target))
 
-    async def header(self, target: Target) -> str:
+    async def header(self, target: HttpTarget) -> str:
         inject = target.inject_header
         assert inject is not None
         return await self._get(("header", target.name), lambda: header_value(inject))
@@ -83,14 +83,14 @@ class SshCredential:
     password: str | None = None
 
 
-def target_password(target: Target) -> str:
+def target_password(target: PostgresTarget | SshTarget) -> str:
     value = _fetch(target.password_env, target.password_file, target.secret_arn, "password")
     if value is None:
         raise CredentialError(f"target {target.name} has no credential source")
     return value
 
 
-def ssh_credential(target: Target) -> SshCredential:
+def ssh_credential(target: SshTarget) -> SshCredential:
     if target.private_key_file is not None:
         return SshCredential(private_key=_read(target.private_key_file))
     if target.secret_arn:

@@ -12,7 +12,7 @@ import socket
 import ssl
 import struct
 
-from gateway_task.protocols.postgres import messages as m
+from tapegate.protocols.postgres import messages as m
 
 
 class RawPg:

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gateway_task.devtools.throwaway_pg import free_port
 from tapegate.archive.embedded import LocalArchive
 from tapegate.config import load_config
 from tapegate.keys import LocalKeyStore
 from tapegate.tape import decode_record
-from tapegate.throwaway_pg import free_port
 from tests.tapes import record_session
 
 TAPEGATE = [sys.executable, "-m", "tapegate.cli"]

@@ -14,11 +14,11 @@ import yaml
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from gateway_task.protocols.postgres import messages as m
 from tapegate.audit.postgres import ResultReader
 from tapegate.audit.render import RenderError, asciicast, har
 from tapegate.audit.timeline import auditor_keyring, open_replay
 from tapegate.keys import LocalKeyStore
+from tapegate.protocols.postgres import messages as m
 from tapegate.tape import Direction, Event, Identity, SessionHeader, TapeWriter, decode_record
 from tests.tapes import T0
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from gateway_task.protocols.http import exchange as x
-from gateway_task.protocols.http.websocket import WebSocketObserver
-from gateway_task.protocols.ssh.scp import ScpObserver
-from gateway_task.protocols.ssh.sftp import SftpObserver
+from tapegate.protocols.http import exchange as x
+from tapegate.protocols.http.websocket import WebSocketObserver
+from tapegate.protocols.ssh.scp import ScpObserver
+from tapegate.protocols.ssh.sftp import SftpObserver
 from tapegate.tape import Direction
 
 

@@ -260,6 +260,8 @@ def test_a_waiting_commit_wakes_on_a_sink_failure(tmp_path: Path) -> None:
         with pytest.raises(RecordingUnavailable, match="cannot write to the archive folder"):
             await asyncio.wait_for(recorder.commit(), 10)
         blocked.unlink()
+        # The writer retries with backoff: once it succeeds the sink is healthy again.
+        assert await asyncio.to_thread(_until, lambda: sink.failure is None)
         await asyncio.to_thread(sink.close)
         records, errors = split_records(_delivered(blocked))
         assert records and not errors, "what the commit gave up on is still written later"

@@ -73,6 +73,8 @@ class Recorder:
 
     async def forwarding(self) -> None:
         """Call after recording bytes bound for the target and before writing them."""
+        if self.sink.failure is not None:  # never forward while nothing can be recorded
+            raise RecordingUnavailable(self.sink.failure)
         if self.acked:
             await self.commit()
         elif self.sink.over_memory:

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from gateway_task.protocols.http import exchange as x
-from gateway_task.protocols.http.websocket import WebSocketObserver
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.server.admission import run_admission
 from gateway_task.tls import upstream_https_context
-from tapegate.config import Target
+from tapegate.config import HttpTarget
+from tapegate.protocols.http import exchange as x
+from tapegate.protocols.http.websocket import WebSocketObserver
 from tapegate.proxy.admission import Admitted, Login, Refusal, RefusalKind, Words, admit, auth_attrs
 from tapegate.tape import Direction, Event, Identity
 from tapegate.vocab import EndReason
@@ -88,7 +88,7 @@ class _Closed(Exception):
 @dataclass(eq=False)
 class HttpSession:
     recorder: Recorder
-    target: Target
+    target: HttpTarget
     subject: str
     tasks: list[asyncio.Task[object]] = field(default_factory=list)
     end_reason: str | None = None
@@ -252,7 +252,6 @@ class HttpConnection:
     ) -> bool:  # fmt: skip
         recorder = session.recorder
         target = session.target
-        assert target.inject_header is not None
         secret = credential.encode("latin-1")
         try:
             up = await self._upstream(target)
@@ -586,7 +585,7 @@ class HttpConnection:
                 data = await up.reader.read(READ_SIZE)
             up.conn.receive_data(data)
 
-    async def _upstream(self, target: Target) -> _Upstream:
+    async def _upstream(self, target: HttpTarget) -> _Upstream:
         if self.upstream is not None and self.upstream.target == target.name:
             if self.upstream.conn.our_state is h11.IDLE and not self.upstream.reader.at_eof():
                 return self.upstream
@@ -619,7 +618,7 @@ _TITLES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "unkn
            504: "gateway_timeout"}  # fmt: skip
 
 
-def _host_header(target: Target) -> bytes:
+def _host_header(target: HttpTarget) -> bytes:
     default = 443 if target.upstream_https else 80
     port = target.upstream.port
     host = target.upstream.host

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from gateway_task import policy
-from gateway_task.protocols.postgres import messages as m
-from gateway_task.protocols.postgres.login import LoginError, UpstreamLogin
-from gateway_task.protocols.postgres.relay import PgRelay, RelayLimits
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.server.admission import run_admission
 from gateway_task.tls import upstream_context
-from tapegate.config import Target
+from tapegate.config import PostgresTarget
+from tapegate.protocols.postgres import messages as m
+from tapegate.protocols.postgres.login import LoginError, UpstreamLogin
+from tapegate.protocols.postgres.relay import PgRelay, RelayLimits
 from tapegate.proxy.admission import (
     Admitted,
     Login,
@@ -76,7 +76,7 @@ class PgSession:
     """One client connection, once it has a recorder."""
 
     recorder: Recorder
-    target: Target
+    target: PostgresTarget
     upstream_addr: tuple[str, int]
     upstream_key: tuple[int, int] | None
     tasks: list[asyncio.Task[str]] = field(default_factory=list)
@@ -334,7 +334,7 @@ class PgConnection:
                 return key
 
     async def _upstream(
-        self, target: Target, password: str
+        self, target: PostgresTarget, password: str
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, UpstreamLogin]:
         host, port = target.upstream.host, target.upstream.port
         try:

@@ -26,7 +26,7 @@ from gateway_task.recording import Recorder
 from gateway_task.secrets import Credentials, SshCredential
 from gateway_task.server.admission import run_admission
 from gateway_task.server.ssh_channels import ForwardRelay, SessionRelay
-from tapegate.config import Address, Config, Target
+from tapegate.config import Address, Config, SshTarget
 from tapegate.keys import load_ssh_host_seed
 from tapegate.proxy.admission import Admitted, Login, Refusal, RefusalKind, Words, admit, auth_attrs
 from tapegate.tape import Event, Identity
@@ -41,6 +41,9 @@ UPSTREAM_TIMEOUT_S = 10.0
 
 
 SSH_WORDS = Words("the SSH username", "")
+UNRECORDABLE_CHANNEL = (
+    "tapegate cannot record this session, so it is refused: nothing runs unrecorded"
+)
 
 
 class SshListener:
@@ -133,7 +136,7 @@ class SshClientLink(asyncssh.SSHServer):
         self.client_addr = "?:0"
         self.connection_id = uuid.uuid4().hex[:16]
         self.started_ns = time.time_ns()
-        self.target: Target | None = None
+        self.target: SshTarget | None = None
         self.identity: Identity | None = None
         self.method = ""
         self.upstream: asyncssh.SSHClientConnection | None = None
@@ -301,6 +304,14 @@ class SshClientLink(asyncssh.SSHServer):
 
     def _channel_recorder(self, channel: str) -> Recorder:
         assert self.identity is not None and self.target is not None
+        if self.gw.sink.failure is not None:  # fail closed: no channel opens unrecorded
+            reason = UNRECORDABLE_CHANNEL
+            self.gw.record_refusal(
+                self.identity, self.target.name, "ssh", self.client_addr,
+                {"method": self.method, "refusal": "archive_failing", "reason": reason,
+                 "channel": channel},
+            )  # fmt: skip
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason)
         now = time.time_ns()
         recorder = self.gw.open_recorder(self.identity, self.target.name, "ssh",
                                          self.client_addr, now)  # fmt: skip
@@ -322,7 +333,7 @@ class UpstreamError(Exception):
 
 
 async def connect_upstream(
-    target: Target, cred: SshCredential, credentials: Credentials
+    target: SshTarget, cred: SshCredential, credentials: Credentials
 ) -> asyncssh.SSHClientConnection:
     try:
         keys = [asyncssh.import_private_key(cred.private_key)] if cred.private_key else None

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from gateway_task import policy
-from gateway_task.protocols.ssh.scp import ScpObserver
-from gateway_task.protocols.ssh.sftp import SftpObserver
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.recording.gate import ForwardGate
-from tapegate.config import Target
+from tapegate.config import SshTarget
+from tapegate.protocols.ssh.scp import ScpObserver
+from tapegate.protocols.ssh.sftp import SftpObserver
 from tapegate.tape import Direction, Event
 from tapegate.vocab import EndReason
 
@@ -161,7 +161,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         self,
         gw: Gateway,
         recorder: Recorder,
-        target: Target,
+        target: SshTarget,
         upstream: asyncssh.SSHClientConnection,
     ) -> None:
         super().__init__(gw, recorder)
@@ -179,6 +179,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         # What the client sent before the upstream channel was open, forwarded once it is.
         self._early: list[bytes] = []
         self._early_eof = False
+        self._early_resize: tuple[int, int, int, int] | None = None
 
     # -- the client's requests ----------------------------------------------------------------
 
@@ -259,6 +260,9 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         if self._early_eof:
             self.to_target.send(up_chan.write_eof)
         self._early = []
+        if self._early_resize is not None:
+            size, self._early_resize = self._early_resize, None
+            self.to_target.send(lambda: up_chan.change_terminal_size(*size))
         self.chan.resume_reading()
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
@@ -291,7 +295,9 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         self._events([Event(time.time_ns(), "resize", C2S, {"cols": width, "rows": height})])
-        if self.up_chan is not None:
+        if self.up_chan is None:  # applied once the target's channel is open
+            self._early_resize = (width, height, pixwidth, pixheight)
+        else:
             self.to_target.send(
                 lambda: self.up_chan.change_terminal_size(width, height, pixwidth, pixheight)
             )

@@ -21,13 +21,13 @@ from tapegate.audit.evidence import EvidenceError, SessionEvidence, gather, pars
 from tapegate.audit.render import JsonLines, RenderError, TextTimeline, asciicast, har
 from tapegate.audit.summary import format_summary, summarize, summary_lines
 from tapegate.audit.timeline import Replay, auditor_keyring, extend, open_replay
-from tapegate.cli import (
+from tapegate.cli.common import (
     UsageError,
-    _archive,
-    _by_session,
-    _config_arg,
-    _load,
+    by_session,
+    config_arg,
     format_verdict,
+    load,
+    open_archive,
 )
 from tapegate.keys import KeyFileError, Keyring, LocalKeyStore, load_auditor_key
 from tapegate.present import Output
@@ -39,7 +39,7 @@ def add_commands(sub: Any) -> None:
     show.add_argument("session", metavar="SESSION")
     show.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     _trust_arg(show)
-    _config_arg(show)
+    config_arg(show)
     show.set_defaults(func=cmd_show)
 
     replay = sub.add_parser(
@@ -67,7 +67,7 @@ def add_commands(sub: Any) -> None:
         "else the data dir's keys/auditor.key)",
     )
     _trust_arg(replay)
-    _config_arg(replay)
+    config_arg(replay)
     replay.set_defaults(func=cmd_replay)
 
     verify = sub.add_parser(
@@ -86,7 +86,7 @@ def add_commands(sub: Any) -> None:
         default=None,
         help="for FILEs: whose keys to trust (default: the config's data dir)",
     )
-    _config_arg(verify)
+    config_arg(verify)
     verify.set_defaults(func=cmd_verify)
 
     export = sub.add_parser(
@@ -96,7 +96,7 @@ def add_commands(sub: Any) -> None:
     export.add_argument("session", metavar="SESSION")
     export.add_argument("-o", "--output", required=True, type=Path, metavar="FILE")
     _trust_arg(export)
-    _config_arg(export)
+    config_arg(export)
     export.set_defaults(func=cmd_export)
 
 
@@ -128,7 +128,7 @@ def _evidence(
     what, the sealed session key) verified, since show, replay and export need it."""
     try:
         sid = parse_session_id(args.session)
-        archive = _archive(_load(args))
+        archive = open_archive(load(args))
         evidence = gather(sid, archive.index, archive.evidence)
     except EvidenceError as exc:
         raise UsageError(str(exc)) from None
@@ -144,14 +144,14 @@ def _evidence(
 
 
 def _auditor_keys(args: argparse.Namespace, archive: Any) -> dict[bytes, PrivateKey]:
-    spec = args.auditor_key or _load(args).archive.auditor_key
+    spec = args.auditor_key or load(args).archive.auditor_key
     if spec is None:
         default = archive.default_auditor_key
         if default is None or not Path(default).exists():
             return {}
         spec = str(default)
     try:
-        return auditor_keyring([load_auditor_key(spec, _load(args).archive.region)])
+        return auditor_keyring([load_auditor_key(spec, load(args).archive.region)])
     except KeyFileError as exc:
         raise UsageError(str(exc)) from None
 
@@ -340,7 +340,7 @@ def _verify_files(args: argparse.Namespace, files: list[Path]) -> bool:
     if args.trust:
         trusted = _trusted(args, None)
     else:
-        data_dir = args.data_dir or _load(args).data_dir
+        data_dir = args.data_dir or load(args).data_dir
         try:
             trusted = LocalKeyStore(data_dir).trusted()
         except (OSError, KeyFileError) as exc:
@@ -359,7 +359,7 @@ def _verify_files(args: argparse.Namespace, files: list[Path]) -> bool:
         print("no sealed records found")
         return False
     ok = True
-    for session_id, group in _by_session(records).items():
+    for session_id, group in by_session(records).items():
         verdict = verify_session(group, trusted, session_id)
         print(format_verdict(verdict))
         ok = ok and verdict.intact

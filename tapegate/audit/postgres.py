@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway_task.protocols.postgres import messages as m
+from tapegate.protocols.postgres import messages as m
 
 DEFAULT_MAX_ROWS = 20
 

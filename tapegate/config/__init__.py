@@ -23,12 +23,22 @@ from tapegate.config.checks import (
     as_str,
     check_only,
 )
-from tapegate.config.targets import PROTOCOLS, GuardRule, InjectHeader, Target, parse_target
+from tapegate.config.targets import (
+    PROTOCOLS,
+    GuardRule,
+    HttpTarget,
+    InjectHeader,
+    PostgresTarget,
+    SshTarget,
+    Target,
+    parse_target,
+)
 
 __all__ = [
-    "PROTOCOLS", "Address", "ArchiveConfig", "Config", "ConfigError", "GuardRule", "IdentityConfig",
-    "InjectHeader", "KeysConfig", "LimitsConfig", "RecordingConfig", "SinkConfig", "TLSConfig",
-    "Target", "load_config", "parse_config",
+    "PROTOCOLS", "Address", "ArchiveConfig", "Config", "ConfigError", "GuardRule", "HttpTarget",
+    "IdentityConfig", "InjectHeader", "KeysConfig", "LimitsConfig", "PostgresTarget",
+    "RecordingConfig", "SinkConfig", "SshTarget", "TLSConfig", "Target", "load_config",
+    "parse_config",
 ]  # fmt: skip
 
 

@@ -67,28 +67,45 @@ class InjectHeader:
     prefix: str = ""  # "Bearer " for a bearer token
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Target:
+    """What every target has; each protocol's model adds its own (one model per protocol)."""
+
     name: str
     protocol: str
     upstream: Address
-    database: str = ""
-    username: str = ""
+    allow_groups: tuple[str, ...] = ()
+    deny: tuple[GuardRule, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PostgresTarget(Target):
+    database: str
+    username: str
     password_env: str | None = None
     password_file: Path | None = None
     secret_arn: str | None = None
-    allow_groups: tuple[str, ...] = ()
-    deny: tuple[GuardRule, ...] = ()
-    upstream_tls: str = "prefer"  # postgres: disable | prefer | require | verify-full
+    upstream_tls: str = "prefer"  # disable | prefer | require | verify-full
     upstream_ca_file: Path | None = None
-    # ssh
+
+
+@dataclass(frozen=True, kw_only=True)
+class SshTarget(Target):
+    username: str
     private_key_file: Path | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    secret_arn: str | None = None
     known_hosts: Path | None = None
     known_hosts_lines: str | None = None  # the lines themselves, where no file can be (Fargate)
     allow_port_forwarding: bool = False
-    # http: upstream_url is the API base, e.g. https://api.internal:9000/v1
-    upstream_url: str = ""
-    inject_header: InjectHeader | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpTarget(Target):
+    upstream_url: str  # the API base, e.g. https://api.internal:9000/v1
+    inject_header: InjectHeader
+    upstream_ca_file: Path | None = None
 
     @property
     def upstream_https(self) -> bool:
@@ -135,7 +152,7 @@ def parse_target(raw: Any, key: str, base_dir: Path) -> Target:
     upstream_tls = as_str(m.get("upstream_tls", "prefer"), f"{key}.upstream_tls")
     if upstream_tls not in ("disable", "prefer", "require", "verify-full"):
         raise ConfigError(f"{key}.upstream_tls", "must be disable, prefer, require or verify-full")
-    return Target(
+    return PostgresTarget(
         database=as_str(m.get("database", name), f"{key}.database"),
         upstream_tls=upstream_tls,
         upstream_ca_file=_opt_path(m, "upstream_ca_file", key, base_dir),
@@ -148,7 +165,7 @@ def is_known_hosts_lines(value: str) -> bool:
     return _KNOWN_HOSTS_LINE.search(value) is not None
 
 
-def _ssh(m: dict[str, Any], key: str, base_dir: Path, common: dict[str, Any]) -> Target:
+def _ssh(m: dict[str, Any], key: str, base_dir: Path, common: dict[str, Any]) -> SshTarget:
     if "known_hosts" not in m:
         raise ConfigError(
             f"{key}.known_hosts",
@@ -164,7 +181,7 @@ def _ssh(m: dict[str, Any], key: str, base_dir: Path, common: dict[str, Any]) ->
         for n, line in enumerate(lines.splitlines(), 1):
             if line.strip() and not line.lstrip().startswith("#") and len(line.split()) < 3:
                 raise ConfigError(f"{key}.known_hosts", f"line {n} is not 'HOSTS KEYTYPE KEY'")
-    return Target(
+    return SshTarget(
         private_key_file=_opt_path(m, "private_key_file", key, base_dir),
         known_hosts=None if lines else as_path(known, f"{key}.known_hosts", base_dir),
         known_hosts_lines=lines,
@@ -173,7 +190,7 @@ def _ssh(m: dict[str, Any], key: str, base_dir: Path, common: dict[str, Any]) ->
     )
 
 
-def _http(m: dict[str, Any], key: str, base_dir: Path, common: dict[str, Any]) -> Target:
+def _http(m: dict[str, Any], key: str, base_dir: Path, common: dict[str, Any]) -> HttpTarget:
     url = as_str(m["upstream"], f"{key}.upstream")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -186,7 +203,7 @@ def _http(m: dict[str, Any], key: str, base_dir: Path, common: dict[str, Any]) -
         raise ConfigError(f"{key}.upstream", f"bad port in {url!r}") from None
     if "inject_header" not in m:
         raise ConfigError(f"{key}.inject_header", "is required: the credential the gateway adds")
-    return Target(
+    return HttpTarget(
         upstream=Address(parts.hostname, port),
         upstream_url=url,
         inject_header=_inject_header(m["inject_header"], f"{key}.inject_header", base_dir),

@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-from tapegate.throwaway_sshd import SshServer
+from gateway_task.devtools.throwaway_sshd import SshServer
 from tests.gateway_harness import RunningGateway, gateway_config
 from tests.http.conftest import http_config, upstream, ws_upstream  # noqa: F401  (fixtures)
 from tests.http_upstream import HttpUpstream

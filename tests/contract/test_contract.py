@@ -5,6 +5,7 @@ Each test first asserts that something was recorded, then what it says.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -333,3 +334,71 @@ def test_an_idle_session_ends_at_the_idle_timeout(contract: ContractGateway) -> 
     reasons = [reason for reason, _ in _ends(gw).values()]
     assert reasons, "the sessions were recorded"
     assert "idle_timeout" in reasons, reasons
+
+
+def test_shutdown_seals_a_final_chunk_and_tells_the_client(contract: ContractGateway) -> None:
+    gw, peer = contract.start()
+    session = peer.open(gw.token())
+    peer.round_trip(session)
+    held = None
+    if isinstance(peer, SshPeer):  # an SSH session is a channel: one is open at the stop
+
+        async def hold() -> Any:
+            return await session.create_process("sleep 30", encoding=None)
+
+        held = peer._run(hold())
+    gw.stop(drain_s=0.5)
+    if isinstance(peer, PostgresPeer):
+        with pytest.raises(Refused, match="shutting down"):
+            peer.round_trip(session)
+    if held is not None:
+        done = peer._run(held.wait(check=False, timeout=20))
+        assert done.exit_status == 255 and b"shutting down" in done.stderr, done
+    peer.close(session)
+    ends = _ends(gw)
+    assert "gateway_shutdown" in [reason for reason, _ in ends.values()], ends
+    assert all(v.intact for v in gw.verdicts().values()), "every session has its final chunk"
+
+
+def test_a_failing_archive_stops_forwarding_with_the_protocols_error(
+    contract: ContractGateway, request: pytest.FixtureRequest
+) -> None:
+    capture = Capture(target_address(contract.protocol, request))
+    try:
+        gw, peer = contract.start(via=capture.address)
+        session = peer.open(gw.token())
+        peer.round_trip(session)
+        deliveries = gw.config.delivery_dir
+        saved = deliveries.with_name("deliveries.saved")  # what was delivered is kept aside
+        deliveries.mkdir(parents=True, exist_ok=True)  # nothing may have been written yet
+        deliveries.rename(saved)
+        deliveries.write_text("not a folder")  # the archive can no longer be written
+        deadline = time.monotonic() + 10
+        while gw.gateway.sink.failure is None and time.monotonic() < deadline:
+            with contextlib.suppress(Refused):  # what was in memory may still have run
+                peer.round_trip(session)
+            time.sleep(0.05)
+        assert gw.gateway.sink.failure is not None
+        time.sleep(0.3)
+        before = capture.to_target
+        with pytest.raises(Refused) as refused:
+            peer.round_trip(session)
+            peer.round_trip(peer.open(gw.token()))  # HTTP and SSH: a new request or channel
+        told = str(refused.value).lower()
+        assert "record" in told or "archive" in told or "unavailable" in told, told
+        time.sleep(0.3)
+        assert capture.to_target == before, "nothing reached the target while unrecordable"
+        with contextlib.suppress(Exception):
+            peer.close(session)
+    finally:
+        capture.close()
+    deliveries.unlink()  # the archive is back: what was kept in memory is written
+    saved.rename(deliveries)
+    deadline = time.monotonic() + 10
+    while gw.gateway.sink.failure is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gw.stop()
+    verdicts = gw.verdicts()
+    assert all(v.intact for v in verdicts.values()), [
+        [str(p) for p in v.problems] for v in verdicts.values() if not v.intact
+    ]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway_task.protocols.postgres import messages as m
+from tapegate.protocols.postgres import messages as m
 
 
 def test_startup_round_trip() -> None:

@@ -102,7 +102,7 @@ def test_newer_protocol_minor_is_negotiated_down(gw: RunningGateway) -> None:
     option unrecognised), as PostgreSQL answers, and carries on in 3.0."""
     import struct
 
-    from gateway_task.protocols.postgres import messages as m
+    from tapegate.protocols.postgres import messages as m
 
     client = RawPg(gw.host, gw.port)
     body = struct.pack(">I", (3 << 16) | 2) + b"user\0agent\0database\0appdb\0_pq_.test\0x\0\0"

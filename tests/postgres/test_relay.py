@@ -7,8 +7,8 @@ import contextlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway_task.protocols.postgres import messages as m
-from gateway_task.protocols.postgres.relay import PgRelay
+from tapegate.protocols.postgres import messages as m
+from tapegate.protocols.postgres.relay import PgRelay
 
 
 def _deny_drop(sql: str, kinds: list[str]) -> str | None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from gateway_task.protocols.postgres import messages as m
 from tapegate.keys import LocalKeyStore
+from tapegate.protocols.postgres import messages as m
 from tapegate.tape import Direction, decode_record, key_id, open_frames, open_session_key
 from tests.gateway_harness import RunningGateway
 from tests.pg import APP_PASSWORD, PgServer

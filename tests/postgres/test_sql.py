@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway_task.protocols.postgres.sql import matches_kind, statement_kinds
+from tapegate.protocols.postgres.sql import matches_kind, statement_kinds
 
 CASES = [
     ("select 1", ["SELECT"]),

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from gateway_task.devtools.throwaway_sshd import SshServer, askpass_env, start_sshd
 from tapegate.config import Config, parse_config
-from tapegate.throwaway_sshd import SshServer, askpass_env, start_sshd
 from tests.gateway_harness import RunningGateway
 from tests.pg import free_port
 

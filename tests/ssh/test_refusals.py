@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway_task.devtools.throwaway_sshd import SshServer
 from gateway_task.server import ssh as ssh_server
 from tapegate.config import Address
-from tapegate.throwaway_sshd import SshServer
 from tests.bad_tokens import bad_tokens
 from tests.gateway_harness import RunningGateway
 from tests.ssh.conftest import openssh, ssh_config

@@ -11,9 +11,9 @@ from typing import Any
 import asyncssh
 import pytest
 
+from gateway_task.devtools.throwaway_sshd import SshServer
 from tapegate.archive.embedded import LocalArchive
 from tapegate.cli import main
-from tapegate.throwaway_sshd import SshServer
 from tests.gateway_harness import RunningGateway
 from tests.ssh.conftest import openssh
 

@@ -69,9 +69,9 @@ def run_demo(data_dir: Path) -> int:
     import shutil
     import tempfile
 
-    from tapegate import demo_more
-    from tapegate.throwaway_pg import APP_PASSWORD, free_port, start_postgres
-    from tapegate.throwaway_sshd import start_sshd
+    from gateway_task.devtools import demo_more
+    from gateway_task.devtools.throwaway_pg import APP_PASSWORD, free_port, start_postgres
+    from gateway_task.devtools.throwaway_sshd import start_sshd
 
     if data_dir.exists():
         shutil.rmtree(data_dir)
@@ -140,7 +140,7 @@ async def _agent_session(config: Config) -> None:
     out, _ = await proc.communicate(AGENT_SCRIPT.encode())
     for line in out.decode().splitlines():
         print(f"   | {line}")
-    from tapegate.demo_more import agent_ssh_and_http
+    from gateway_task.devtools.demo_more import agent_ssh_and_http
 
     await agent_ssh_and_http(gateway.addresses, config.data_dir, token)
     await gateway.stop(drain_s=1.0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from scramp import ScramClient, ScramException
 
-from gateway_task.protocols.postgres import messages as m
+from tapegate.protocols.postgres import messages as m
 
 # Startup parameters that name who and what the client connects to: the gateway decides these.
 _NOT_PASSED_ON = frozenset({"user", "database", "replication", "application_name"})

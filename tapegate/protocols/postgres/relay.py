@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway_task.protocols.postgres import messages as m
-from gateway_task.protocols.postgres.sql import first_words, statement_kinds
+from tapegate.protocols.postgres import messages as m
+from tapegate.protocols.postgres.sql import first_words, statement_kinds
 from tapegate.tape import Direction, Event
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tapegate.throwaway_pg import free_port
-from tapegate.throwaway_sshd import SshServer, askpass_env
+from gateway_task.devtools.throwaway_pg import free_port
+from gateway_task.devtools.throwaway_sshd import SshServer, askpass_env
 
 API_KEY_ENV = "TAPEGATE_DEMO_API_KEY"
 

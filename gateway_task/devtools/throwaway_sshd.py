@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tapegate.throwaway_pg import free_port
+from gateway_task.devtools.throwaway_pg import free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
