@@ -53,22 +53,19 @@ class Credentials:
         cached = self._cache.get(key)
         if cached is not None and self._clock() < cached[0]:
             return cached[1]  # type: ignore[no-any-return]
-        waiting = self._inflight.get(key)
-        if waiting is not None:
-            return await asyncio.shield(waiting)  # type: ignore[no-any-return]
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            value = await asyncio.to_thread(fetch)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: nobody else may be waiting
-            raise
-        finally:
-            del self._inflight[key]
-        self._cache[key] = (self._clock() + self.ttl_s, value)
-        future.set_result(value)
-        return value
+        task = self._inflight.get(key)
+        if task is None:
+            # The fetch is a task of its own: a caller that gives up (its login deadline)
+            # cancels only its wait, never the lookup others share.
+            task = asyncio.ensure_future(asyncio.to_thread(fetch))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._fetched(key, t))
+        return await asyncio.shield(task)  # type: ignore[no-any-return]
+
+    def _fetched(self, key: tuple[str, str], task: asyncio.Future[Any]) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled() and task.exception() is None:
+            self._cache[key] = (self._clock() + self.ttl_s, task.result())
 
 
 class CredentialError(Exception):

@@ -64,3 +64,23 @@ def test_a_failed_lookup_is_not_cached() -> None:
         return await store._get(("password", "db"), fetch)
 
     assert asyncio.run(scenario()) == "now-set" and len(calls) == 2
+
+
+def test_a_caller_that_gives_up_does_not_cancel_the_shared_lookup() -> None:
+    store = Credentials()
+    gate = threading.Event()
+
+    def fetch() -> str:
+        gate.wait(5)
+        return "value"
+
+    async def scenario() -> str:
+        first = asyncio.ensure_future(store._get(("password", "db"), fetch))
+        second = asyncio.ensure_future(store._get(("password", "db"), fetch))
+        await asyncio.sleep(0.05)
+        first.cancel()  # its login deadline passed
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await second
+
+    assert asyncio.run(scenario()) == "value"

@@ -290,3 +290,54 @@ def test_backpressure_waits_on_the_loop_without_blocking_it(tmp_path: Path) -> N
         await asyncio.to_thread(sink.close)
 
     asyncio.run(scenario())
+
+
+class OneSlowCall(FakeFirehose):
+    """Holds the call that carries `slow` until the gate opens; others go through at once."""
+
+    def __init__(self, slow: bytes) -> None:
+        super().__init__()
+        self.slow = slow
+        self.gate = threading.Event()
+
+    def put_record_batch(self, DeliveryStreamName: str, Records: list[dict[str, Any]]) -> dict:
+        if any(r["Data"] == self.slow for r in Records):
+            self.gate.wait(30)
+        return super().put_record_batch(DeliveryStreamName, Records)
+
+
+def test_an_ack_waits_for_every_batch_its_records_landed_in(tmp_path: Path) -> None:
+    """One put that fills a batch and starts the next: its ack means both are held."""
+    first, second = _records(2, 700_000)  # together over the 1 MiB a call carries
+    client = OneSlowCall(slow=first)
+    sink = FirehoseSink("tapes", client, tmp_path / "spool", flush_ms=10)
+    ack = sink.put([first, second], ack=True, urgent=True)
+    assert ack is not None
+    assert _until(lambda: second in client.accepted), "the second batch went on its own"
+    time.sleep(0.2)
+    assert not ack.done(), "acked before the batch with the first record was held"
+    client.gate.set()
+    ack.result(timeout=10)
+    sink.close()
+    assert sorted(client.accepted) == sorted([first, second])
+
+
+class FlakyWrites(LocalFolderSink):
+    """A folder sink whose first `errors` writes fail as a disk would (EIO)."""
+
+    def __init__(self, root: Path, errors: int) -> None:
+        super().__init__(root, flush_ms=10)
+        self.errors = errors
+
+    def _write(self, batch: Batch) -> str | None:
+        if self.errors > 0:
+            self.errors -= 1
+            return "cannot write to the archive folder: Input/output error"
+        return super()._write(batch)
+
+
+def test_a_transient_error_at_shutdown_loses_nothing(tmp_path: Path) -> None:
+    sink = FlakyWrites(tmp_path / "out", errors=2)
+    sink.put([b"final chunk"])
+    assert sink.close() == 0, "close keeps trying until its deadline"
+    assert _delivered(tmp_path / "out") == b"final chunk"

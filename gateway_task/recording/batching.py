@@ -38,6 +38,10 @@ DEFAULT_MAX_MEMORY_BYTES = 64 << 20
 # A worker that raises this many times within CRASH_WINDOW_S is not restarted again.
 MAX_CRASHES = 5
 CRASH_WINDOW_S = 60.0
+# A batch handed to delivery and not held after this long means a hung worker (a blocked
+# fsync, a network call that never returns): the sink reports failing, so the gateway turns
+# not-ready and sessions stop, instead of waiting for room forever.
+STALL_S = 60.0
 
 
 @dataclass
@@ -57,6 +61,36 @@ def settle(ack: Future[None], error: BaseException | None = None) -> None:
             ack.set_result(None)
         else:
             ack.set_exception(error)
+
+
+def joined(parts: list[Future[None]]) -> Future[None]:
+    """One future for several batches' acks: set once all are (a put can fill a batch and
+    start the next: its records are held only when both are)."""
+    whole: Future[None] = Future()
+    left = [len(parts)]
+    lock = threading.Lock()
+
+    def one_done(part: Future[None]) -> None:
+        if part.cancelled():
+            return
+        error = part.exception()
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if error is not None:
+            settle(whole, error)
+        elif last:
+            settle(whole)
+
+    def cancel_parts(f: Future[None]) -> None:
+        if f.cancelled():
+            for part in parts:
+                part.cancel()
+
+    whole.add_done_callback(cancel_parts)
+    for part in parts:
+        part.add_done_callback(one_done)
+    return whole
 
 
 class BatchingSink:
@@ -102,11 +136,29 @@ class BatchingSink:
     def failure(self) -> str | None:
         if self._sticky is not None:
             return self._sticky
+        stalled = self._stalled_s()
+        if stalled is not None and self._failure is None:
+            return (
+                f"the sink has not delivered a batch in {stalled:.0f} s (a hung disk or network?)"
+            )
         if self._failure is None and not self._closing:
             dead = [n for n, t in self._threads.items() if not t.is_alive()]
             if dead:  # cannot happen while supervision works; never report healthy if it does
                 return f"the sink's worker {dead[0]} stopped"
         return self._failure
+
+    def _stalled_s(self) -> float | None:
+        """How long the oldest batch handed over has waited, when that is over STALL_S."""
+        try:
+            oldest: float | None = self._queue[0].handed
+        except IndexError:  # empty, or emptied by a worker just now
+            oldest = None
+        for batch in list(self._inflight.values()):
+            oldest = batch.handed if oldest is None else min(oldest, batch.handed)
+        if oldest is None:
+            return None
+        waited = time.monotonic() - oldest
+        return waited if waited > STALL_S else None
 
     @property
     def over_memory(self) -> bool:
@@ -142,11 +194,18 @@ class BatchingSink:
     ) -> Future[None] | None:
         """Keep the records (even while failing: they are retried, never dropped), then say
         whether the sink is healthy: a SinkError tells the session to stop forwarding."""
-        future: Future[None] | None = None
+        want = bool(records) and (urgent or ack)
+        parts: list[Future[None]] = []  # one ack per batch these records land in
+        mine = False  # some of these records are in the open batch
         for record in records:
             full = len(self._batch) >= self.max_records
             if self._batch and (full or self._batch_bytes + len(record) > self.max_bytes):
+                if want and mine:
+                    parts.append(Future())
+                    self._acks.append(parts[-1])
                 self._hand_off()
+                mine = False
+            mine = True
             if self._oldest_ns is None:
                 self._oldest_ns = time.monotonic_ns()
             self._batch.append(record)
@@ -154,9 +213,10 @@ class BatchingSink:
             self._memory += len(record)
         if self._memory > self.stats["memory_bytes_max"]:
             self.stats["memory_bytes_max"] = self._memory
-        if records and (urgent or ack):
-            future = Future()
-            self._acks.append(future)
+        if want and mine:
+            parts.append(Future())
+            self._acks.append(parts[-1])
+        future = parts[0] if len(parts) == 1 else joined(parts) if parts else None
         if urgent:
             self._hand_off()
         failure = self.failure
@@ -174,15 +234,17 @@ class BatchingSink:
         now = time.monotonic_ns() if now_ns is None else now_ns
         if self._batch and now - (self._oldest_ns or now) >= self.flush_ns:
             self._hand_off()
+        self._notify()  # a stall is noticed by time, not by an event
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Deliver everything accepted so far; False if failing or not done within timeout."""
         self._hand_off()
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._busy() and self.failure is None:
-                if not self._cond.wait(timeout=max(0.0, deadline - time.monotonic())):
-                    break
+            # A failing sink may recover within the time given; one that was given up on
+            # (a worker that keeps crashing) cannot.
+            while self._busy() and self._sticky is None and time.monotonic() < deadline:
+                self._cond.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
             return not self._busy()
 
     def close(self) -> int:
@@ -312,7 +374,8 @@ class BatchingSink:
     def _notify(self) -> None:
         """From any thread: tell the loop when failing or room changed (only on a change)."""
         state = (self.failure is not None, self.over_memory)
-        if self._loop is None or state == self._signalled:
+        waiting = self._room_evt is not None and not self._room_evt.is_set()
+        if self._loop is None or (state == self._signalled and not (waiting and not state[1])):
             return
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
             self._loop.call_soon_threadsafe(self._sync_signals)

@@ -176,8 +176,11 @@ class FirehoseSink(BatchingSink):
                 if error.permanent:
                     self._degrade(error)
                     return pending
-                if not error.throttled:  # an outage: new batches go to the spool meanwhile
+                if not error.throttled:
+                    # An outage: this batch goes to the spool too, at once (retrying it here
+                    # would hold its acked sessions past their commit deadline).
                     self._degrade(error)
+                    return pending
                 continue
             results = response.get("RequestResponses", [])
             failed: list[bytes] = []
@@ -266,10 +269,11 @@ class FirehoseSink(BatchingSink):
             with self._cond:
                 if self._closing:
                     return
-                files = self.spool.files()
-                if not files:
+            files = self.spool.files()  # a directory listing: never under the loop's lock
+            if not files:
+                with self._cond:
                     self._cond.wait(timeout=1.0)
-                    continue
+                continue
             if self._degraded is not None:
                 # Probe with backoff: one send of the oldest file's first records.
                 cap = PERMANENT_PROBE_S if self._degraded.permanent else self.max_delay_s
@@ -285,7 +289,11 @@ class FirehoseSink(BatchingSink):
         """Send spool files oldest first; False at the first one that could not all be sent
         (the file is kept and sent whole again later: duplicates are harmless downstream)."""
         for path in files:
-            records = self.spool.read(path)
+            try:
+                records = self.spool.read(path)
+            except OSError as exc:
+                self.spool.set_aside(path, f"cannot read it: {exc.strerror}")
+                continue
             if self._degraded is not None and records:
                 # A probe: one record tells whether Firehose is back, without encoding a
                 # whole file's worth of calls every few seconds of an outage.

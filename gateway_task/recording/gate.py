@@ -38,6 +38,11 @@ class ForwardGate:
 
     def send(self, write: Callable[[], None]) -> None:
         """Run `write` (already recorded) as soon as the recorder allows, after earlier ones."""
+        failure = self.recorder.sink.failure
+        if failure is not None and self.to_target:  # an EOF, a signal: nothing goes on
+            self._waiting.clear()
+            self._failed(RecordingUnavailable(failure))
+            return
         if not self._waiting and self._task is None and not self.must_wait:
             write()
             return

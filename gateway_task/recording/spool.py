@@ -63,16 +63,34 @@ class DiskSpool:
         return sorted(self.folder.glob("*.bin"))
 
     def read(self, path: Path) -> list[bytes]:
-        records, errors = split_records(path.read_bytes())
+        """The file's records. A damaged tail is kept aside in a file of its own (evidence is
+        never deleted); the whole records before it are returned."""
+        data = path.read_bytes()
+        records, errors = split_records(data)
         if errors:
             log.error("spool file %s is damaged: %s", path, errors[0].reason)
+            kept = path.with_suffix(".damaged")
+            with open(kept, "wb") as fh:
+                fh.write(data)
         return records
+
+    def set_aside(self, path: Path, why: str) -> None:
+        """A file that cannot be drained: renamed out of the way (not deleted), and logged."""
+        log.error("spool file %s is set aside: %s", path, why)
+        try:
+            size = path.stat().st_size
+            path.rename(path.with_suffix(".aside"))
+        except OSError:
+            return
+        with self._lock:
+            self._bytes -= size
 
     def remove(self, path: Path) -> None:
         try:
             size = path.stat().st_size
             path.unlink()
-        except FileNotFoundError:
+        except OSError as exc:
+            log.error("cannot remove the drained spool file %s: %s", path, exc.strerror)
             return
         with self._lock:
             self._bytes -= size

@@ -292,7 +292,8 @@ class Gateway:
                     continue  # ending already: told once
                 if self._expired(session, expired_before):
                     session.end(EndReason.TOKEN_EXPIRED)
-                elif idle_ns and now - session.recorder.last_frame_ns > idle_ns:
+                silent_ns = now - session.recorder.last_frame_ns
+                if session.end_reason is None and idle_ns and silent_ns > idle_ns:
                     session.end(EndReason.IDLE_TIMEOUT)
             self._seal_refusal_summaries()
             self.sink.tick(time.monotonic_ns())

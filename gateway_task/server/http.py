@@ -95,8 +95,8 @@ class HttpSession:
     idle: bool = True
 
     def end(self, reason: EndReason) -> None:
-        if reason == EndReason.TOKEN_EXPIRED:
-            return  # HTTP checks the token on every request: the next one gets its 401
+        if reason == EndReason.TOKEN_EXPIRED and self.idle:
+            return  # between requests: the next request is checked, and gets its 401
         self.end_reason = self.end_reason or reason
         for task in self.tasks:
             task.cancel()
@@ -190,9 +190,11 @@ class HttpConnection:
             if ended is None:
                 raise
             if self.conn.our_state == h11.SEND_RESPONSE:
-                message = (_UNRECORDABLE if ended == EndReason.RECORDING_FAILED
-                           else "tapegate is shutting down: retry on another gateway")  # fmt: skip
-                await self._send_error(503, message, record=False)
+                status, message = {
+                    EndReason.RECORDING_FAILED: (503, _UNRECORDABLE),
+                    EndReason.TOKEN_EXPIRED: (401, "your OIDC token has expired: send a fresh one"),
+                }.get(ended, (503, "tapegate is shutting down: retry on another gateway"))  # type: ignore[call-overload]
+                await self._send_error(status, message, record=False)
         finally:
             self._close_upstream()
             self._end_session(reason)
@@ -534,6 +536,7 @@ class HttpConnection:
         if not data:
             return
         recorder.frame(S2C, data, time.time_ns())
+        await recorder.pace()  # a long download waits for the sink's memory like anything else
         try:
             self.writer.write(data)
             await self.writer.drain()

@@ -188,9 +188,13 @@ class PgConnection:
         session = self.gw.cancel_keys.get((req.pid, req.secret))
         if session is None or session.upstream_key is None:
             return  # like PostgreSQL: an unknown key gets no answer
-        session.recorder.event(
-            Event(time.time_ns(), "cancel_request", C2S, {"from": self.client_addr})
-        )
+        try:
+            session.recorder.event(
+                Event(time.time_ns(), "cancel_request", C2S, {"from": self.client_addr})
+            )
+            await session.recorder.forwarding()  # never forwarded unrecorded, as any byte
+        except RecordingUnavailable:
+            return  # the session itself fails closed; this cancel is not passed on
         host, port = session.upstream_addr
         with contextlib.suppress(OSError, TimeoutError):
             _, w = await asyncio.wait_for(asyncio.open_connection(host, port), UPSTREAM_TIMEOUT_S)
@@ -239,11 +243,17 @@ class PgConnection:
         return recorder
 
     def _startup_attrs(self) -> dict[str, object]:
+        # Every parameter the client sent: the upstream login passes them on (`options` can
+        # set any setting, -c role=... included), so the tape must show them all.
+        cap = self.gw.config.recording.param_cap
+        others = {k: v[:cap] for k, v in self.params.items()
+                  if k not in ("user", "database", "application_name")}  # fmt: skip
         return {
             "user": self.params.get("user"),
             "database": self.params.get("database"),
             "application_name": self.params.get("application_name"),
             "tls": self.tls,
+            "params": others,
         }
 
     def _record_refusal(self, refusal: _Refused) -> None:
@@ -272,6 +282,8 @@ class PgConnection:
         gw.sessions.add(session)
         up_writer: asyncio.StreamWriter | None = None
         try:
+            # acked: the startup (its parameters go to the target with the login) is held first
+            await recorder.forwarding()
             try:
                 up_reader, up_writer, login = await asyncio.wait_for(
                     self._upstream(target, admitted.credential), UPSTREAM_TIMEOUT_S
@@ -307,15 +319,10 @@ class PgConnection:
             session.relay = relay
             session.end_reason = await self._relay(session, relay, up_reader, up_writer)
         except RecordingUnavailable as exc:
-            session.end_reason = "recording_failed"
+            session.end_reason = EndReason.RECORDING_FAILED
             log.error("session %s: recording unavailable: %s", recorder.session_id, exc)
-            await self._send(
-                m.error_response(
-                    "58030",
-                    "tapegate cannot record this session, so it is closed: nothing runs unrecorded",
-                    hint=str(exc),
-                )
-            )
+            if session.relay is None or session.relay.at_boundary:  # never inside a message
+                await self._send(_unrecordable(str(exc)))
         finally:
             gw.sessions.discard(session)
             for key, s in list(gw.cancel_keys.items()):
@@ -470,6 +477,9 @@ class PgConnection:
             asyncio.create_task(_guarded(upstream_to_client)),
         ]
         session.tasks = tasks
+        if session.end_reason is not None:  # end() came during the upstream login
+            for task in tasks:
+                task.cancel()
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:

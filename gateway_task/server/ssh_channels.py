@@ -196,7 +196,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
 
     def shell_requested(self) -> bool:
         self.request = ("shell", None)
-        self._events([Event(time.time_ns(), "shell", C2S, {})])
+        self._events([Event(time.time_ns(), "shell", C2S, self._env())])
         return True
 
     def exec_requested(self, command: str | bytes) -> bool:
@@ -209,7 +209,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
             return False  # the client sees the exec request fail
         self.request = ("exec", text)
         self.files = ScpObserver.for_command(text, time.time_ns)  # legacy scp (`scp -O`)
-        self._events([Event(now, "exec", C2S, {"command": text[: self.cap]})])
+        self._events([Event(now, "exec", C2S, {"command": text[: self.cap], **self._env()})])
         return True
 
     def subsystem_requested(self, subsystem: str | bytes) -> bool:
@@ -217,8 +217,16 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         self.request = ("subsystem", name)
         if name == "sftp":
             self.files = SftpObserver(time.time_ns)
-        self._events([Event(time.time_ns(), "subsystem", C2S, {"name": name})])
+        self._events([Event(time.time_ns(), "subsystem", C2S, {"name": name, **self._env()})])
         return True
+
+    def _env(self) -> dict[str, Any]:
+        """The environment the client asked for: it goes to the target (sshd accepts LC_* by
+        default, and a command can eval it), so it is on the tape too."""
+        env = self.chan.get_environment() if self.chan is not None else {}
+        if not env:
+            return {}
+        return {"env": {str(k)[:256]: str(v)[: self.cap] for k, v in env.items()}}
 
     def session_started(self) -> None:
         self.chan.pause_reading()  # until the upstream channel is open
