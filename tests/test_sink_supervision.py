@@ -22,6 +22,7 @@ from gateway_task.recording.firehose import FirehoseSink
 from gateway_task.recording.local import LocalFolderSink
 from gateway_task.recording.sink import SinkError
 from tapegate.tape import Direction, TapeWriter, split_records
+from tests.sinks import BreakingSink, GatedWrites
 from tests.tapes import make_header
 from tests.test_firehose_sink import FakeFirehose
 
@@ -50,32 +51,6 @@ def _records(count: int, size: int) -> list[bytes]:
     while len(out) < count:
         out += writer.add_frame(time.time_ns(), C2S, bytes([len(out) % 256]) * size)
     return out[:count]
-
-
-class BreakingSink(LocalFolderSink):
-    """A folder sink whose worker raises (a bug, not an I/O error) the first `breaks` times."""
-
-    def __init__(self, root: Path, breaks: int, **kw: Any) -> None:
-        super().__init__(root, flush_ms=10, **kw)
-        self.breaks = breaks
-
-    def _write(self, batch: Batch) -> str | None:
-        if self.breaks > 0:
-            self.breaks -= 1
-            raise RuntimeError("a bug in the writer")
-        return super()._write(batch)
-
-
-class GatedWrites(LocalFolderSink):
-    """A folder sink whose writes wait until the test opens the gate."""
-
-    def __init__(self, root: Path, **kw: Any) -> None:
-        super().__init__(root, flush_ms=10, **kw)
-        self.gate = threading.Event()
-
-    def _write(self, batch: Batch) -> str | None:
-        self.gate.wait(30)
-        return super()._write(batch)
 
 
 def test_a_worker_that_raises_is_restarted_with_its_batch(tmp_path: Path) -> None:

@@ -295,6 +295,9 @@ class Gateway:
                 silent_ns = now - session.recorder.last_frame_ns
                 if session.end_reason is None and idle_ns and silent_ns > idle_ns:
                     session.end(EndReason.IDLE_TIMEOUT)
+            for server in self._servers:  # listeners with connection-level timers (SSH)
+                if hasattr(server, "tick"):
+                    server.tick(time.time())
             self._seal_refusal_summaries()
             self.sink.tick(time.monotonic_ns())
 

@@ -11,11 +11,27 @@ keep being served during a flood.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 SAMPLE = 10  # subjects and targets kept per summary
+MAX_WINDOWS = 10_000  # sources tracked at once; past it, new sources share one window
+
+
+def source_key(address: str) -> str:
+    """The unit a rate applies to: an IPv4 address, or an IPv6 /64 (one host's whole range,
+    which a single client can pick addresses from)."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 @dataclass
@@ -53,6 +69,7 @@ class RefusalLedger:
 
     def take(self, source: str, now_ns: int) -> bool:
         """True when this refusal is recorded on its own; False when it must be folded."""
+        source = self._key(source)
         window = self._windows.get(source)
         if window is None:
             window = self._windows[source] = _Window(now_ns)
@@ -63,6 +80,7 @@ class RefusalLedger:
 
     def fold(self, source: str, now_ns: int, *, protocol: str, reason: str, subject: str | None,
              target: str) -> None:  # fmt: skip
+        source = self._key(source)
         window = self._windows.setdefault(source, _Window(now_ns))
         summary = window.folded
         if summary is None:
@@ -75,6 +93,12 @@ class RefusalLedger:
             summary.subjects.append(subject)
         if target not in summary.targets and len(summary.targets) < SAMPLE:
             summary.targets.append(target[:200])
+
+    def _key(self, source: str) -> str:
+        key = source_key(source)
+        if key not in self._windows and len(self._windows) >= MAX_WINDOWS:
+            return "(many sources)"  # bounded memory: a flood from everywhere shares a window
+        return key
 
     def due(self, now_ns: int, everything: bool = False) -> list[Summary]:
         """Summaries whose interval has ended (all of them with `everything`); their windows

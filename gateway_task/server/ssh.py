@@ -57,6 +57,12 @@ class SshListener:
     def close(self) -> None:
         self._acceptor.close()  # stops accepting; open connections stay
 
+    def tick(self, now: float) -> None:
+        """Called by the gateway's ticker: a connection whose token has expired is
+        disconnected (its channels are ended as sessions; this ends the login itself)."""
+        for link in list(self._links):
+            link.end_if_expired(now)
+
     async def close_connections(self) -> None:
         for link in list(self._links):
             link.close()
@@ -169,6 +175,18 @@ class SshClientLink(asyncssh.SSHServer):
         if self.conn is not None:
             self.conn.close()
 
+    def end_if_expired(self, now: float) -> None:
+        cfg = self.gw.config.identity
+        expires_at = self.identity.expires_at if self.identity is not None else None
+        if self.conn is None or cfg.on_token_expiry != "end" or expires_at is None:
+            return
+        if expires_at + cfg.leeway_s < now:
+            log.info("ssh %s: token expired, disconnecting", self.client_addr)
+            with contextlib.suppress(Exception):
+                self.conn.disconnect(asyncssh.DISC_BY_APPLICATION,
+                                     "tapegate: your OIDC token has expired")  # fmt: skip
+            self.conn = None
+
     # -- authentication -----------------------------------------------------------------------
 
     def begin_auth(self, username: str) -> bool:
@@ -277,23 +295,31 @@ class SshClientLink(asyncssh.SSHServer):
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         # Remote forwarding would open a listener on the gateway: never offered.
         attrs = {"kind": "remote", "listen_host": listen_host, "listen_port": listen_port}
-        recorder = self._channel_recorder("port_forward")
-        reason = "remote forwarding is not offered"
-        recorder.event(Event(time.time_ns(), "port_forward", None,
-                             {**attrs, "result": "refused", "reason": reason}))  # fmt: skip
-        recorder.close("refused")
+        self._refuse_forward(attrs, "remote forwarding is not offered")
         return False
+
+    def _refuse_forward(self, attrs: dict[str, Any], reason: str) -> None:
+        """A refused forward is recorded like a refused login, through the refusal ledger: a
+        client asking again and again on one connection fills one summary, not the disk."""
+        assert self.identity is not None and self.target is not None
+        now = time.time_ns()
+        self.gw.record_refusal(
+            self.identity, self.target.name, "ssh", self.client_addr,
+            {"method": self.method, "refusal": "port_forward", "reason": reason,
+             "connection": self.connection_id},
+            started_ns=now,
+            first=Event(now, "port_forward", None,
+                        {**attrs, "result": "refused", "reason": reason}),
+        )  # fmt: skip
 
     def _forward(self, attrs: dict[str, Any]) -> Any:
         self._token_expired("port_forward")
-        recorder = self._channel_recorder("port_forward")
         assert self.target is not None
         if not self.target.allow_port_forwarding:
             reason = f"port forwarding is not allowed for target {self.target.name!r}"
-            recorder.event(Event(time.time_ns(), "port_forward", None,
-                                 {**attrs, "result": "refused", "reason": reason}))  # fmt: skip
-            recorder.close("refused")
+            self._refuse_forward(attrs, reason)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
+        recorder = self._channel_recorder("port_forward")
         if self.upstream is None:
             self._fail_channel(recorder)
         assert self.upstream is not None

@@ -89,6 +89,7 @@ class SshPeer(Peer):
 
     def __init__(self, gw: RunningGateway) -> None:
         super().__init__(gw)
+        self.said: dict[int, list[str]] = {}  # what the gateway told each connection
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
 
@@ -104,6 +105,10 @@ class SshPeer(Peer):
             def auth_banner_received(self, msg: str, lang: str) -> None:
                 banner.append(msg.strip())  # where the gateway says why (OpenSSH shows it)
 
+            def connection_lost(self, exc: Exception | None) -> None:
+                if exc is not None:  # a disconnect's reason, as OpenSSH prints it
+                    banner.append(str(exc))
+
         async def connect() -> asyncssh.SSHClientConnection:
             return await asyncssh.connect(
                 host, port, username=self.target, password=token, known_hosts=None,
@@ -111,15 +116,17 @@ class SshPeer(Peer):
                 client_factory=Client)  # fmt: skip
 
         try:
-            return self._run(connect())
+            conn = self._run(connect())
         except (asyncssh.Error, OSError) as exc:
             raise Refused(" ".join([*banner, str(exc)])) from None
+        self.said[id(conn)] = banner
+        return conn
 
     def round_trip(self, session: asyncssh.SSHClientConnection) -> None:
         try:
             done = self._run(session.run("echo ok", check=False))
         except asyncssh.Error as exc:
-            raise Refused(str(exc)) from None
+            raise Refused(" ".join([*self.said.get(id(session), []), str(exc)])) from None
         if done.exit_status != 0 or done.stdout not in (b"ok\n", "ok\n"):
             raise Refused(f"exit {done.exit_status}: {done.stderr!r}")
 

@@ -14,8 +14,10 @@ import pytest
 from gateway_task.devtools.throwaway_sshd import SshServer
 from tapegate.archive.embedded import LocalArchive
 from tapegate.cli import main
+from tapegate.tape import decode_record
 from tests.gateway_harness import RunningGateway
-from tests.ssh.conftest import openssh
+from tests.pg import free_port
+from tests.ssh.conftest import openssh, ssh_config
 
 pytestmark = pytest.mark.slow
 
@@ -233,3 +235,20 @@ def test_port_forwards_refused_unless_allowed(sgw: RunningGateway, sshd: SshServ
     remote = openssh(sgw, "web1fwd", sgw.token(), "-N", "-o", "ExitOnForwardFailure=yes",
                      "-R", "0:127.0.0.1:9", timeout=30)  # fmt: skip
     assert remote.returncode == 255 and b"remote port forwarding failed" in remote.stderr.lower()
+
+
+def test_an_expired_token_ends_the_command_and_the_connection_with_the_reason(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    config = ssh_config(tmp_path / "data", sshd, identity={
+        "issuer": "dev", "dev_listen": f"127.0.0.1:{free_port()}", "leeway_s": 0})  # fmt: skip
+    gw = RunningGateway(config)
+    try:
+        done = openssh(gw, "web1", gw.token(ttl_s=2), "sleep 20", timeout=30)
+    finally:
+        gw.stop()
+    assert done.returncode == 255, done
+    assert b"your OIDC token has expired" in done.stderr, done.stderr
+    ends = [decode_record(r).meta["end"]["reason"] for r in gw.delivered_records()
+            if decode_record(r).final]  # fmt: skip
+    assert "token_expired" in ends, ends
