@@ -354,6 +354,7 @@ class HttpConnection:
                 complete = False
                 recorder.event(Event(time.time_ns(), "upstream_error", S2C, {
                     "reason": f"target {session.target.name!r} closed mid-response"}))  # fmt: skip
+                session.end_reason = session.end_reason or EndReason.UPSTREAM_CLOSED
                 break
         attrs = {
             "status": event.status_code,
@@ -495,6 +496,8 @@ class HttpConnection:
 
     async def _upstream_failed(self, session: HttpSession, status: int, message: str) -> None:
         session.recorder.event(Event(time.time_ns(), "upstream_error", None, {"reason": message}))
+        # The connection closes after this answer: the session ends because of the target.
+        session.end_reason = session.end_reason or EndReason.UPSTREAM_UNAVAILABLE
         self._close_upstream()
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             await self._send_error(status, message, record=True)

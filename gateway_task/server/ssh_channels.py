@@ -285,6 +285,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
             self.to_target.send(lambda: self.up_chan.write(data))
 
     def eof_received(self) -> bool:
+        self._events([Event(time.time_ns(), "eof", C2S, {})])  # the client's input ended
         if self.up_chan is None:
             self._early_eof = True
         else:
@@ -292,6 +293,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         return True  # half-close: the target's answer may still come
 
     def break_received(self, msec: int) -> bool:
+        self._events([Event(time.time_ns(), "break", C2S, {"ms": msec})])
         if self.up_chan is not None:
             self.to_target.send(lambda: self.up_chan.send_break(msec))
         return True

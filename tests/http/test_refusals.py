@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from gateway_task.server import http as http_server
+from tapegate.tape import decode_record
 from tests.bad_tokens import bad_tokens
 from tests.gateway_harness import RunningGateway
 from tests.http.conftest import API_KEY_ENV, http_config
@@ -119,6 +120,9 @@ def test_upstream_down_hanging_dropping_and_truncating(
     half = [e["attrs"] for e in events if e["type"] == "response" and e["attrs"].get("incomplete")]
     assert half and half[0]["body_length"] == 10
     assert all(v.intact for v in hgw.verdicts().values())
+    ends = [decode_record(r).meta["end"]["reason"] for r in hgw.delivered_records()
+            if decode_record(r).final]  # fmt: skip
+    assert ends.count("upstream_unavailable") == 3 and ends.count("upstream_closed") == 1, ends
 
 
 def test_missing_credential_is_a_502_that_names_no_value(

@@ -50,6 +50,7 @@ def test_exec_with_stdin_stdout_stderr_and_exit_status(sgw: RunningGateway) -> N
     assert exit1 == {"status": 7, "stdin_bytes": 0, "stdout_bytes": 4, "stderr_bytes": 4,
                      "stderr": "err\n"}  # fmt: skip
     assert _of(events2, "exit")[0]["stdin_bytes"] == 5_000_000
+    assert _of(events2, "eof") == [{}], "the end of the piped input is recorded"
     frames = sgw.frames(first)
     assert b"".join(f.data for f in frames if f.direction.short == "s2c") == b"out\nerr\n"
     auth = _of(events1, "auth")[0]
