@@ -26,11 +26,9 @@ from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.recording.local import LocalFolderSink
 from gateway_task.recording.sink import Sink
 from gateway_task.secrets import Credentials
-from gateway_task.server.admission import Admission, Slot
-from gateway_task.server.http import HttpConnection
-from gateway_task.server.listeners import SniffingListener
-from gateway_task.server.postgres import PgConnection, PgSession
+from gateway_task.server.admission import Admission
 from gateway_task.server.refusals import RefusalLedger
+from gateway_task.server.registry import LISTENERS
 from gateway_task.tls import server_context
 from tapegate.archive.embedded import LocalArchive
 from tapegate.config import Config
@@ -93,7 +91,6 @@ class Gateway:
         self.metrics.gauges["connections_open"] = lambda: float(self.admission.open)
         self.metrics.gauges["connections_preauth"] = lambda: float(self.admission.preauth)
         self.sessions: set[LiveSession] = set()
-        self.cancel_keys: dict[tuple[int, int], PgSession] = {}
         self.addresses: dict[str, str] = {}
         self._servers: list[Any] = []  # each has close(): asyncio, SniffingListener, asyncssh
         self._listening = False
@@ -121,21 +118,10 @@ class Gateway:
             host, port = server.sockets[0].getsockname()[:2]
             self.addresses["health"] = f"{host}:{port}"
             self._servers.append(server)
-        listen = self.config.listen_postgres
-        if listen is not None:
-            server = await asyncio.start_server(self._accept, listen.host, listen.port)
-            self._listening_on("postgres", server)
-        if self.config.listen_http is not None:
-            listen = self.config.listen_http
-            http_tls = server_context(self.config.tls, self.config.data_dir, alpn=["http/1.1"])
-            sniffing = SniffingListener(listen.host, listen.port, http_tls, self._accept_http,
-                                        self.admission)  # fmt: skip
-            sniffing.start()
-            self._listening_on("http", sniffing)
-        if self.config.listen_ssh is not None:
-            from gateway_task.server.ssh import start_ssh_server
-
-            self._listening_on("ssh", await start_ssh_server(self, self.config.listen_ssh))
+        for name, listener in LISTENERS.items():  # every protocol's, from one registry
+            listen = listener.address(self.config)
+            if listen is not None:
+                self._listening_on(name, await listener.start(self, listen))
         self._listening = True
         self._ticker = asyncio.create_task(self._tick_forever())
         if self.archive is not None:
@@ -329,26 +315,16 @@ class Gateway:
         self.addresses[name] = f"{host}:{port}"
         self._servers.append(server)
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        slot = self.admission.arrive(peer[0])
-        self.track(self._connection(PgConnection(self, reader, writer, slot).run(), writer))
-
-    def _accept_http(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool, slot: Slot
-    ) -> None:
-        connection = HttpConnection(self, reader, writer, tls, slot)
-        self.track(self._connection(connection.run(), writer))
-
     def track(self, work: Coroutine[Any, Any, None]) -> None:
         """Run one connection's work as a task that shutdown waits for."""
         task = asyncio.create_task(work)
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
 
-    async def _connection(
+    async def connection(
         self, work: Coroutine[Any, Any, None], writer: asyncio.StreamWriter
     ) -> None:
+        """One client connection's work: a bug in it is logged, and its socket always closed."""
         try:
             await work
         except Exception:  # a bug in one session must not take others down

@@ -100,8 +100,10 @@ class PgConnection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         slot: Slot | str,
+        cancel_keys: dict[tuple[int, int], PgSession],
     ) -> None:
         self.gw = gw
+        self.cancel_keys = cancel_keys  # the listener's: a cancel comes on its own connection
         self.slot = slot  # its place under the limits, or why it has none
         self.reader, self.writer = reader, writer
         peer = writer.get_extra_info("peername") or ("?", 0)
@@ -185,7 +187,7 @@ class PgConnection:
                 return packet
 
     async def _cancel(self, req: m.CancelRequest) -> None:
-        session = self.gw.cancel_keys.get((req.pid, req.secret))
+        session = self.cancel_keys.get((req.pid, req.secret))
         if session is None or session.upstream_key is None:
             return  # like PostgreSQL: an unknown key gets no answer
         try:
@@ -299,7 +301,7 @@ class PgConnection:
                 return
             session.upstream_key = login.backend_key
             pid, secret = self._cancel_key()
-            gw.cancel_keys[(pid, secret)] = session
+            self.cancel_keys[(pid, secret)] = session
             hello = bytearray(m.auth_request(m.AUTH_OK))
             for name, value in login.params.items():
                 hello += m.parameter_status(name, value)
@@ -325,9 +327,9 @@ class PgConnection:
                 await self._send(_unrecordable(str(exc)))
         finally:
             gw.sessions.discard(session)
-            for key, s in list(gw.cancel_keys.items()):
+            for key, s in list(self.cancel_keys.items()):
                 if s is session:
-                    del gw.cancel_keys[key]
+                    del self.cancel_keys[key]
             if up_writer is not None:
                 up_writer.close()
             reason = session.end_reason or "error"
@@ -337,7 +339,7 @@ class PgConnection:
     def _cancel_key(self) -> tuple[int, int]:
         while True:
             key = (secrets.randbelow(2**31 - 1) + 1, secrets.randbits(32) - 2**31)
-            if key not in self.gw.cancel_keys:
+            if key not in self.cancel_keys:
                 return key
 
     async def _upstream(
