@@ -6,7 +6,7 @@ that need the outside world are commands the caller's driver carries out and ans
 this token, is the archive healthy, fetch this target's credential. A protocol supplies only its
 words (how its clients name a target and ask for TLS) and maps a `Refusal` to its own error.
 
-    steps = admit(config, Login("postgres", tls=True, target="appdb", token=password))
+    steps = admit(config, Login("postgres", tls=True, target="appdb", token=password), words)
     outcome = await driver.run(steps)   # Admitted | Refusal
 
 The same generator runs under a transcript test (events in, commands out) with no I/O at all.
