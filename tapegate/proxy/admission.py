@@ -7,7 +7,7 @@ this token, is the archive healthy, fetch this target's credential. A protocol s
 words (how its clients name a target and ask for TLS) and maps a `Refusal` to its own error.
 
     steps = admit(config, Login("postgres", tls=True, target="appdb", token=password), words)
-    outcome = await driver.run(steps)   # Admitted | Refusal
+    outcome = await run_admission(gw, steps)  # the driver: gateway_task/server/admission.py
 
 The same generator runs under a transcript test (events in, commands out) with no I/O at all.
 """
