@@ -60,6 +60,7 @@ from tests.faults.harness import (
     dir_bytes,
     ids_in_database,
     ids_in_query_events,
+    kill_during_outage,
     mib,
     poll,
     read_tapes,
@@ -274,30 +275,15 @@ def kill_firehose(pg: PgServer, tmp: Path, args: argparse.Namespace) -> KillRun:
         cfg = gateway_config(tmp, pg, args, sink=sink)
         env = gateway_env(proxy)
         gateway = GatewayProcess(cfg, env=env)
-        try:
-            token = gateway.token()
-            load = Load([Worker(i, "insert", gateway.dsn(token), table)
-                         for i in range(args.kill_sessions)])  # fmt: skip
-            load.start()
-            time.sleep(2)
-            proxy.stop()
-            time.sleep(args.kill_into_outage_s)
-            spooled = dir_bytes(spool)
-            killed_at = time.monotonic()
-            gateway.kill9()
-            load.stop()
-        finally:
-            gateway.ensure_dead()
-        proxy.start()
-        restarted = GatewayProcess(cfg, env=env, name="up-again")
-        try:
-            drained = bool(poll(lambda: dir_bytes(spool) == 0, timeout=args.drain_timeout_s))
-            restarted.terminate()
-        finally:
-            restarted.ensure_dead()
+        token = gateway.token()
+        load = Load([Worker(i, "insert", gateway.dsn(token), table)
+                     for i in range(args.kill_sessions)])  # fmt: skip
+        killed = kill_during_outage(gateway, load, proxy, cfg, env, spool,
+                                    into_outage_s=args.kill_into_outage_s,
+                                    drain_timeout_s=args.drain_timeout_s)  # fmt: skip
         records = firehose.delivered_records()
-    run = _kill_result("firehose", load, records, gateway, killed_at, pg, table)
-    run.spooled, run.drained = spooled, drained
+    run = _kill_result("firehose", load, records, gateway, killed.killed_at, pg, table)
+    run.spooled, run.drained = killed.spooled, killed.drained
     return run
 
 

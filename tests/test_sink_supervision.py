@@ -16,7 +16,7 @@ import pytest
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from gateway_task.recording import Recorder, RecordingUnavailable
+from gateway_task.recording import Recorder, RecordingUnavailable, batching
 from gateway_task.recording.batching import Batch
 from gateway_task.recording.firehose import FirehoseSink
 from gateway_task.recording.local import LocalFolderSink
@@ -316,3 +316,23 @@ def test_a_transient_error_at_shutdown_loses_nothing(tmp_path: Path) -> None:
     sink.put([b"final chunk"])
     assert sink.close() == 0, "close keeps trying until its deadline"
     assert _delivered(tmp_path / "out") == b"final chunk"
+
+
+def test_a_hung_worker_turns_the_sink_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that never returns (a blocked fsync) is a failure, found by the watchdog."""
+    monkeypatch.setattr(batching, "STALL_S", 0.2)
+    sink = GatedWrites(tmp_path / "out")  # every write waits at the closed gate
+    sink.put([b"stuck"], urgent=True)
+    assert _until(lambda: sink.waiting.is_set())
+    time.sleep(0.3)
+    assert sink.failure is None, "found by the watchdog's tick, not on the hot path"
+    sink.tick()
+    assert "has not delivered a batch" in (sink.failure or "")
+    with pytest.raises(SinkError, match="has not delivered"):
+        sink.put([b"refused"])
+    sink.gate.set()
+    assert _until(lambda: (sink.tick(), sink.failure)[1] is None), "healthy once it delivers"
+    sink.close()
+    assert _delivered(tmp_path / "out") == b"stuckrefused"

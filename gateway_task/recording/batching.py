@@ -118,6 +118,7 @@ class BatchingSink:
         self._cond = threading.Condition()
         self._failure: str | None = None
         self._sticky: str | None = None  # a failure nothing will clear (a worker keeps crashing)
+        self._watch: str | None = None  # the watchdog's finding at the last tick
         self._closing = False
         self._threads: dict[str, threading.Thread] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,18 +135,19 @@ class BatchingSink:
 
     @property
     def failure(self) -> str | None:
-        if self._sticky is not None:
-            return self._sticky
+        # Read for every frame: only fields here. The watchdog's checks run in tick().
+        return self._sticky or self._failure or self._watch
+
+    def _watchdog(self) -> str | None:
+        """What only time shows: a batch not held for STALL_S (a hung worker), or a worker
+        thread gone (cannot happen while supervision works; never report healthy if it does)."""
+        if self._closing:
+            return None
         stalled = self._stalled_s()
-        if stalled is not None and self._failure is None:
-            return (
-                f"the sink has not delivered a batch in {stalled:.0f} s (a hung disk or network?)"
-            )
-        if self._failure is None and not self._closing:
-            dead = [n for n, t in self._threads.items() if not t.is_alive()]
-            if dead:  # cannot happen while supervision works; never report healthy if it does
-                return f"the sink's worker {dead[0]} stopped"
-        return self._failure
+        if stalled is not None:
+            return f"the sink has not delivered a batch in {stalled:.0f} s (a hung disk or link?)"
+        dead = [n for n, t in list(self._threads.items()) if not t.is_alive()]
+        return f"the sink's worker {dead[0]} stopped" if dead else None
 
     def _stalled_s(self) -> float | None:
         """How long the oldest batch handed over has waited, when that is over STALL_S."""
@@ -234,6 +236,7 @@ class BatchingSink:
         now = time.monotonic_ns() if now_ns is None else now_ns
         if self._batch and now - (self._oldest_ns or now) >= self.flush_ns:
             self._hand_off()
+        self._watch = self._watchdog()
         self._notify()  # a stall is noticed by time, not by an event
 
     def flush(self, timeout: float = 30.0) -> bool:

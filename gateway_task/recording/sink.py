@@ -38,7 +38,7 @@ class Sink(Protocol):
         them to delivery now instead of waiting for the batch to fill or age."""
 
     def tick(self, now_ns: int) -> None:
-        """Called periodically: flush by age."""
+        """Called periodically (the gateway: every 100 ms): flush by age, run the watchdog."""
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Deliver everything accepted so far; False if that could not be done in time.

@@ -130,6 +130,14 @@ class SshPeer(Peer):
         if done.exit_status != 0 or done.stdout not in (b"ok\n", "ok\n"):
             raise Refused(f"exit {done.exit_status}: {done.stderr!r}")
 
+    def hold(self, session: asyncssh.SSHClientConnection) -> Any:
+        """A channel kept open and silent (`sleep 30`): an SSH session the gateway must end."""
+
+        async def start() -> Any:
+            return await session.create_process("sleep 30", encoding=None)
+
+        return self._run(start())
+
     def bulk(self, session: asyncssh.SSHClientConnection, data: bytes) -> None:
         """Channel data: stdin of `wc -c`."""
         done = self._run(session.run("wc -c", input=data, check=False, encoding=None))

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tapegate.tape import decode_record
-from tests.capture import Capture
+from tests.capture import TcpProxy
 from tests.contract.conftest import (
     ContractGateway,
     PostgresPeer,
@@ -250,7 +250,7 @@ def test_a_refusal_flood_is_folded_into_summaries(contract: ContractGateway) -> 
 def test_acked_forwards_nothing_before_the_sink_holds_it(
     contract: ContractGateway, request: pytest.FixtureRequest, what: str
 ) -> None:
-    capture = Capture(target_address(contract.protocol, request))
+    capture = TcpProxy(target_address(contract.protocol, request))
     try:
         gw, peer = contract.start(sink=lambda c: GatedWrites(c.delivery_dir, open=True),
                                   via=capture.address, durability="acked")  # fmt: skip
@@ -289,11 +289,7 @@ def test_an_idle_session_ends_at_the_idle_timeout(contract: ContractGateway) -> 
     peer.round_trip(session)
     held = None
     if isinstance(peer, SshPeer):  # an SSH session is a channel: hold one open, silent
-
-        async def hold() -> Any:
-            return await session.create_process("sleep 30", encoding=None)
-
-        held = peer._run(hold())
+        held = peer.hold(session)
     time.sleep(2.5)
     if isinstance(peer, PostgresPeer):
         with pytest.raises(Refused, match="idle-session timeout"):
@@ -314,11 +310,7 @@ def test_shutdown_seals_a_final_chunk_and_tells_the_client(contract: ContractGat
     peer.round_trip(session)
     held = None
     if isinstance(peer, SshPeer):  # an SSH session is a channel: one is open at the stop
-
-        async def hold() -> Any:
-            return await session.create_process("sleep 30", encoding=None)
-
-        held = peer._run(hold())
+        held = peer.hold(session)
     gw.stop(drain_s=0.5)
     if isinstance(peer, PostgresPeer):
         with pytest.raises(Refused, match="shutting down"):
@@ -335,7 +327,7 @@ def test_shutdown_seals_a_final_chunk_and_tells_the_client(contract: ContractGat
 def test_a_failing_archive_stops_forwarding_with_the_protocols_error(
     contract: ContractGateway, request: pytest.FixtureRequest
 ) -> None:
-    capture = Capture(target_address(contract.protocol, request))
+    capture = TcpProxy(target_address(contract.protocol, request))
     try:
         gw, peer = contract.start(via=capture.address)
         session = peer.open(gw.token())

@@ -440,3 +440,39 @@ def dir_bytes(path: Path) -> int:
 
 def mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
+
+
+@dataclass
+class OutageKill:
+    spooled: int  # spool bytes at the kill
+    killed_at: float  # time.monotonic() of the kill -9
+    drained: bool  # the restarted gateway drained the spool
+    rc: int | None  # the restarted gateway's exit status after SIGTERM
+
+
+def kill_during_outage(
+    gateway: GatewayProcess, load: Load, proxy: Any, config: Path, env: dict[str, str],
+    spool: Path, *, into_outage_s: float, drain_timeout_s: float, healthy_s: float = 2.0,
+) -> OutageKill:  # fmt: skip
+    """The load runs `healthy_s` with Firehose up; the proxy stops; `into_outage_s` later the
+    gateway gets kill -9; the proxy starts again and `tapegate up` runs again on the same spool
+    until it drains (or `drain_timeout_s` passes), then stops with SIGTERM."""
+    try:
+        load.start()
+        time.sleep(healthy_s)
+        proxy.stop()
+        time.sleep(into_outage_s)
+        spooled = dir_bytes(spool)
+        killed_at = time.monotonic()
+        gateway.kill9()
+        load.stop()
+    finally:
+        gateway.ensure_dead()
+    proxy.start()
+    restarted = GatewayProcess(config, env=env, name="up-again")
+    try:
+        drained = bool(poll(lambda: dir_bytes(spool) == 0, timeout=drain_timeout_s))
+        rc: int | None = restarted.terminate()
+    finally:
+        restarted.ensure_dead()
+    return OutageKill(spooled, killed_at, drained, rc)

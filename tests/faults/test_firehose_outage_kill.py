@@ -4,7 +4,6 @@ recording.max_age_ms + 1 s before the crash is on a delivered tape."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,9 @@ from tests.faults.harness import (
     Load,
     Worker,
     create_table,
-    dir_bytes,
     ids_in_database,
     ids_in_query_events,
-    poll,
+    kill_during_outage,
     read_tapes,
     write_config,
 )
@@ -46,26 +44,12 @@ def test_kill9_during_firehose_outage_loses_only_the_last_moments(
             gateway = GatewayProcess(cfg, env=env)
         except GatewayExited as exc:
             pytest.fail(f"tapegate up refused the config: {exc.stderr.strip()[-300:]}")
-        try:
-            token = gateway.token()
-            load = Load([Worker(i, "insert", gateway.dsn(token), TABLE) for i in range(SESSIONS)])
-            load.start()
-            time.sleep(2)
-            proxy.stop()
-            time.sleep(15)  # half of the 30 s outage
-            spooled = dir_bytes(spool)
-            killed_at = time.monotonic()
-            gateway.kill9()
-            load.stop()
-        finally:
-            gateway.ensure_dead()
-        proxy.start()
-        restarted = GatewayProcess(cfg, env=env, name="up-again")
-        try:
-            drained = poll(lambda: dir_bytes(spool) == 0, timeout=60)
-            rc = restarted.terminate()
-        finally:
-            restarted.ensure_dead()
+        token = gateway.token()
+        load = Load([Worker(i, "insert", gateway.dsn(token), TABLE) for i in range(SESSIONS)])
+        run = kill_during_outage(
+            gateway, load, proxy, cfg, env, spool, into_outage_s=15, drain_timeout_s=60
+        )  # half of a 30 s outage
+        spooled, killed_at, drained, rc = run.spooled, run.killed_at, run.drained, run.rc
         records = firehose.delivered_records()
     (tmp_path / "delivered.bin").write_bytes(b"".join(records))  # for a post-mortem
 

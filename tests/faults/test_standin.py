@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.firehose import FirehoseStandIn, TcpProxy, firehose_behind_proxy, gateway_env
+from tests.capture import TcpProxy
+from tests.faults.firehose import FirehoseStandIn, firehose_behind_proxy, gateway_env
 from tests.tapes import record_session
 
 
