@@ -71,6 +71,17 @@ class Recorder:
     def event(self, event: Event) -> None:
         self._ship(self.writer.add_event(event))
 
+    @property
+    def must_wait(self) -> bool:
+        """Whether `forwarding()` has anything to wait for (or to raise) right now: when not,
+        a driver writes at once, without a task."""
+        return self.acked or self.sink.over_memory or self.sink.failure is not None
+
+    @property
+    def must_pace(self) -> bool:
+        """Whether `pace()` would wait now."""
+        return self.sink.over_memory
+
     async def forwarding(self) -> None:
         """Call after recording bytes bound for the target and before writing them."""
         if self.sink.failure is not None:  # never forward while nothing can be recorded

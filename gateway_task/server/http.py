@@ -15,7 +15,7 @@ import json
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -23,10 +23,11 @@ import h11
 
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.server.admission import run_admission
+from gateway_task.server.driver import Handover, Pipe
 from gateway_task.tls import upstream_https_context
 from tapegate.config import HttpTarget
 from tapegate.protocols.http import exchange as x
-from tapegate.protocols.http.websocket import WebSocketObserver
+from tapegate.protocols.http.websocket import WebSocketRelay
 from tapegate.proxy.admission import Admitted, Login, Refusal, RefusalKind, Words, admit, auth_attrs
 from tapegate.tape import Direction, Event, Identity
 from tapegate.vocab import EndReason
@@ -400,46 +401,25 @@ class HttpConnection:
             "status": 101, "reason": switch.reason.decode("latin-1"), "http_version": "HTTP/1.1",
             "headers": x.recorded_headers(switch.headers), "duration_ns": time.time_ns() - started,
             "body_length": 0, "content_type": ""}))  # fmt: skip
-        cap = self.gw.config.recording.body_cap
-        client_pending, up_pending = self.conn.trailing_data[0], up.conn.trailing_data[0]
-
-        async def pump(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes,
-            direction: Direction,
-        ) -> None:  # fmt: skip
-            watch = WebSocketObserver(direction, cap, time.time_ns)
-            data = first
-            while True:
-                if data:
-                    recorder.frame(direction, data, time.time_ns())
-                    recorder.events(watch.feed(data))
-                    if direction is C2S:
-                        await recorder.forwarding()
-                    else:
-                        await recorder.pace()
-                    writer.write(data)
-                    await writer.drain()
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    with contextlib.suppress(OSError, RuntimeError):
-                        writer.write_eof()
-                    return
-
-        tasks = [
-            asyncio.create_task(pump(self.reader, up.writer, client_pending, C2S)),
-            asyncio.create_task(pump(up.reader, self.writer, up_pending, S2C)),
-        ]
+        # The bytes either parser had already read past the switch come first.
+        client, upstream = Handover.of(self.reader, self.writer), Handover.of(up.reader, up.writer)
+        pipe = Pipe(
+            WebSocketRelay(self.gw.config.recording.body_cap, time.time_ns),
+            recorder,
+            replace(client, data=self.conn.trailing_data[0] + client.data),
+            replace(upstream, data=up.conn.trailing_data[0] + upstream.data),
+            client_tls=self.tls,
+            failure=lambda: self.gw.sink.failure,
+        )
+        pipe.start()
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            # One side finished: give the other a moment to finish its closing handshake.
-            await asyncio.wait(tasks, timeout=5)
-        finally:
-            for task in tasks:
-                task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        for result in results:
-            if isinstance(result, RecordingUnavailable):
-                raise result
+            reason = await pipe.done
+        except asyncio.CancelledError:
+            pipe.end(EndReason(session.end_reason or EndReason.GATEWAY_SHUTDOWN))
+            raise
+        if reason == EndReason.RECORDING_FAILED:
+            raise RecordingUnavailable(self.gw.sink.failure or "the archive is failing")
+        session.end_reason = session.end_reason or reason
         self._close_upstream()
         return False
 

@@ -13,16 +13,17 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from gateway_task import policy
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.server.admission import run_admission
+from gateway_task.server.driver import Handover, Pipe
 from gateway_task.tls import upstream_context
 from tapegate.config import PostgresTarget
 from tapegate.protocols.postgres import messages as m
+from tapegate.protocols.postgres.handler import PgRelayHandler, unrecordable
 from tapegate.protocols.postgres.login import LoginError, UpstreamLogin
 from tapegate.protocols.postgres.relay import PgRelay, RelayLimits
 from tapegate.proxy.admission import (
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tapegate.gateway")
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
-READ_SIZE = 256 * 1024
-OFF_LOOP_BYTES = 1 << 20  # a client message this large is parsed off the event loop
 UPSTREAM_TIMEOUT_S = 10.0
 
 
@@ -79,8 +78,8 @@ class PgSession:
     target: PostgresTarget
     upstream_addr: tuple[str, int]
     upstream_key: tuple[int, int] | None
-    tasks: list[asyncio.Task[str]] = field(default_factory=list)
     relay: PgRelay | None = None
+    pipe: Pipe | None = None
     end_reason: str | None = None
 
     @property
@@ -89,8 +88,8 @@ class PgSession:
 
     def end(self, reason: EndReason) -> None:
         self.end_reason = self.end_reason or reason
-        for task in self.tasks:
-            task.cancel()
+        if self.pipe is not None:
+            self.pipe.end(reason)
 
 
 class PgConnection:
@@ -324,7 +323,7 @@ class PgConnection:
             session.end_reason = EndReason.RECORDING_FAILED
             log.error("session %s: recording unavailable: %s", recorder.session_id, exc)
             if session.relay is None or session.relay.at_boundary:  # never inside a message
-                await self._send(_unrecordable(str(exc)))
+                await self._send(unrecordable(str(exc)))
         finally:
             gw.sessions.discard(session)
             for key, s in list(self.cancel_keys.items()):
@@ -405,125 +404,27 @@ class PgConnection:
         relay: PgRelay,
         up_reader: asyncio.StreamReader,
         up_writer: asyncio.StreamWriter,
-    ) -> str:
-        recorder = session.recorder
-        relay_lock = asyncio.Lock()
-
-        async def client_to_upstream() -> str:
-            while True:
-                data = await self.reader.read(READ_SIZE)
-                if not data:
-                    return "client_terminate" if relay.terminated else "client_closed"
-                ts = time.time_ns()
-                recorder.frame(C2S, data, ts)
-                try:
-                    if relay.client_buffered + len(data) >= OFF_LOOP_BYTES:
-                        # A large message may complete here: naming its statements for the
-                        # guardrails takes a while, so it runs on a thread, the relay locked
-                        # meanwhile, and the loop keeps serving everyone else.
-                        async with relay_lock:
-                            forward, events = await asyncio.to_thread(relay.from_client, data, ts)
-                    else:
-                        forward, events = relay.from_client(data, ts)
-                except m.ProtocolError as exc:
-                    recorder.event(Event(ts, "protocol_error", C2S, {"message": str(exc)}))
-                    await self._send_recorded(
-                        recorder, m.error_response("08P01", f"protocol violation: {exc}")
-                    )
-                    return "error"
-                recorder.events(events)
-                reply = relay.take_reply()
-                if reply:
-                    recorder.frame(S2C, reply, ts)
-                    self.writer.write(reply)
-                if forward:
-                    # acked: nothing reaches the upstream before the sink holds its chunk
-                    await recorder.forwarding()
-                    up_writer.write(forward)
-                    await up_writer.drain()
-
-        async def upstream_to_client() -> str:
-            while True:
-                data = await up_reader.read(READ_SIZE)
-                if not data:
-                    if relay.terminated:
-                        return "client_terminate"
-                    if relay.at_boundary:
-                        await self._send_recorded(
-                            recorder,
-                            m.error_response(
-                                "08006", f"target {session.target.name!r} closed the connection"
-                            ),
-                        )
-                    return "upstream_closed"
-                ts = time.time_ns()
-                if relay_lock.locked():  # the other direction is in the relay, on a thread
-                    async with relay_lock:
-                        pass
-                try:
-                    segments, events = relay.from_server(data, ts)
-                except m.ProtocolError as exc:
-                    recorder.event(Event(ts, "protocol_error", S2C, {"message": str(exc)}))
-                    return "error"
-                out = segments[0] if len(segments) == 1 else b"".join(segments)
-                if out:
-                    recorder.frame(S2C, out, ts)
-                recorder.events(events)
-                if out:
-                    await recorder.pace()
-                    self.writer.write(out)
-                    await self.writer.drain()
-
-        tasks = [
-            asyncio.create_task(_guarded(client_to_upstream)),
-            asyncio.create_task(_guarded(upstream_to_client)),
-        ]
-        session.tasks = tasks
+    ) -> EndReason:
+        """Hand both connections to the driver until the session ends."""
+        limits = self.gw.config.limits
+        handler = PgRelayHandler(relay, session.target.name, limits.idle_timeout_s)
+        pipe = Pipe(
+            handler,
+            session.recorder,
+            Handover.of(self.reader, self.writer),
+            Handover.of(up_reader, up_writer),
+            client_tls=self.tls,
+            failure=lambda: self.gw.sink.failure,
+        )
+        session.pipe = pipe
+        pipe.start()
         if session.end_reason is not None:  # end() came during the upstream login
-            for task in tasks:
-                task.cancel()
+            pipe.end(EndReason(session.end_reason))
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if session.end_reason is not None:  # set by end(): shutdown, the ticker
-            await self._say_end(session, relay)
-            return session.end_reason
-        first = done.pop()
-        if first.cancelled():
-            return "gateway_shutdown"
-        exc = first.exception()
-        if isinstance(exc, RecordingUnavailable):
-            raise exc
-        if exc is not None:
-            log.error("session %s relay error: %r", recorder.session_id, exc)
-            return "error"
-        return first.result()
-
-    async def _say_end(self, session: PgSession, relay: PgRelay) -> None:
-        """Tell the client why the gateway ended its session, as PostgreSQL would: a FATAL
-        error between messages (mid-message only the connection's close can say it)."""
-        if not relay.at_boundary:
-            return
-        reason = session.end_reason
-        if reason == EndReason.RECORDING_FAILED:
-            # Not recorded: the archive is what failed. The client still learns why.
-            await self._send(_unrecordable(self.gw.sink.failure or "the archive is failing"))
-        elif reason == EndReason.GATEWAY_SHUTDOWN:
-            await self._send_recorded(session.recorder, m.error_response(
-                "57P01", "terminating connection: tapegate is shutting down"))  # fmt: skip
-        elif reason == EndReason.IDLE_TIMEOUT:
-            limit = self.gw.config.limits.idle_timeout_s
-            await self._send_recorded(session.recorder, m.error_response(
-                "57P05", f"terminating connection due to idle-session timeout "
-                f"(limits.idle_timeout_s is {limit} s)"))  # fmt: skip
-        elif reason == EndReason.TOKEN_EXPIRED:
-            await self._send_recorded(session.recorder, m.error_response(
-                "28000", "terminating connection: your OIDC token has expired",
-                hint="Connect again with a fresh token (the gateway's identity.on_token_expiry "
-                     "is end)."))  # fmt: skip
+            return await pipe.done
+        except asyncio.CancelledError:
+            pipe.end(EndReason.GATEWAY_SHUTDOWN)
+            raise
 
     async def _send(self, data: bytes) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError, OSError):
@@ -534,22 +435,6 @@ class PgConnection:
         with contextlib.suppress(RecordingUnavailable):
             recorder.frame(S2C, data, time.time_ns())
             await self._send(data)
-
-
-def _unrecordable(why: str) -> bytes:
-    return m.error_response(
-        "58030",
-        "tapegate cannot record this session, so it is closed: nothing runs unrecorded",
-        hint=why,
-    )
-
-
-async def _guarded(fn: Callable[[], object]) -> str:
-    """Run one relay direction; a dropped socket is an ending, not a crash."""
-    try:
-        return await fn()  # type: ignore[misc]
-    except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-        return "connection_lost"
 
 
 # -- `tapegate up` ---------------------------------------------------------------------------

@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
+from tapegate.proxy.relay import CloseWrite, Command, End, Record, Side, ToClient, ToServer
 from tapegate.tape import Direction, Event
+from tapegate.vocab import EndReason
 
 
 class WebSocketObserver:
@@ -75,3 +77,38 @@ class WebSocketObserver:
             attrs["truncated"] = True
         self._parts, self._kept, self._length = [], 0, 0
         return Event(self._clock(), "ws_message", self.direction, attrs)
+
+
+class WebSocketRelay:
+    """The relay phase after a 101: bytes pass as they arrive, each direction watched for
+    events. Either side's EOF half-closes the other; the session ends when both are closed."""
+
+    def __init__(self, cap: int, clock: Callable[[], int]) -> None:
+        self._watch = {
+            Side.CLIENT: WebSocketObserver(Direction.CLIENT_TO_SERVER, cap, clock),
+            Side.SERVER: WebSocketObserver(Direction.SERVER_TO_CLIENT, cap, clock),
+        }
+        self._closed: list[Side] = []
+
+    def heavy(self, data: bytes) -> bool:
+        return False  # watching a frame is bounded work per byte
+
+    def client_data(self, data: bytes, ts: int) -> list[Command]:
+        events = self._watch[Side.CLIENT].feed(data)
+        return [Record(events), ToServer(data)] if events else [ToServer(data)]
+
+    def server_data(self, data: bytes, ts: int) -> list[Command]:
+        events = self._watch[Side.SERVER].feed(data)
+        return [ToClient(data), Record(events)] if events else [ToClient(data)]
+
+    def closed(self, side: Side) -> list[Command]:
+        if side not in self._closed:
+            self._closed.append(side)
+        if len(self._closed) == 2:
+            first = self._closed[0]
+            return [End(EndReason.CLIENT_CLOSED if first is Side.CLIENT
+                        else EndReason.UPSTREAM_CLOSED)]  # fmt: skip
+        return [CloseWrite(Side.SERVER if side is Side.CLIENT else Side.CLIENT)]
+
+    def farewell(self, reason: EndReason, why: str) -> bytes | None:
+        return None  # mid-stream, HTTP has no words left: the close says it
