@@ -8,6 +8,7 @@ tapegate/ alone has the archive and audit commands and no gateway.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +67,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from gateway_task.logs import configure
     from gateway_task.server import serve
     from tapegate.keys import KeyFileError
 
     config = load(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure(logging.INFO)
+    # Everything the gateway creates in the data dir (keys, tapes, spool, index, Parquet) is
+    # the operator's alone: files 0600, folders 0700.
+    os.umask(0o077)
 
     def ready(addresses: dict[str, str]) -> None:
         listed = " ".join(f"{k}={v}" for k, v in addresses.items())

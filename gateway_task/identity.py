@@ -63,6 +63,7 @@ class OidcVerifier:
         self.audience = config.audience
         self.groups_claim = config.groups_claim
         self.leeway = config.leeway_s
+        self.max_lifetime = config.max_token_lifetime_s
         self._fetch = fetch
         self._clock = clock
         self._keys: KeySet | None = None
@@ -100,6 +101,7 @@ class OidcVerifier:
             registry.validate(claims)
         except JoseError as exc:
             raise TokenError(_claim_message(exc, claims, self)) from None
+        self._check_lifetime(claims)
         return Identity(
             issuer=str(claims["iss"]),
             subject=str(claims["sub"]),
@@ -108,6 +110,19 @@ class OidcVerifier:
             token_id=str(claims["jti"]) if "jti" in claims else None,
             expires_at=int(claims["exp"]),
         )
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        """exp - iat (exp - now without iat) may not exceed identity.max_token_lifetime."""
+        exp = claims["exp"]
+        iat = claims.get("iat")
+        start = iat if isinstance(iat, int | float) and not isinstance(iat, bool) else self._clock()
+        lifetime = float(exp) - float(start)
+        if lifetime > self.max_lifetime:
+            raise TokenError(
+                f"token lifetime {_span(lifetime)} exceeds the gateway's "
+                f"identity.max_token_lifetime ({_span(self.max_lifetime)}): ask your issuer "
+                "for a shorter-lived token"
+            )
 
     async def _key_set(self, kid: str | None) -> KeySet:
         async with self._lock:
@@ -148,6 +163,12 @@ def _groups(raw: Any) -> tuple[str, ...]:
     if isinstance(raw, list):
         return tuple(str(g) for g in raw)
     return ()
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.3g} h"
+    return f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _claim_message(exc: JoseError, claims: dict[str, Any], v: OidcVerifier) -> str:

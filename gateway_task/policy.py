@@ -3,6 +3,7 @@ tapegate/proxy/admission.py)."""
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 
 from tapegate.config import Target
@@ -14,7 +15,9 @@ def guard_for(target: Target) -> Guard:
     """A guard for the relay: the description of the first deny rule a statement meets."""
     rules = target.deny
 
-    def guard(sql: str, kinds: list[str]) -> str | None:
+    def guard(sql: str, kinds: list[str] | None) -> str | None:
+        if kinds is None:  # the parser could not name the statements: fail closed
+            return "unchecked" if rules else None
         for rule in rules:
             if rule.kind is not None and matches_kind(kinds, rule.kind):
                 return rule.describe()
@@ -36,3 +39,8 @@ def command_guard(target: Target) -> Callable[[str], str | None]:
         return None
 
     return guard
+
+
+def env_allowed(name: str, allowed: tuple[str, ...]) -> bool:
+    """Whether an SSH `env` request's variable is passed on: a target's allow_env names it."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed)

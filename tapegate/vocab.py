@@ -17,7 +17,7 @@ class EndReason(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"  # the gateway could not reach or log in
     CONNECTION_LOST = "connection_lost"  # a socket broke mid-session
     TARGET_CHANGED = "target_changed"  # HTTP: the next request on the connection went elsewhere
-    BLOCKED = "blocked"  # SSH: the exec request was denied by a guardrail
+    BLOCKED = "blocked"  # a guardrail denied the SSH exec request or a PostgreSQL startup
     REFUSED = "refused"  # admission refused the login or request
     GATEWAY_SHUTDOWN = "gateway_shutdown"  # the gateway stopped (SIGTERM)
     RECORDING_FAILED = "recording_failed"  # the archive could not take the recording

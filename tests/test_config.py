@@ -80,6 +80,18 @@ def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                        "secret_arn": "arn:x", "allow_groups": ["g"],
                        "known_hosts": "h ssh-ed25519 AAAA\njunk\n"}]},
          "targets[0].known_hosts", "line 2 is not"),
+        ({"targets": [{"name": "a", "protocol": "postgres", "upstream": "h:1", "username": "u",
+                       "password_env": "X", "allow_groups": ["g"],
+                       "allow_insecure_auth": "yes"}]},
+         "targets[0].allow_insecure_auth", "true or false"),
+        ({"targets": [{"name": "s", "protocol": "ssh", "upstream": "h:22", "username": "u",
+                       "secret_arn": "arn:x", "allow_groups": ["g"], "known_hosts": "kh",
+                       "guardrails": {"deny_function_call": True}}]},
+         "targets[0].guardrails.deny_function_call", "unknown key"),
+        ({"targets": [{"name": "a", "protocol": "postgres", "upstream": "h:1", "username": "u",
+                       "password_env": "X", "allow_groups": ["g"],
+                       "guardrails": {"deny": [{"kind": "DROP TABLE NOW PLEASE"}]}}]},
+         "targets[0].guardrails.deny[0].kind", "one to three SQL keywords"),
         ({"identity": {"issuer": "idp.example"}}, "identity.issuer", "http(s) URL"),
         ({"tls": "sometimes"}, "tls.mode", "required or optional"),
         ({"colour": "blue"}, "colour", "unknown key"),
@@ -104,6 +116,15 @@ def test_ssh_known_hosts_is_a_path_or_the_lines_themselves(tmp_path: Path) -> No
     )
     inline = target(lines)
     assert inline.known_hosts is None and inline.known_hosts_lines == lines
+
+
+def test_postgres_upstream_defaults_are_the_safe_ones() -> None:
+    config = parse_config({"targets": [{"name": "a", "protocol": "postgres", "upstream": "h:1",
+                                        "username": "u", "password_env": "X",
+                                        "allow_groups": ["g"]}]})  # fmt: skip
+    (target,) = config.targets.values() if isinstance(config.targets, dict) else config.targets
+    assert target.upstream_tls == "require"
+    assert not target.allow_insecure_auth and not target.deny_function_call
 
 
 def test_yaml_syntax_error(tmp_path: Path) -> None:

@@ -111,3 +111,23 @@ def test_missing_claims_and_leeway() -> None:
                        "exp": now + 60}, key, algorithms=["ES256"])  # fmt: skip
     with pytest.raises(TokenError, match="sub"):
         _verify(verifier, token)
+
+
+def test_a_token_living_longer_than_the_limit_is_refused() -> None:
+    """identity.max_token_lifetime (default 24 h) bounds exp - iat, or exp - now without iat."""
+    issuer = FakeIssuer()
+    key = issuer.add(ECKey.generate_key("P-256", parameters={"kid": "k"}))
+    verifier = OidcVerifier(CONFIG, fetch=issuer.fetch)
+    now = int(time.time())
+    assert _verify(verifier, _token(key, "ES256", iat=now, exp=now + 23 * 3600)).subject == "u1"
+    with pytest.raises(TokenError, match=r"exceeds the gateway's identity\.max_token_lifetime"):
+        _verify(verifier, _token(key, "ES256", iat=now, exp=now + 30 * 86400))
+    # No iat: what is left of it counts.
+    token = jwt.encode({"alg": "ES256", "kid": "k"}, {"iss": ISSUER, "aud": "tapegate",
+                       "sub": "u1", "exp": now + 2 * 86400}, key, algorithms=["ES256"])  # fmt: skip
+    with pytest.raises(TokenError, match="max_token_lifetime"):
+        _verify(verifier, token)
+    short = OidcVerifier(IdentityConfig(issuer=ISSUER, max_token_lifetime_s=600),
+                         fetch=issuer.fetch)  # fmt: skip
+    with pytest.raises(TokenError, match=r"lifetime 1 h exceeds .*\(10 min\)"):
+        _verify(short, _token(key, "ES256", iat=now, exp=now + 3600))

@@ -65,6 +65,8 @@ def start_sshd(folder: Path) -> SshServer:
         "UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n"
         "AllowTcpForwarding yes\nMaxSessions 100\nMaxStartups 100:30:200\nLogLevel ERROR\n"
+        # Debian's default (LANG LC_*) and more, so that the gateway's allow_env is what decides.
+        "AcceptEnv LANG LC_* TAPE_* EVIL_*\n"
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation needs it

@@ -79,6 +79,7 @@ class _Wire(asyncio.Protocol):
     def __init__(self, pipe: Pipe, side: Side, handover: Handover, tls: bool) -> None:
         self.pipe, self.side, self.transport = pipe, side, handover.transport
         self.previous = handover.previous
+        self.tls = tls
         self.record_max = TLS_RECORD_MAX if tls else 0
         self._holds: set[str] = set()
         self.closed = False
@@ -119,7 +120,9 @@ class _Wire(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.pipe.arrived(self.side, None)
-        return True  # keep our half open: the handler decides (a half-close may go on)
+        # Keep our half open, the handler decides (a half-close may go on); asyncio's TLS
+        # transport has no half-close and says so when asked.
+        return not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -25,7 +25,9 @@ from tapegate.config import PostgresTarget
 from tapegate.protocols.postgres import messages as m
 from tapegate.protocols.postgres.handler import PgRelayHandler, unrecordable
 from tapegate.protocols.postgres.login import LoginError, UpstreamLogin
-from tapegate.protocols.postgres.relay import PgRelay, RelayLimits
+from tapegate.protocols.postgres.options import startup_settings
+from tapegate.protocols.postgres.relay import Guard, PgRelay, RelayLimits
+from tapegate.protocols.postgres.sql import ROLE_SETTINGS, ROLE_SWITCH, SqlText
 from tapegate.proxy.admission import (
     Admitted,
     Login,
@@ -172,6 +174,9 @@ class PgConnection:
             if isinstance(packet, m.SSLRequest):
                 if self.tls:
                     raise m.ProtocolError("SSLRequest inside TLS")
+                if _buffered(self.reader):
+                    # They would be read as if they had come through TLS (CVE-2021-23214).
+                    raise m.ProtocolError("data sent after SSLRequest, before the TLS handshake")
                 self.writer.write(b"S")
                 await self.writer.drain()
                 await self.writer.start_tls(self.gw.tls)
@@ -249,12 +254,14 @@ class PgConnection:
         cap = self.gw.config.recording.param_cap
         others = {k: v[:cap] for k, v in self.params.items()
                   if k not in ("user", "database", "application_name")}  # fmt: skip
+        settings = {k: v[:cap] for k, v in startup_settings(self.params).items()}
         return {
             "user": self.params.get("user"),
             "database": self.params.get("database"),
             "application_name": self.params.get("application_name"),
             "tls": self.tls,
             "params": others,
+            "settings": settings,  # what the server will apply, `options` switches included
         }
 
     def _record_refusal(self, refusal: _Refused) -> None:
@@ -282,7 +289,16 @@ class PgConnection:
         gw = self.gw
         gw.sessions.add(session)
         up_writer: asyncio.StreamWriter | None = None
+        guard = policy.guard_for(target)
         try:
+            denied = _startup_denied(guard, self.params)
+            if denied is not None:
+                # The startup's settings are statements too: `options=-c role=...` is SET ROLE.
+                recorder.event(Event(now, "blocked", C2S, {"startup": True, "rule": denied,
+                                                           "kinds": ["SET"]}))  # fmt: skip
+                await self._send_recorded(recorder, _denied_startup(denied))
+                session.end_reason = EndReason.BLOCKED
+                return
             # acked: the startup (its parameters go to the target with the login) is held first
             await recorder.forwarding()
             try:
@@ -298,8 +314,11 @@ class PgConnection:
                 )
                 session.end_reason = "upstream_unavailable"
                 return
+            recorder.event(Event(time.time_ns(), "upstream", None, {
+                "method": login.method, "tls": login.server_cert is not None,
+                "channel_binding": (login.method or "").endswith("-plus")}))  # fmt: skip
             session.upstream_key = login.backend_key
-            pid, secret = self._cancel_key()
+            pid, secret = self._cancel_key(login.backend_key)
             self.cancel_keys[(pid, secret)] = session
             hello = bytearray(m.auth_request(m.AUTH_OK))
             for name, value in login.params.items():
@@ -309,13 +328,18 @@ class PgConnection:
             recorder.frame(S2C, bytes(hello), time.time_ns())
             self.writer.write(hello)
             await self.writer.drain()
+            text = SqlText()  # how the server reads SQL text, from its ParameterStatus
+            for name, value in login.params.items():
+                text.parameter(name, value)
             relay = PgRelay(
-                policy.guard_for(target),
+                guard,
                 RelayLimits(
                     gw.config.recording.sql_cap,
                     gw.config.recording.param_cap,
                     gw.config.limits.max_message_bytes,
                 ),
+                text=text,
+                deny_function_call=target.deny_function_call,
             )
             session.relay = relay
             session.end_reason = await self._relay(session, relay, up_reader, up_writer)
@@ -335,9 +359,12 @@ class PgConnection:
             recorder.close(reason)
             log.info("session %s closed: %s", recorder.session_id, reason)
 
-    def _cancel_key(self) -> tuple[int, int]:
+    def _cancel_key(self, upstream: tuple[int, int] | None) -> tuple[int, int]:
+        """The server's own pid (so that pg_backend_pid(), pg_stat_activity and notifications
+        agree with what the client was told) and a secret of the gateway's."""
         while True:
-            key = (secrets.randbelow(2**31 - 1) + 1, secrets.randbits(32) - 2**31)
+            pid = upstream[0] if upstream else secrets.randbelow(2**31 - 1) + 1
+            key = (pid, secrets.randbits(32) - 2**31)
             if key not in self.cancel_keys:
                 return key
 
@@ -352,6 +379,7 @@ class PgConnection:
                 "08006",
                 f"target {target.name!r} is unreachable from the gateway ({exc.strerror})",
             ) from None
+        server_cert: bytes | None = None
         try:
             ctx = upstream_context(target.upstream_tls, target.upstream_ca_file)
             if ctx is not None:
@@ -359,16 +387,25 @@ class PgConnection:
                 await writer.drain()
                 answer = await reader.readexactly(1)
                 if answer == b"S":
+                    if _buffered(reader):  # as read through TLS they would be forged
+                        raise LoginError("the upstream sent data before the TLS handshake")
                     server_name = host if target.upstream_tls == "verify-full" else None
                     await writer.start_tls(ctx, server_hostname=server_name)
+                    tls = writer.get_extra_info("ssl_object")
+                    server_cert = tls.getpeercert(binary_form=True) if tls else None
+                elif answer != b"N":
+                    raise LoginError(f"the upstream answered SSLRequest with {answer!r}")
                 elif target.upstream_tls in ("require", "verify-full"):
-                    raise _Refused("08006", f"target {target.name!r} does not offer TLS")
+                    raise _Refused("08006", f"target {target.name!r} does not offer TLS "
+                                   f"(its upstream_tls is {target.upstream_tls})")  # fmt: skip
             login = UpstreamLogin(
                 user=target.username,
                 database=target.database,
                 password=password,
                 application_name=self.params.get("application_name") or "tapegate",
                 client_params=self.params,
+                allow_insecure_auth=target.allow_insecure_auth,
+                server_cert=server_cert,
             )
             writer.write(login.startup())
             await writer.drain()
@@ -438,3 +475,25 @@ class PgConnection:
 
 
 # -- `tapegate up` ---------------------------------------------------------------------------
+
+
+def _buffered(reader: asyncio.StreamReader) -> bool:
+    """Bytes the reader holds that no one has read yet (StreamReader has no public way)."""
+    return bool(reader._buffer)  # type: ignore[attr-defined]
+
+
+def _startup_denied(guard: Guard, params: dict[str, str]) -> str | None:
+    settings = startup_settings(params)
+    if ROLE_SETTINGS & settings.keys():
+        text = " ".join(f"{k}={settings[k]}" for k in sorted(ROLE_SETTINGS & settings.keys()))
+        return guard(text, [ROLE_SWITCH])
+    return None
+
+
+def _denied_startup(rule: str) -> bytes:
+    return m.error_response(
+        "42501",
+        f"connection blocked by tapegate guardrail ({rule}): the startup parameters switch role",
+        hint="Connect without role or session_authorization in the options; the attempt was "
+        "recorded.",
+    )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from gateway_task import policy
+from gateway_task.policy import env_allowed
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.recording.gate import ForwardGate
 from tapegate.config import SshTarget
@@ -196,6 +197,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
 
     def shell_requested(self) -> bool:
         self.request = ("shell", None)
+        self._env_events()
         self._events([Event(time.time_ns(), "shell", C2S, self._env())])
         return True
 
@@ -209,6 +211,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
             return False  # the client sees the exec request fail
         self.request = ("exec", text)
         self.files = ScpObserver.for_command(text, time.time_ns)  # legacy scp (`scp -O`)
+        self._env_events()
         self._events([Event(now, "exec", C2S, {"command": text[: self.cap], **self._env()})])
         return True
 
@@ -217,16 +220,39 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         self.request = ("subsystem", name)
         if name == "sftp":
             self.files = SftpObserver(time.time_ns)
+        self._env_events()
         self._events([Event(time.time_ns(), "subsystem", C2S, {"name": name, **self._env()})])
         return True
 
-    def _env(self) -> dict[str, Any]:
-        """The environment the client asked for: it goes to the target (sshd accepts LC_* by
-        default, and a command can eval it), so it is on the tape too."""
+    def _requested_env(self) -> dict[str, str]:
         env = self.chan.get_environment() if self.chan is not None else {}
+        return {str(k): str(v) for k, v in (env or {}).items()}
+
+    def _allowed_env(self) -> dict[str, str]:
+        """What is passed to the target: the variables `allow_env` names (globs)."""
+        return {k: v for k, v in self._requested_env().items()
+                if env_allowed(k, self.target.allow_env)}  # fmt: skip
+
+    def _env(self) -> dict[str, Any]:
+        """The environment passed on, for the request's event (sshd accepts LC_* by default,
+        and a command can eval it)."""
+        env = self._allowed_env()
         if not env:
             return {}
-        return {"env": {str(k)[:256]: str(v)[: self.cap] for k, v in env.items()}}
+        return {"env": {k[:256]: v[: self.cap] for k, v in env.items()}}
+
+    def _env_events(self) -> None:
+        """One event per `env` request: passed on (`env`) or dropped by allow_env (`blocked`).
+        asyncssh has already said yes to each request; a refused one never reaches the target."""
+        now = time.time_ns()
+        events = []
+        for name, value in self._requested_env().items():
+            attrs = {"name": name[:256], "value": value[: self.cap]}
+            if env_allowed(name, self.target.allow_env):
+                events.append(Event(now, "env", C2S, attrs))
+            else:
+                events.append(Event(now, "blocked", C2S, {**attrs, "rule": "allow_env"}))
+        self._events(events)
 
     def session_started(self) -> None:
         self.chan.pause_reading()  # until the upstream channel is open
@@ -241,7 +267,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
             self._unrecordable(exc)
             return
         kind, value = self.request
-        kwargs: dict[str, Any] = {"encoding": None, "env": self.chan.get_environment()}
+        kwargs: dict[str, Any] = {"encoding": None, "env": self._allowed_env()}
         if self.term is not None:
             term_type, size, modes = self.term
             kwargs |= {"request_pty": "force", "term_type": term_type, "term_size": size,

@@ -50,7 +50,7 @@ class ResultReader:
                 finished = self._message(tag, body)
                 if finished is not None:
                     done.append(finished)
-        except (m.ProtocolError, ValueError, IndexError) as exc:
+        except m.ProtocolError as exc:  # the codec's only exception, whatever the bytes
             self.broken = f"server bytes stopped parsing: {exc}"
         return done
 

@@ -52,6 +52,9 @@ class IdentityConfig:
     # At the token's `exp` (+ leeway) a session ends (`end`, reason token_expired), or goes on
     # until it closes (`keep`). HTTP checks the token on each request either way.
     on_token_expiry: str = "end"
+    # A token whose lifetime (exp - iat) is longer is refused: a leaked long-lived token would
+    # otherwise open sessions for as long as it says.
+    max_token_lifetime_s: int = 24 * 3600
 
     @property
     def is_dev(self) -> bool:
@@ -275,7 +278,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
 def _identity(raw: Any) -> IdentityConfig:
     m = as_mapping(raw, "identity")
     check_only(m, "identity", {"issuer", "audience", "groups_claim", "leeway_s", "dev_listen",
-                               "on_token_expiry"})  # fmt: skip
+                               "on_token_expiry", "max_token_lifetime"})  # fmt: skip
     on_expiry = as_str(m.get("on_token_expiry", "end"), "identity.on_token_expiry")
     if on_expiry not in ("end", "keep"):
         raise ConfigError("identity.on_token_expiry", "must be end or keep")
@@ -289,7 +292,23 @@ def _identity(raw: Any) -> IdentityConfig:
         leeway_s=as_int(m.get("leeway_s", 30), "identity.leeway_s", 0, 600),
         dev_listen=as_address(m.get("dev_listen", "127.0.0.1:6580"), "identity.dev_listen"),
         on_token_expiry=on_expiry,
+        max_token_lifetime_s=_duration(
+            m.get("max_token_lifetime", "24h"), "identity.max_token_lifetime"
+        ),
     )
+
+
+def _duration(raw: Any, key: str) -> int:
+    """Seconds, from a number of seconds or '90s', '15m', '24h', '7d'."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = str(raw).strip() if isinstance(raw, str | int) and not isinstance(raw, bool) else ""
+    try:
+        value = int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
+    except ValueError:
+        raise ConfigError(key, "a duration: seconds, or a number with s, m, h or d") from None
+    if value <= 0:
+        raise ConfigError(key, "must be positive")
+    return value
 
 
 def _tls(raw: Any, base_dir: Path) -> TLSConfig:

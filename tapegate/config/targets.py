@@ -31,9 +31,9 @@ _KNOWN_HOSTS_LINE = re.compile(r"(^|\n)\s*(@\S+\s+)?\S+\s+(ssh-|ecdsa-|sk-)\S+\s
 _COMMON = {"name", "protocol", "upstream", "allow_groups"}
 _ALLOWED = {
     "postgres": {"database", "username", "password_env", "password_file", "secret_arn",
-                 "guardrails", "upstream_tls", "upstream_ca_file"},
+                 "guardrails", "upstream_tls", "upstream_ca_file", "allow_insecure_auth"},
     "ssh": {"username", "private_key_file", "password_env", "password_file", "secret_arn",
-            "known_hosts", "guardrails", "allow_port_forwarding"},
+            "known_hosts", "guardrails", "allow_port_forwarding", "allow_env"},
     "http": {"inject_header", "upstream_ca_file"},
 }  # fmt: skip
 _CREDENTIALS = {
@@ -85,8 +85,10 @@ class PostgresTarget(Target):
     password_env: str | None = None
     password_file: Path | None = None
     secret_arn: str | None = None
-    upstream_tls: str = "prefer"  # disable | prefer | require | verify-full
+    upstream_tls: str = "require"  # disable | prefer | require | verify-full
     upstream_ca_file: Path | None = None
+    allow_insecure_auth: bool = False  # md5 / cleartext passwords to the upstream
+    deny_function_call: bool = False  # guardrails: fast-path FunctionCall messages
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +101,8 @@ class SshTarget(Target):
     known_hosts: Path | None = None
     known_hosts_lines: str | None = None  # the lines themselves, where no file can be (Fargate)
     allow_port_forwarding: bool = False
+    # The `env` requests passed to the target (names or globs): Debian's sshd default.
+    allow_env: tuple[str, ...] = ("LANG", "LC_*")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,15 +151,18 @@ def parse_target(raw: Any, key: str, base_dir: Path) -> Target:
         "secret_arn": _opt_str(m, "secret_arn", key),
         "deny": _guardrails(m.get("guardrails", {}), f"{key}.guardrails", protocol),
     }
+    guardrails = as_mapping(m.get("guardrails", {}), f"{key}.guardrails")
     if protocol == "ssh":
         return _ssh(m, key, base_dir, common)
-    upstream_tls = as_str(m.get("upstream_tls", "prefer"), f"{key}.upstream_tls")
+    upstream_tls = as_str(m.get("upstream_tls", "require"), f"{key}.upstream_tls")
     if upstream_tls not in ("disable", "prefer", "require", "verify-full"):
         raise ConfigError(f"{key}.upstream_tls", "must be disable, prefer, require or verify-full")
     return PostgresTarget(
         database=as_str(m.get("database", name), f"{key}.database"),
         upstream_tls=upstream_tls,
         upstream_ca_file=_opt_path(m, "upstream_ca_file", key, base_dir),
+        allow_insecure_auth=_flag(m, "allow_insecure_auth", key),
+        deny_function_call=_flag(guardrails, "deny_function_call", f"{key}.guardrails"),
         **common,
     )
 
@@ -186,6 +193,7 @@ def _ssh(m: dict[str, Any], key: str, base_dir: Path, common: dict[str, Any]) ->
         known_hosts=None if lines else as_path(known, f"{key}.known_hosts", base_dir),
         known_hosts_lines=lines,
         allow_port_forwarding=forwarding,
+        allow_env=_names(m.get("allow_env", ["LANG", "LC_*"]), f"{key}.allow_env"),
         **common,
     )
 
@@ -237,7 +245,7 @@ def _inject_header(raw: Any, key: str, base_dir: Path) -> InjectHeader:
 
 def _guardrails(raw: Any, key: str, protocol: str) -> tuple[GuardRule, ...]:
     m = as_mapping(raw, key)
-    check_only(m, key, {"deny"})
+    check_only(m, key, {"deny", "deny_function_call"} if protocol == "postgres" else {"deny"})
     rules = m.get("deny", [])
     if not isinstance(rules, list):
         raise ConfigError(f"{key}.deny", "must be a list of {kind: ...} or {regex: ...}")
@@ -252,8 +260,10 @@ def _guardrails(raw: Any, key: str, protocol: str) -> tuple[GuardRule, ...]:
             if protocol != "postgres":
                 raise ConfigError(f"{rk}.kind", "kinds are SQL keywords; use regex for commands")
             kind = " ".join(as_str(r["kind"], f"{rk}.kind").upper().split())
-            if not re.fullmatch(r"[A-Z]+( [A-Z]+)?", kind):
-                raise ConfigError(f"{rk}.kind", "one or two SQL keywords, e.g. DROP or ALTER ROLE")
+            if not re.fullmatch(r"[A-Z_]+( [A-Z_]+){0,2}", kind):
+                raise ConfigError(
+                    f"{rk}.kind", "one to three SQL keywords, e.g. DROP, ALTER ROLE or SET ROLE"
+                )
             out.append(GuardRule(kind=kind))
         else:
             pattern = as_str(r["regex"], f"{rk}.regex")
@@ -262,6 +272,19 @@ def _guardrails(raw: Any, key: str, protocol: str) -> tuple[GuardRule, ...]:
             except re.error as exc:
                 raise ConfigError(f"{rk}.regex", f"invalid regular expression: {exc}") from None
     return tuple(out)
+
+
+def _names(raw: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+        raise ConfigError(key, "must be a list of names or globs, e.g. [LANG, LC_*]")
+    return tuple(raw)
+
+
+def _flag(m: dict[str, Any], name: str, key: str) -> bool:
+    value = m.get(name, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}.{name}", "must be true or false")
+    return value
 
 
 def _opt_str(m: dict[str, Any], name: str, key: str) -> str | None:

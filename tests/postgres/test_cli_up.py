@@ -57,6 +57,13 @@ def test_up_token_psql_sigterm(tmp_path: Path, pg: PgServer) -> None:
         if up.poll() is None:
             up.kill()
     deliveries = sorted((tmp_path / "data" / "deliveries").rglob("*.bin"))
+    assert deliveries, "the session was delivered"
+    # What the gateway wrote in its data dir is the operator's alone: files 0600, folders 0700.
+    made = [p for p in (tmp_path / "data").rglob("*")]
+    assert len(made) > len(deliveries)
+    exposed = [(str(p), oct(p.stat().st_mode & 0o777)) for p in made
+               if p.stat().st_mode & 0o077]  # fmt: skip
+    assert not exposed, exposed
     verify = subprocess.run([*TAPEGATE, "verify", "--data-dir", str(tmp_path / "data"),
                              *map(str, deliveries)], capture_output=True, text=True)  # fmt: skip
     assert verify.returncode == 0 and "intact" in verify.stdout, verify.stdout

@@ -67,6 +67,35 @@ def test_bind_decoding() -> None:
 @given(st.binary(max_size=200))
 def test_decoders_raise_only_protocol_errors(body: bytes) -> None:
     for decode in (m.decode_startup, m.decode_parse, m.decode_bind, m.decode_execute,
-                   m.decode_query, m.decode_password):  # fmt: skip
+                   m.decode_query, m.query_text, m.decode_password,
+                   m.decode_function_call):  # fmt: skip
         with contextlib.suppress(m.ProtocolError):
             decode(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_server_message_decoders_raise_only_protocol_errors(body: bytes) -> None:
+    """What the upstream sends is decoded for events and by `tapegate replay`: a malformed
+    message is a ProtocolError there too, never a struct.error."""
+    for decode in (m.decode_row_description, m.decode_data_row, m.decode_command_complete,
+                   m.decode_notification, m.decode_parameter_status, m.decode_backend_key_data,
+                   m.decode_auth, m.decode_fields):  # fmt: skip
+        with contextlib.suppress(m.ProtocolError):
+            decode(body)
+
+
+def test_truncated_server_messages_are_protocol_errors() -> None:
+    for decode, body in ((m.decode_row_description, b""),
+                         (m.decode_notification, b"\x00\x01"),
+                         (m.decode_function_call, b"\x00\x00\x03\x67\x00\x05")):  # fmt: skip
+        with pytest.raises(m.ProtocolError):
+            decode(body)
+
+
+def test_replay_reads_a_malformed_server_message_without_a_traceback() -> None:
+    from tapegate.audit.postgres import ResultReader
+
+    reader = ResultReader()
+    assert reader.feed(m.message(b"T", b"")) == []
+    assert reader.broken and "stopped parsing" in reader.broken

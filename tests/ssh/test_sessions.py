@@ -58,6 +58,19 @@ def test_exec_with_stdin_stdout_stderr_and_exit_status(sgw: RunningGateway) -> N
     assert all(v.intact for v in sgw.verdicts().values())
 
 
+def test_env_requests_are_recorded_and_allow_env_decides_what_passes(sgw: RunningGateway) -> None:
+    """`env` requests carry text a command may eval: each is an event, and only the names
+    allow_env lists (default: LANG and LC_*, as Debian's sshd accepts) reach the target."""
+    done = openssh(sgw, "web1", sgw.token(), "-o", "SetEnv=LC_TAPE=hello EVIL_CMD=rm",
+                   'echo "[$LC_TAPE][$EVIL_CMD]"')  # fmt: skip
+    # The target's sshd accepts EVIL_* too: the gateway is what dropped it.
+    assert done.stdout == b"[hello][]\n", done.stderr
+    ((_, events),) = _sessions(sgw)
+    assert _of(events, "env") == [{"name": "LC_TAPE", "value": "hello"}]
+    assert _of(events, "blocked") == [{"name": "EVIL_CMD", "value": "rm", "rule": "allow_env"}]
+    assert _of(events, "exec")[0]["env"] == {"LC_TAPE": "hello"}
+
+
 def test_denied_command_fails_the_exec_and_is_recorded(sgw: RunningGateway) -> None:
     blocked = openssh(sgw, "web1", sgw.token(), "rm -rf /srv/data")
     assert blocked.returncode == 255 and b"exec request failed" in blocked.stderr

@@ -1,9 +1,12 @@
 """The gateway's own login to the upstream server, as a sans-IO state machine.
 
 Feed it what the server says; send what it returns; stop when `done` (or on LoginError). It
-speaks SCRAM-SHA-256 (through scramp), md5 and cleartext, and collects what the client will need
-afterwards: ParameterStatus values, the upstream's BackendKeyData (kept for cancels, never shown to
-the client) and the transaction status of the first ReadyForQuery.
+speaks SCRAM-SHA-256 through scramp — with channel binding (SCRAM-SHA-256-PLUS,
+tls-server-end-point) when the connection is TLS, so that a machine in the middle holding its own
+certificate cannot complete the login — and md5 or cleartext only where the target allows
+insecure auth: those hand the password (or a replayable hash of it) to whoever answers at the
+upstream's address. It collects what the client will need afterwards: ParameterStatus values,
+the upstream's BackendKeyData (kept for cancels) and the status of the first ReadyForQuery.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from scramp import ScramClient, ScramException
+from scramp.core import CBindData
 
 from tapegate.protocols.postgres import messages as m
 
@@ -41,6 +45,8 @@ class UpstreamLogin:
     status: bytes = b"I"
     done: bool = False
     method: str | None = None
+    allow_insecure_auth: bool = False  # the target's: md5 and cleartext passwords
+    server_cert: bytes | None = None  # the upstream's certificate (DER) when TLS is on
 
     def __post_init__(self) -> None:
         self._reader = m.MessageReader(max_bytes=1 << 20)
@@ -91,6 +97,13 @@ class UpstreamLogin:
     def _on_auth(self, code: int, rest: bytes) -> bytes:
         if code == m.AUTH_OK:
             return b""
+        if code in (m.AUTH_CLEARTEXT, m.AUTH_MD5) and not self.allow_insecure_auth:
+            what = "a cleartext password" if code == m.AUTH_CLEARTEXT else "an md5 password hash"
+            raise LoginError(
+                f"the upstream asks for {what}, which tapegate does not send: anyone answering "
+                "at the upstream's address could read or replay it (use scram-sha-256, or set "
+                "allow_insecure_auth: true on the target)"
+            )
         if code == m.AUTH_CLEARTEXT:
             self.method = "cleartext"
             return m.password_message(self.password.encode())
@@ -100,13 +113,25 @@ class UpstreamLogin:
             outer = hashlib.md5(inner.encode() + rest[:4]).hexdigest()
             return m.password_message(b"md5" + outer.encode())
         if code == m.AUTH_SASL:
-            mechanisms = [x.decode() for x in rest.split(b"\0") if x]
-            if "SCRAM-SHA-256" not in mechanisms:
-                raise LoginError(f"upstream offers no supported SASL mechanism: {mechanisms}")
-            self.method = "scram-sha-256"
-            self._scram = ScramClient(["SCRAM-SHA-256"], self.user, self.password)
-            first = self._scram.get_client_first().encode()
-            return m.sasl_initial_response("SCRAM-SHA-256", first)
+            offered = [x.decode("utf-8", "replace") for x in rest.split(b"\0") if x]
+            usable = [x for x in ("SCRAM-SHA-256-PLUS", "SCRAM-SHA-256") if x in offered]
+            if not usable:
+                raise LoginError(f"upstream offers no supported SASL mechanism: {offered}")
+            binding = None
+            if self.server_cert is not None:
+                # Also without -PLUS on offer: the client then says it could bind, so a server
+                # that can (and sees its offer stripped by someone) refuses.
+                cert_hash = bytes(CBindData.from_der(self.server_cert))
+                binding = ("tls-server-end-point", cert_hash)
+            elif usable == ["SCRAM-SHA-256-PLUS"]:
+                raise LoginError("upstream offers only SCRAM-SHA-256-PLUS, which needs TLS")
+            try:
+                self._scram = ScramClient(usable, self.user, self.password, channel_binding=binding)
+            except ScramException as exc:
+                raise LoginError(f"SCRAM setup failed: {exc}") from None
+            name = self._scram.mechanism_name
+            self.method = name.lower()
+            return m.sasl_initial_response(name, self._scram.get_client_first().encode())
         if code == m.AUTH_SASL_CONTINUE and self._scram is not None:
             try:
                 self._scram.set_server_first(rest.decode())

@@ -7,9 +7,11 @@ Most relayed messages are never decoded at all: the relay only needs their type 
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 PROTOCOL_3 = 196608  # 3.0
 SSL_REQUEST = 80877103
@@ -25,7 +27,31 @@ _I16 = struct.Struct(">h")
 
 
 class ProtocolError(ValueError):
-    """Bytes that break the protocol. The message is safe to show to the peer."""
+    """Bytes that break the protocol. The message is safe to show to the peer.
+
+    The only exception a decoder here raises, whatever the bytes (the fuzz tests hold it to
+    that): a truncated or inconsistent message becomes one of these, never a struct.error.
+    """
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _typed(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    def wrap(decode: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(decode)
+        def decoded(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return decode(*args, **kwargs)
+            except ProtocolError:
+                raise
+            except (struct.error, IndexError, ValueError, OverflowError):
+                raise ProtocolError(f"malformed {what} message") from None
+
+        return decoded
+
+    return wrap
 
 
 # -- framing -------------------------------------------------------------------------------------
@@ -131,6 +157,7 @@ class StartupMessage:
 StartupPacket = SSLRequest | GSSENCRequest | CancelRequest | StartupMessage
 
 
+@_typed("startup")
 def decode_startup(body: bytes) -> StartupPacket:
     if len(body) < 4:
         raise ProtocolError("startup packet too short")
@@ -231,12 +258,18 @@ def error_response(
 
 
 def _cstr_at(body: bytes, pos: int) -> tuple[str, int]:
+    raw, end = _cbytes_at(body, pos)
+    return raw.decode("utf-8", "replace"), end
+
+
+def _cbytes_at(body: bytes, pos: int) -> tuple[bytes, int]:
     end = body.find(b"\0", pos)
     if end < 0:
         raise ProtocolError("unterminated string")
-    return body[pos:end].decode("utf-8", "replace"), end + 1
+    return body[pos:end], end + 1
 
 
+@_typed("ErrorResponse")
 def decode_fields(body: bytes) -> dict[str, str]:
     """ErrorResponse / NoticeResponse fields by their one-letter code."""
     out: dict[str, str] = {}
@@ -248,9 +281,16 @@ def decode_fields(body: bytes) -> dict[str, str]:
     return out
 
 
+@_typed("Query")
 def decode_query(body: bytes) -> str:
     text, _ = _cstr_at(body, 0)
     return text
+
+
+@_typed("Query")
+def query_text(body: bytes) -> bytes:
+    """A Query's text as sent, in the session's client_encoding (the relay decodes it)."""
+    return _cbytes_at(body, 0)[0]
 
 
 @dataclass(frozen=True)
@@ -258,18 +298,21 @@ class Parse:
     statement: str
     sql: str
     param_types: tuple[int, ...]
+    sql_bytes: bytes = b""  # as sent, in the session's client_encoding
 
 
+@_typed("Parse")
 def decode_parse(body: bytes) -> Parse:
     name, pos = _cstr_at(body, 0)
-    sql, pos = _cstr_at(body, pos)
+    raw, pos = _cbytes_at(body, pos)
+    sql = raw.decode("utf-8", "replace")
     if len(body) < pos + 2:
         raise ProtocolError("Parse message truncated")
     (n,) = _I16.unpack_from(body, pos)
     if n < 0 or len(body) < pos + 2 + 4 * n:
         raise ProtocolError("Parse parameter types truncated")
     types = struct.unpack_from(f">{n}I", body, pos + 2)
-    return Parse(name, sql, types)
+    return Parse(name, sql, types, raw)
 
 
 @dataclass(frozen=True)
@@ -280,6 +323,7 @@ class Bind:
     formats: tuple[int, ...]  # per parameter: 0 text, 1 binary
 
 
+@_typed("Bind")
 def decode_bind(body: bytes) -> Bind:
     portal, pos = _cstr_at(body, 0)
     statement, pos = _cstr_at(body, pos)
@@ -313,6 +357,7 @@ def decode_bind(body: bytes) -> Bind:
     return Bind(portal, statement, tuple(params), formats)
 
 
+@_typed("Execute")
 def decode_execute(body: bytes) -> tuple[str, int]:
     portal, pos = _cstr_at(body, 0)
     if len(body) < pos + 4:
@@ -320,6 +365,43 @@ def decode_execute(body: bytes) -> tuple[str, int]:
     return portal, _I32.unpack_from(body, pos)[0]
 
 
+@dataclass(frozen=True)
+class FunctionCall:
+    oid: int
+    args: tuple[bytes | None, ...]
+    formats: tuple[int, ...]
+    result_format: int
+
+
+@_typed("FunctionCall")
+def decode_function_call(body: bytes) -> FunctionCall:
+    """The fast-path call: a function's oid and its arguments, bypassing SQL."""
+    (oid,) = _U32.unpack_from(body, 0)
+    (nf,) = _I16.unpack_from(body, 4)
+    if nf < 0:
+        raise ProtocolError("FunctionCall format count is negative")
+    formats = struct.unpack_from(f">{nf}h", body, 6)
+    pos = 6 + 2 * nf
+    (na,) = _I16.unpack_from(body, pos)
+    if na < 0:
+        raise ProtocolError("FunctionCall argument count is negative")
+    pos += 2
+    args: list[bytes | None] = []
+    for _ in range(na):
+        (size,) = _I32.unpack_from(body, pos)
+        pos += 4
+        if size == -1:
+            args.append(None)
+            continue
+        if size < 0 or pos + size > len(body):
+            raise ProtocolError("FunctionCall argument runs past the message")
+        args.append(body[pos : pos + size])
+        pos += size
+    (result_format,) = _I16.unpack_from(body, pos)
+    return FunctionCall(oid, tuple(args), tuple(formats), result_format)
+
+
+@_typed("RowDescription")
 def decode_row_description(body: bytes) -> list[str]:
     (n,) = _I16.unpack_from(body, 0)
     pos, names = 2, []
@@ -337,6 +419,7 @@ def data_row(values: list[bytes | None]) -> bytes:
     return message(b"D", bytes(body))
 
 
+@_typed("DataRow")
 def decode_data_row(body: bytes) -> list[bytes | None]:
     """A DataRow's column values as sent (text or binary, as the query asked); None is NULL."""
     if len(body) < 2:
@@ -358,11 +441,13 @@ def decode_data_row(body: bytes) -> list[bytes | None]:
     return values
 
 
+@_typed("CommandComplete")
 def decode_command_complete(body: bytes) -> str:
     tag, _ = _cstr_at(body, 0)
     return tag
 
 
+@_typed("NotificationResponse")
 def decode_notification(body: bytes) -> tuple[int, str, str]:
     (pid,) = _I32.unpack_from(body, 0)
     channel, pos = _cstr_at(body, 4)
@@ -370,12 +455,14 @@ def decode_notification(body: bytes) -> tuple[int, str, str]:
     return pid, channel, payload
 
 
+@_typed("ParameterStatus")
 def decode_parameter_status(body: bytes) -> tuple[str, str]:
     name, pos = _cstr_at(body, 0)
     value, _ = _cstr_at(body, pos)
     return name, value
 
 
+@_typed("BackendKeyData")
 def decode_backend_key_data(body: bytes) -> tuple[int, int]:
     if len(body) != 8:
         raise ProtocolError("BackendKeyData of unexpected length")
@@ -383,12 +470,14 @@ def decode_backend_key_data(body: bytes) -> tuple[int, int]:
     return pid, secret
 
 
+@_typed("Authentication")
 def decode_auth(body: bytes) -> tuple[int, bytes]:
     if len(body) < 4:
         raise ProtocolError("Authentication message truncated")
     return _I32.unpack_from(body, 0)[0], body[4:]
 
 
+@_typed("PasswordMessage")
 def decode_password(body: bytes) -> bytes:
     """The cleartext password message body: the secret, NUL-terminated."""
     if not body.endswith(b"\0"):

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tapegate.protocols.postgres import messages as m
-from tapegate.protocols.postgres.sql import first_words, statement_kinds
+from tapegate.protocols.postgres.sql import SqlText, Unparsable, first_words, statement_kinds
 from tapegate.tape import Direction, Event
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 _U32 = struct.Struct(">I")
 # Server messages whose bodies the scanner keeps (bounded) to turn into events.
-_READ_BODY = frozenset(b"TCEINAZGHWs")
+_READ_BODY = frozenset(b"TCEINAZGHWsS")
 _MAX_KEPT_BODY = 64 * 1024
 _MAX_NAMED = 10_000
 # Extended-protocol messages that open a batch the upstream answers at the next Sync.
@@ -51,14 +51,25 @@ class _Request:
     columns: list[str] = field(default_factory=list)
 
 
-# A guard takes SQL and returns a description of the rule that denies it, or None.
-Guard = Callable[[str, list[str]], str | None]
+# A guard takes SQL and its statements' kinds, and returns a description of the rule that
+# denies it, or None. Kinds are None when the parser could not name them: a guard with rules
+# denies that (fail closed).
+Guard = Callable[[str, list[str] | None], str | None]
 
 
 class PgRelay:
-    def __init__(self, guard: Guard, limits: RelayLimits | None = None) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        limits: RelayLimits | None = None,
+        *,
+        text: SqlText | None = None,
+        deny_function_call: bool = False,
+    ) -> None:
         self.limits = limits or RelayLimits()
         self._guard = guard
+        self.text = text or SqlText()  # how the server reads SQL text: kept current
+        self._deny_function_call = deny_function_call
         self._client = m.MessageReader(self.limits.max_message_bytes)
         self._discarding = False  # after a denied Parse: drop messages until Sync
         self._pending_denial: bytes | None = None
@@ -137,27 +148,26 @@ class PgRelay:
         self, tag: int, body: bytes, whole: bytes, ts: int, events: list[Event]
     ) -> bytes:
         if tag == ord("Q"):
-            sql = m.decode_query(body)
-            kinds = statement_kinds(sql)
+            sql, kinds, problem = self._name(m.query_text(body))
             denied = self._guard(sql, kinds)
             if denied:
-                events.append(self._blocked(ts, sql, kinds, denied))
-                self._sync_sent(ts, "sync", inject=_denied_error(denied))
+                events.append(self._blocked(ts, sql, kinds, denied, problem=problem))
+                self._sync_sent(ts, "sync", inject=_denied_error(denied, problem))
                 return m.SYNC
-            events.append(Event(ts, "query", C2S, self._sql_attrs(sql, kinds)))
+            events.append(Event(ts, "query", C2S, self._sql_attrs(sql, kinds, problem)))
             self._sync_sent(ts, "query", sql)
             return whole
         if tag == ord("P"):
             parse = m.decode_parse(body)
-            kinds = statement_kinds(parse.sql)
-            denied = self._guard(parse.sql, kinds)
+            sql, kinds, problem = self._name(parse.sql_bytes)
+            denied = self._guard(sql, kinds)
             if denied:
-                events.append(self._blocked(ts, parse.sql, kinds, denied, parse.statement))
+                events.append(self._blocked(ts, sql, kinds, denied, parse.statement, problem))
                 self._discarding = True
-                self._pending_denial = _denied_error(denied)
+                self._pending_denial = _denied_error(denied, problem)
                 return b""
-            self._remember(self._statements, parse.statement, parse.sql)
-            attrs = {"statement": parse.statement, **self._sql_attrs(parse.sql, kinds)}
+            self._remember(self._statements, parse.statement, sql)
+            attrs = {"statement": parse.statement, **self._sql_attrs(sql, kinds, problem)}
             events.append(Event(ts, "parse", C2S, attrs))
             return whole
         if tag == ord("B"):
@@ -177,8 +187,15 @@ class PgRelay:
             self._sync_sent(ts, "sync")
             return whole
         if tag == ord("F"):
-            events.append(Event(ts, "function_call", C2S, {}))
-            self._sync_sent(ts, "query", "<function call>")
+            call = m.decode_function_call(body)
+            attrs = self._call_attrs(call)
+            if self._deny_function_call:
+                rule = "deny_function_call"
+                events.append(Event(ts, "blocked", C2S, {**attrs, "rule": rule}))
+                self._sync_sent(ts, "sync", inject=_denied_error(rule, None))
+                return m.SYNC
+            events.append(Event(ts, "function_call", C2S, attrs))
+            self._sync_sent(ts, "query", f"<function call {call.oid}>")
             return whole
         if tag == ord("X"):
             self.terminated = True
@@ -200,21 +217,45 @@ class PgRelay:
             self._inject[self._syncs_sent] = inject
         self._requests.append(_Request(kind, ts, sql))
 
+    def _name(self, raw: bytes) -> tuple[str, list[str] | None, str | None]:
+        """The SQL as the server will read it, its statements' kinds (None when they cannot be
+        named), and why they cannot."""
+        sql, problem = self.text.read(raw)
+        if problem is not None:
+            return sql, None, problem
+        try:
+            return sql, statement_kinds(sql), None
+        except Unparsable as exc:
+            return sql, None, f"PostgreSQL's parser does not accept it ({exc})"
+
     def _blocked(
-        self, ts: int, sql: str, kinds: list[str], rule: str, statement: str | None = None
-    ) -> Event:
-        attrs = {**self._sql_attrs(sql, kinds), "rule": rule}
+        self, ts: int, sql: str, kinds: list[str] | None, rule: str,
+        statement: str | None = None, problem: str | None = None,
+    ) -> Event:  # fmt: skip
+        attrs = {**self._sql_attrs(sql, kinds, problem), "rule": rule}
         if statement is not None:
             attrs["statement"] = statement
         return Event(ts, "blocked", C2S, attrs)
 
-    def _sql_attrs(self, sql: str, kinds: list[str]) -> dict[str, Any]:
+    def _sql_attrs(self, sql: str, kinds: list[str] | None, problem: str | None) -> dict[str, Any]:
         cap = self.limits.sql_cap
-        attrs: dict[str, Any] = {"sql": sql[:cap], "kinds": first_words(kinds)}
+        attrs: dict[str, Any] = {"sql": sql[:cap], "kinds": first_words(kinds or [])}
+        if problem is not None:
+            attrs["unchecked"] = problem
         if len(sql) > cap:
             attrs["sql_truncated"] = True
             attrs["sql_length"] = len(sql)
         return attrs
+
+    def _call_attrs(self, call: m.FunctionCall) -> dict[str, Any]:
+        cap = self.limits.param_cap
+        args: list[Any] = []
+        for value in call.args[:100]:
+            if value is None:
+                args.append(None)
+            else:
+                args.append({"hex": value[:cap].hex(), "length": len(value)})
+        return {"oid": call.oid, "args": args, "arg_count": len(call.args)}
 
     def _bind_attrs(self, bind: m.Bind) -> dict[str, Any]:
         cap = self.limits.param_cap
@@ -337,6 +378,9 @@ class PgRelay:
             events.append(
                 Event(ts, "notification", S2C, {"channel": channel, "payload": payload[:1024]})
             )
+        elif tag == ord("S"):
+            name, value = _safe(m.decode_parameter_status, body, ("", ""))
+            self.text.parameter(name, value)  # client_encoding, standard_conforming_strings
         elif tag == ord("Z"):
             self.status = body[:1] or b"I"
             while self._requests:
@@ -386,7 +430,16 @@ def _skip_rows(data: bytes, pos: int, n: int) -> tuple[int, int, bool]:
     return pos, rows, False
 
 
-def _denied_error(rule: str) -> bytes:
+def _denied_error(rule: str, problem: str | None) -> bytes:
+    if problem is not None:
+        return m.error_response(
+            "42501",
+            f"tapegate cannot check this statement against the target's guardrails, so it was "
+            f"not run: {problem}",
+            severity="ERROR",
+            hint="Statements on this target are checked before they run, and one the check "
+            "cannot read is refused; the attempt was recorded.",
+        )
     return m.error_response(
         "42501",
         f"statement blocked by tapegate guardrail ({rule})",
@@ -400,5 +453,5 @@ def _safe(fn: Callable[[bytes], Any], body: bytes, default: Any) -> Any:
     """Decode an upstream message for an event; a malformed one makes no event, not a crash."""
     try:
         return fn(body)
-    except (m.ProtocolError, struct.error, ValueError, IndexError):
+    except m.ProtocolError:
         return default
