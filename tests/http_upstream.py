@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import secrets
 import ssl
@@ -67,6 +68,19 @@ class _Handler(BaseHTTPRequestHandler):
                     headers[name] = "the test key" if API_KEY in headers[name] else "other"
             doc = {"path": self.path, "headers": headers}
             self._send(200, json.dumps(doc).encode())
+        elif path.endswith("/reflect") or path.endswith("/reflect-gzip"):
+            # A careless API that echoes its caller's key, in a header and in the body.
+            key = self.headers.get("X-Api-Key", "")
+            body = json.dumps({"you_sent": key, "padding": "p" * 5000, "again": key}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("X-Seen-Key", key)
+            if path.endswith("-gzip"):
+                body = gzip.compress(body)
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif path.endswith("/echo"):
             self._send(200, body, self.headers.get("Content-Type") or "application/octet-stream")
         elif path.endswith("/big"):

@@ -225,7 +225,12 @@ class HttpConnection:
 
     async def _admit(self, request: h11.Request) -> tuple[Admitted, str]:
         """The admitted caller and the path after the target segment, or _Refused."""
-        route = x.route(request.target)
+        try:
+            route = x.route(request.target)
+        except x.PathEscape as exc:
+            raise _Refused(400, f"{exc}: the path is checked after resolving dot segments, "
+                           "encoded dots, backslashes and encoded slashes",
+                           kind="path_escape") from None  # fmt: skip
         token = x.bearer_token(request.headers)
         login = Login("http", tls=self.tls, target=route.target if route else None, token=token)
         try:
@@ -268,7 +273,7 @@ class HttpConnection:
             (target.inject_header.name.lower().encode(), secret),
             self.client_addr,
         )
-        path = (target.upstream_base_path + rest).encode()
+        path = (target.upstream_base_path + x.strip_access_token(rest)).encode()
         # What is ready goes upstream in one write, made before waiting for more from the client
         # (a GET's head and end, a small body); only the head carries the credential.
         head = up.conn.send(h11.Request(method=request.method, target=path, headers=headers))
@@ -292,7 +297,7 @@ class HttpConnection:
                 break
             else:
                 raise _Closed
-        url = request.target.decode("latin-1")
+        url = x.strip_access_token(request.target.decode("latin-1"))
         recorder.event(Event(started, "request", C2S, {
             "method": request.method.decode("latin-1"),
             "url": url,
@@ -301,7 +306,10 @@ class HttpConnection:
             "headers": x.recorded_headers(request.headers, target.inject_header.name.encode()),
             **body.attrs(x.content_type(request.headers)),
         }))  # fmt: skip
-        return await self._respond(session, up, request, started, websocket)
+        prefix = target.inject_header.prefix
+        masker = x.Masker(credential[len(prefix):].encode("latin-1")
+                          if prefix and credential.startswith(prefix) else secret)  # fmt: skip
+        return await self._respond(session, up, request, started, websocket, masker)
 
     async def _respond(
         self,
@@ -310,6 +318,7 @@ class HttpConnection:
         request: h11.Request,
         started: int,
         websocket: bool,
+        masker: x.Masker,
     ) -> bool:
         recorder = session.recorder
         try:
@@ -336,21 +345,36 @@ class HttpConnection:
             return False
         # As upstream: what is ready goes in one write, made before waiting for more (a small
         # response is one write; a stream, server-sent events say, goes on as it arrives).
+        # An upstream that echoes the credential shows it to no one: masked (same length) in
+        # the headers and, when the body is sent as is, in the body, before the client or the
+        # recording sees them. A compressed body cannot be checked: the event says so.
+        headers = [(n, masker.header(v)) for n, v in event.headers]
+        maskable = x.identity_encoded(headers)
         out = _Outbox([self.conn.send(h11.Response(
-            status_code=event.status_code, headers=x.client_response_headers(event.headers),
+            status_code=event.status_code, headers=x.client_response_headers(headers),
             reason=event.reason))])  # fmt: skip
         body = x.Body(self.gw.config.recording.body_cap)
         complete = True
         while True:
             part = await self._response_part(recorder, up, out)
             if isinstance(part, h11.Data):
-                body.add(part.data)
-                out.append(self.conn.send(part))
+                data = masker.feed(part.data) if maskable else part.data
+                if data:
+                    body.add(data)
+                    out.append(self.conn.send(h11.Data(data=data)))
             elif isinstance(part, h11.EndOfMessage):
+                tail = masker.flush()
+                if tail:
+                    body.add(tail)
+                    out.append(self.conn.send(h11.Data(data=tail)))
                 out.append(self.conn.send(h11.EndOfMessage()))
                 await self._to_client(recorder, out)
                 break
             else:  # the upstream dropped mid-body: the client can only see the connection close
+                tail = masker.flush()
+                if tail:
+                    body.add(tail)
+                    out.append(self.conn.send(h11.Data(data=tail)))
                 await self._to_client(recorder, out)
                 complete = False
                 recorder.event(Event(time.time_ns(), "upstream_error", S2C, {
@@ -361,12 +385,16 @@ class HttpConnection:
             "status": event.status_code,
             "reason": event.reason.decode("latin-1"),
             "http_version": x.http_version(event.http_version),
-            "headers": x.recorded_headers(event.headers),
+            "headers": x.recorded_headers(headers),
             "duration_ns": time.time_ns() - started,
-            **body.attrs(x.content_type(event.headers)),
+            **body.attrs(x.content_type(headers)),
         }
         if not complete:
             attrs["incomplete"] = True
+        if masker.masked:
+            attrs["credential_masked"] = masker.masked
+        if not maskable and body.length:
+            attrs["unmasked"] = "content-encoded body: not checked for the credential"
         recorder.event(Event(time.time_ns(), "response", S2C, attrs))
         if not complete or h11.MUST_CLOSE in (up.conn.our_state, up.conn.their_state):
             self._close_upstream()
@@ -457,7 +485,10 @@ class HttpConnection:
         session.recorder.close(session.end_reason or reason)
 
     def _record_refusal(self, request: h11.Request, refusal: _Refused, started: int) -> None:
-        route = x.route(request.target)
+        try:
+            route = x.route(request.target)
+        except x.PathEscape:
+            route = None
         identity, self._identity_for_refusal = self._identity_for_refusal, None
         self.gw.record_refusal(
             identity,
@@ -469,7 +500,7 @@ class HttpConnection:
             started_ns=started,
             first=Event(started, "request", C2S, {
                 "method": request.method.decode("latin-1"),
-                "url": request.target.decode("latin-1"),
+                "url": x.strip_access_token(request.target.decode("latin-1")),
                 "http_version": x.http_version(request.http_version),
                 "headers": x.recorded_headers(request.headers)}),
         )  # fmt: skip

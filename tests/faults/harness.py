@@ -434,8 +434,16 @@ def poll(condition: Callable[[], Any], timeout: float, interval: float = 0.2) ->
 
 
 def dir_bytes(path: Path) -> int:
-    """Bytes in the files directly in `path` (a spool), 0 when it does not exist."""
-    return sum(p.stat().st_size for p in path.glob("*") if p.is_file()) if path.exists() else 0
+    """Bytes in the files directly in `path` (a spool), 0 when it does not exist. A file the
+    drain removes between the listing and its stat counts as gone."""
+    total = 0
+    for entry in path.glob("*") if path.exists() else ():
+        try:
+            if entry.is_file():
+                total += entry.stat().st_size
+        except FileNotFoundError:
+            continue
+    return total
 
 
 def mib(n: float) -> str:

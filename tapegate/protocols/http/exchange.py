@@ -8,7 +8,9 @@ the gateway adds is redacted from everything recorded.
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 # RFC 9110 §7.6.1: these describe one hop and are not forwarded. Content-Length and
 # Transfer-Encoding are kept: h11 frames the body from them on the other side.
@@ -31,16 +33,104 @@ class Route:
     path: str  # what follows the target segment, with the query: "/v1/items?x=1"
 
 
+class PathEscape(ValueError):
+    """The request path leaves its target once dot segments are resolved."""
+
+
+# What some servers treat as a path separator besides "/": a backslash, and either encoded.
+_SEPARATORS = re.compile(r"/|\\|%2[fF]|%5[cC]")
+_DOT = re.compile(r"%2[eE]")
+
+
 def route(request_target: bytes) -> Route | None:
-    """`/api/v1/items?x=1` → Route("api", "/v1/items?x=1"). None for `*` or absolute forms."""
+    """`/api/v1/items?x=1` → Route("api", "/v1/items?x=1"). None for `*` or absolute forms.
+
+    Dot segments are resolved first (RFC 3986 §5.2.4), also where the dots are percent-encoded
+    or the separators are backslashes or encoded slashes, as an upstream may read them: a path
+    that climbs out of its target raises PathEscape. One that stays inside is forwarded
+    resolved (its separators then all "/")."""
     text = request_target.decode("ascii", errors="replace")
     if not text.startswith("/"):
         return None
     path, sep, query = text.partition("?")
+    segments = _SEPARATORS.split(path)[1:]
+    if any(_DOT.sub(".", seg) in (".", "..") for seg in segments):
+        path = "/" + "/".join(_resolve(segments))
     name, _, rest = path[1:].partition("/")
     if not name:
         return None
     return Route(name, "/" + rest + (sep + query))
+
+
+def _resolve(segments: list[str]) -> list[str]:
+    out: list[str] = []
+    for i, seg in enumerate(segments):
+        dots = _DOT.sub(".", seg)
+        last = i == len(segments) - 1
+        if dots == ".":
+            if last:
+                out.append("")
+        elif dots == "..":
+            if len(out) <= 1:  # would pop the target segment itself, or go above the root
+                raise PathEscape("the request path leaves its target (a '..' segment)")
+            out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(seg)
+    return out
+
+
+def strip_access_token(path: str) -> str:
+    """The path without an `access_token` query parameter (RFC 6750 §2.3): a bearer token in
+    a URL is never forwarded (the target's credential is the gateway's) nor recorded."""
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path
+    kept = [p for p in query.split("&")
+            if unquote(p.partition("=")[0]).lower() != "access_token"]  # fmt: skip
+    return base + ("?" + "&".join(kept) if kept else "")
+
+
+class Masker:
+    """The credential, replaced by as many `*` in what the target sends back (an upstream that
+    echoes its key would show it to the agent and to the recording). Holds back only a tail
+    that could be the start of the credential, so a stream is not delayed otherwise."""
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret
+        self.stars = b"*" * len(secret)
+        self.masked = 0  # occurrences replaced
+        self._held = b""
+
+    def header(self, value: bytes) -> bytes:
+        if not self.secret or self.secret not in value:
+            return value
+        self.masked += value.count(self.secret)
+        return value.replace(self.secret, self.stars)
+
+    def feed(self, data: bytes) -> bytes:
+        if not self.secret:
+            return data
+        buf = self._held + data
+        if self.secret in buf:
+            self.masked += buf.count(self.secret)
+            buf = buf.replace(self.secret, self.stars)
+        keep = _partial_tail(buf, self.secret)
+        self._held = buf[len(buf) - keep :] if keep else b""
+        return buf[: len(buf) - keep]
+
+    def flush(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
+
+
+def _partial_tail(buf: bytes, secret: bytes) -> int:
+    """The length of the longest end of `buf` that is a proper start of `secret`."""
+    for n in range(min(len(secret) - 1, len(buf)), 0, -1):
+        if buf.endswith(secret[:n]):
+            return n
+    return 0
 
 
 def bearer_token(headers: Headers) -> str | None:
@@ -73,7 +163,9 @@ def upstream_request_headers(
     out: Headers = [(b"host", upstream_host)]
     forwarded_for = client_addr.rsplit(":", 1)[0].encode()
     for name, value in headers:
-        if name in (b"host", b"authorization", b"expect", cred_name):
+        # X_Api_Key is X-Api-Key to servers that map headers to variables (CGI, WSGI, Rack):
+        # a client's copy under either spelling must not reach them beside the credential.
+        if name.replace(b"_", b"-") in (b"host", b"authorization", b"expect", cred_name):
             continue  # Expect: the gateway answers 100-continue itself
         if websocket and name == b"sec-websocket-extensions":
             continue  # no compression: the recorded frames stay readable
@@ -130,6 +222,12 @@ class Body:
         if len(kept) < self.length:
             out["body_truncated"] = True
         return out
+
+
+def identity_encoded(headers: Headers) -> bool:
+    """Whether a body is sent as is (no Content-Encoding): only then can it be masked."""
+    value = _get(headers, b"content-encoding")
+    return value is None or value.strip().lower() in (b"", b"identity")
 
 
 def content_type(headers: Headers) -> str:

@@ -327,25 +327,8 @@ class Bind:
 def decode_bind(body: bytes) -> Bind:
     portal, pos = _cstr_at(body, 0)
     statement, pos = _cstr_at(body, pos)
-    try:
-        (nf,) = _I16.unpack_from(body, pos)
-        fmt_codes = struct.unpack_from(f">{nf}h", body, pos + 2)
-        pos += 2 + 2 * nf
-        (np_,) = _I16.unpack_from(body, pos)
-        pos += 2
-        params: list[bytes | None] = []
-        for _ in range(np_):
-            (size,) = _I32.unpack_from(body, pos)
-            pos += 4
-            if size == -1:
-                params.append(None)
-                continue
-            if size < 0 or pos + size > len(body):
-                raise ProtocolError("Bind parameter runs past the message")
-            params.append(body[pos : pos + size])
-            pos += size
-    except struct.error:
-        raise ProtocolError("Bind message truncated") from None
+    fmt_codes, params, _ = _formats_and_values(body, pos, "Bind parameter")
+    nf, np_ = len(fmt_codes), len(params)
     if nf == 0:
         formats = (0,) * np_
     elif nf == 1:
@@ -355,6 +338,34 @@ def decode_bind(body: bytes) -> Bind:
     else:
         raise ProtocolError("Bind format codes do not match the parameters")
     return Bind(portal, statement, tuple(params), formats)
+
+
+def _formats_and_values(
+    body: bytes, pos: int, what: str
+) -> tuple[tuple[int, ...], list[bytes | None], int]:
+    """What Bind and FunctionCall share: Int16 n, n format codes, Int16 m, then m values, each
+    an Int32 length (-1: NULL) and its bytes. Returns the codes, the values, the next position."""
+    (nf,) = _I16.unpack_from(body, pos)
+    if nf < 0:
+        raise ProtocolError(f"{what} format count is negative")
+    codes = struct.unpack_from(f">{nf}h", body, pos + 2)
+    pos += 2 + 2 * nf
+    (nv,) = _I16.unpack_from(body, pos)
+    if nv < 0:
+        raise ProtocolError(f"{what} count is negative")
+    pos += 2
+    values: list[bytes | None] = []
+    for _ in range(nv):
+        (size,) = _I32.unpack_from(body, pos)
+        pos += 4
+        if size == -1:
+            values.append(None)
+            continue
+        if size < 0 or pos + size > len(body):
+            raise ProtocolError(f"{what} runs past the message")
+        values.append(body[pos : pos + size])
+        pos += size
+    return codes, values, pos
 
 
 @_typed("Execute")
@@ -377,26 +388,7 @@ class FunctionCall:
 def decode_function_call(body: bytes) -> FunctionCall:
     """The fast-path call: a function's oid and its arguments, bypassing SQL."""
     (oid,) = _U32.unpack_from(body, 0)
-    (nf,) = _I16.unpack_from(body, 4)
-    if nf < 0:
-        raise ProtocolError("FunctionCall format count is negative")
-    formats = struct.unpack_from(f">{nf}h", body, 6)
-    pos = 6 + 2 * nf
-    (na,) = _I16.unpack_from(body, pos)
-    if na < 0:
-        raise ProtocolError("FunctionCall argument count is negative")
-    pos += 2
-    args: list[bytes | None] = []
-    for _ in range(na):
-        (size,) = _I32.unpack_from(body, pos)
-        pos += 4
-        if size == -1:
-            args.append(None)
-            continue
-        if size < 0 or pos + size > len(body):
-            raise ProtocolError("FunctionCall argument runs past the message")
-        args.append(body[pos : pos + size])
-        pos += size
+    formats, args, pos = _formats_and_values(body, 4, "FunctionCall argument")
     (result_format,) = _I16.unpack_from(body, pos)
     return FunctionCall(oid, tuple(args), tuple(formats), result_format)
 
