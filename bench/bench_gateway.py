@@ -42,12 +42,15 @@ TAPEGATE = [sys.executable, "-m", "tapegate.cli"]
 
 NOTES = """
 Where the time goes (`bench/profile_gateway.py pgbench|copy [--native]`: py-spy on `tapegate up`).
-pgbench -S: the machine's two cores are saturated by pgbench, eight backends and the gateway,
-and about 58% of the gateway's samples sit in the write() syscall — on loopback the sender also
-runs the receiver's TCP delivery and is preempted by the woken process. The rest is the Python
-work per round trip (two frames, a query and a result event as JSON, statement naming for the
-guardrails, the relay's message parsing): about 70 µs of gateway CPU per transaction against
-pgbouncer's few µs in C. COPY: 55% of the event loop's time is sealing (XChaCha20-Poly1305 29%,
+pgbench -S: the machine's two cores are saturated by pgbench, eight backends and the gateway.
+With the asyncio.Protocol relay driver about 20% of the gateway's samples sit in the write()
+syscall (58% with asyncio streams: on loopback the sender also runs the receiver's TCP
+delivery and is preempted by the woken process). The rest is the Python work per round trip:
+two frames, a query and a result event as JSON (about 15%), naming the statement on
+PostgreSQL's parser for the guardrails (about 10%: 13 µs for a pgbench SELECT), the relay's
+message scanning (about 16%), against pgbouncer's few µs in C. The 0.35x-direct goal needs
+that work out of Python (events in a binary layout, a C scanner) or a core of its own.
+COPY: 55% of the event loop's time is sealing (XChaCha20-Poly1305 29%,
 SHA-256 16%, Ed25519 4%), which bounds one session at roughly the seal rate of bench_tape.py,
 on a core that PostgreSQL and psql also need. Tried, and kept: moving the local sink's writes
 and fsyncs off the event loop (they were 40% of the loop's time in a COPY) and skipping row
@@ -55,8 +58,8 @@ messages by length in a tight loop (the general scanner was the next largest cos
 dropped: sealing on a thread of its own (both primitives release the GIL). On these two cores,
 shared with the client and the server, it did not pay: A/B runs gave pgbench -S about 10% fewer
 TPS, scp through the SSH gateway 9% less (bench_ssh_http.py --only scp), and COPY no difference
-beyond the noise; with nothing else on the gateway's cores it may. Not tried yet: a
-protocol-based relay without asyncio streams.
+beyond the noise; with nothing else on the gateway's cores it may. Done: a protocol-based
+relay without asyncio streams (0.25x -> 0.31-0.33x pgbouncer's TPS in A/B runs).
 """
 
 
