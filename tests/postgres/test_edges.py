@@ -111,6 +111,31 @@ def test_backslashes_with_standard_conforming_strings_off(
     assert any("standard_conforming_strings" in b.get("unchecked", "") for b in _blocked(guarded))
 
 
+@pytest.mark.parametrize("setting", [
+    b"SET standard_conforming_strings = off",
+    b"SELECT set_config('standard_conforming_strings', 'off', false)",
+    b"DO $$BEGIN SET standard_conforming_strings = off; END$$",
+])  # fmt: skip
+def test_text_pipelined_behind_a_settings_change_is_not_read_with_the_old_settings(
+    guarded: RunningGateway, pg: PgServer, keepme: None, setting: bytes
+) -> None:
+    """Sent in one write, the second query reaches the server after the setting changed, while
+    the gateway has not yet seen the server say so: it cannot be checked, so it is refused."""
+    client = RawPg(guarded.host, guarded.port)
+    client.login("guarded", guarded.token())
+    evasion = b"select 'a\\' ; drop table keepme; --'"
+    client.send_raw(m.message(b"Q", setting + b"\0") + m.message(b"Q", evasion + b"\0"))
+    first, second = client.read_until_ready(), client.read_until_ready()
+    assert not _errors(first), _errors(first)
+    errors = _errors(second)
+    assert errors and errors[0]["C"] == "42501" and "before the server answered" in errors[0]["M"]
+    # Once answered, text is checked again (with the setting now off: the backslash is refused).
+    assert "standard_conforming_strings" in _errors(_query(client, evasion))[0]["M"]
+    assert not _errors(_query(client, b"select 'fine'"))
+    client.close()
+    assert _table_exists(pg), "PostgreSQL never ran the DROP"
+
+
 def test_a_multibyte_client_encoding_is_read_as_the_server_reads_it(
     guarded: RunningGateway, pg: PgServer, keepme: None
 ) -> None:

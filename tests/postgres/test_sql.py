@@ -149,3 +149,14 @@ def test_settings_follow_the_servers_parameter_status() -> None:
     assert (text.encoding, text.standard_strings) == ("LATIN1", False)
     text.parameter("standard_conforming_strings", "on")
     assert text.standard_strings
+
+
+def test_statements_that_change_how_text_is_read_are_known() -> None:
+    from tapegate.protocols.postgres.sql import unsettles_text
+
+    for sql in ("SET standard_conforming_strings = off", "SET NAMES 'SJIS'", "RESET ALL",
+                "DISCARD ALL", "select set_config('client_encoding', 'SJIS', false)",
+                "DO $$BEGIN NULL; END$$", "RESET client_encoding"):  # fmt: skip
+        assert unsettles_text(statement_kinds(sql)), sql
+    for sql in ("select 1", "SET search_path = x", "select set_config('search_path', 'x', true)"):
+        assert not unsettles_text(statement_kinds(sql)), sql

@@ -97,9 +97,11 @@ class Masker:
     echoes its key would show it to the agent and to the recording). Holds back only a tail
     that could be the start of the credential, so a stream is not delayed otherwise."""
 
+    MIN_BYTES = 8  # a shorter credential would mask ordinary text (and guesses fast anyway)
+
     def __init__(self, secret: bytes) -> None:
-        self.secret = secret
-        self.stars = b"*" * len(secret)
+        self.secret = secret if len(secret) >= self.MIN_BYTES else b""
+        self.stars = b"*" * len(self.secret)
         self.masked = 0  # occurrences replaced
         self._held = b""
 

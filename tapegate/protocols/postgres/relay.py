@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tapegate.protocols.postgres import messages as m
-from tapegate.protocols.postgres.sql import SqlText, Unparsable, first_words, statement_kinds
+from tapegate.protocols.postgres.sql import (
+    SqlText,
+    Unparsable,
+    first_words,
+    statement_kinds,
+    unsettles_text,
+)
 from tapegate.tape import Direction, Event
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
@@ -70,6 +76,9 @@ class PgRelay:
         self._guard = guard
         self.text = text or SqlText()  # how the server reads SQL text: kept current
         self._deny_function_call = deny_function_call
+        # After a statement that may change how text is read, the ReadyForQuery (by number)
+        # until which what the client pipelines cannot be checked.
+        self._unsettled_until: int | None = None
         self._client = m.MessageReader(self.limits.max_message_bytes)
         self._discarding = False  # after a denied Parse: drop messages until Sync
         self._pending_denial: bytes | None = None
@@ -155,6 +164,7 @@ class PgRelay:
                 self._sync_sent(ts, "sync", inject=_denied_error(denied, problem))
                 return m.SYNC
             events.append(Event(ts, "query", C2S, self._sql_attrs(sql, kinds, problem)))
+            self._unsettle_if(kinds)
             self._sync_sent(ts, "query", sql)
             return whole
         if tag == ord("P"):
@@ -166,6 +176,7 @@ class PgRelay:
                 self._discarding = True
                 self._pending_denial = _denied_error(denied, problem)
                 return b""
+            self._unsettle_if(kinds)
             self._remember(self._statements, parse.statement, sql)
             attrs = {"statement": parse.statement, **self._sql_attrs(sql, kinds, problem)}
             events.append(Event(ts, "parse", C2S, attrs))
@@ -223,10 +234,27 @@ class PgRelay:
         sql, problem = self.text.read(raw)
         if problem is not None:
             return sql, None, problem
+        if self._unsettled_until is not None:
+            if self._rfq_seen >= self._unsettled_until:
+                self._unsettled_until = None  # answered: its ParameterStatus came before
+            else:
+                return (
+                    sql,
+                    None,
+                    (
+                        "it was sent before the server answered a statement that can change "
+                        "client_encoding or standard_conforming_strings; send it after the answer"
+                    ),
+                )
         try:
             return sql, statement_kinds(sql), None
         except Unparsable as exc:
             return sql, None, f"PostgreSQL's parser does not accept it ({exc})"
+
+    def _unsettle_if(self, kinds: list[str] | None) -> None:
+        if kinds and unsettles_text(kinds):
+            # Its answer comes with the next ReadyForQuery (a Parse's, at the batch's Sync).
+            self._unsettled_until = self._syncs_sent + 1
 
     def _blocked(
         self, ts: int, sql: str, kinds: list[str] | None, rule: str,

@@ -122,8 +122,10 @@ def _kinds_of(root: dict[str, Any]) -> list[str]:
             if isinstance(body, dict | list):
                 if name.endswith("Stmt") and isinstance(body, dict):
                     found.append(_kind(name, body))
-                elif name == "FuncCall" and isinstance(body, dict) and _switches_role(body):
-                    found.append(ROLE_SWITCH)
+                elif name == "FuncCall" and isinstance(body, dict):
+                    setting = _set_config(body)
+                    if setting is not None:
+                        found.append(f"SET {setting.upper()}" if setting else ROLE_SWITCH)
                 stack.append(body)
     return found
 
@@ -160,17 +162,37 @@ def _object_words(objtype: str) -> str:
     return _OBJECT_WORDS.get(word, word.replace("_", " "))
 
 
-def _switches_role(call: dict[str, Any]) -> bool:
-    """`set_config(setting, ...)` with a role setting, or one the parser cannot tell."""
+def _set_config(call: dict[str, Any]) -> str | None:
+    """For a `set_config(setting, ...)` call: the setting it changes, as a SET would name it
+    ("role" and "session_authorization" are role switches), "" when the setting is not a
+    constant (it could be any, a role switch included); None for any other function."""
     names = [n.get("String", {}).get("sval") for n in call.get("funcname", ())]
     if not names or str(names[-1]).lower() != "set_config":
-        return False
+        return None
     args = call.get("args") or []
     if not args:
-        return False
+        return None
     const = args[0].get("A_Const", {}) if isinstance(args[0], dict) else {}
     setting = const.get("sval", {}).get("sval") if isinstance(const.get("sval"), dict) else None
-    return setting is None or setting.strip().lower() in ROLE_SETTINGS
+    if setting is None:
+        return ""
+    name = setting.strip().lower()
+    return "" if name in ROLE_SETTINGS else name
+
+
+# Statements after which the server may read SQL text differently: until it has answered them
+# (and reported the settings), what a client pipelines behind them cannot be checked.
+TEXT_SETTINGS = frozenset({"client_encoding", "standard_conforming_strings"})
+_UNSETTLING = frozenset({*(f"{verb} {name.upper()}" for verb in ("SET", "RESET")
+                           for name in TEXT_SETTINGS), "RESET", "DISCARD", "DO",
+                         "CALL", ROLE_SWITCH})  # fmt: skip
+
+
+def unsettles_text(kinds: list[str]) -> bool:
+    """Whether a statement of these kinds may change how the server reads later text (RESET
+    ALL, DISCARD ALL; a DO block or a procedure can SET anything; a role switch can bring the
+    role's settings)."""
+    return any(k in _UNSETTLING for k in kinds)
 
 
 def first_words(kinds: list[str]) -> list[str]:
