@@ -357,3 +357,17 @@ def _raw_tls_fetch(
     finally:
         sock.close()
     return bytes(plain)
+
+
+def test_end_from_outside_still_closes_when_the_archive_fails_meanwhile(tmp_path: Path) -> None:
+    sink = LocalFolderSink(tmp_path / "out", flush_ms=10)
+
+    async def scenario(reader: Any, writer: Any, pipe: Pipe, upstream: Upstream) -> None:
+        writer.write(b"PING")
+        assert await reader.readexactly(4) == b"PONG"
+        sink._set_failure("disk on fire")  # the farewell can no longer be recorded
+        pipe.end(EndReason.GATEWAY_SHUTDOWN)
+        assert pipe.done.result() == EndReason.GATEWAY_SHUTDOWN
+        assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"BYE gateway_shutdown")
+
+    asyncio.run(_session(tmp_path, scenario, sink=sink))

@@ -199,7 +199,10 @@ class Pipe:
         why = self._failure() or "the archive is failing"
         farewell = self.handler.farewell(reason, why)
         if farewell:
-            self._to_client(farewell, record=reason != EndReason.RECORDING_FAILED)
+            try:
+                self._to_client(farewell, record=reason != EndReason.RECORDING_FAILED)
+            except RecordingUnavailable:  # the archive failed meanwhile: say it all the same
+                self._wires[Side.CLIENT].write(farewell)
         self._finish(reason)
 
     def _finish(self, reason: EndReason) -> None:
