@@ -204,6 +204,16 @@ async def hold_sessions(port: int, token: str, n: int, pid: int, tls: bool) -> t
     return before, after
 
 
+def naming_us(n: int = 20_000) -> float:
+    """Microseconds to name pgbench -S's statement, as the relay does for every Query."""
+    import timeit
+
+    from tapegate.protocols.postgres.sql import statement_kinds
+
+    sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"
+    return min(timeit.repeat(lambda: statement_kinds(sql), number=n, repeat=3)) / n * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=20)
@@ -275,6 +285,9 @@ def main() -> None:
         f"Round trip at 1 client (SELECT 1, psycopg, 3000 samples): direct p50 {p50d:.0f} µs, "
         f"p99 {p99d:.0f} µs; through tapegate p50 {p50g:.0f} µs, p99 {p99g:.0f} µs; added "
         f"p50 {p50g - p50d:.0f} µs, p99 {p99g - p99d:.0f} µs.",
+        "",
+        f"Statement naming for the guardrails (tapegate/protocols/postgres/sql.py, PostgreSQL's "
+        f"parser via pglast), one core: {naming_us():.1f} µs per pgbench SELECT.",
         "",
         f"Gateway RSS per idle session (fresh `tapegate up` process, {args.idle} TLS sessions "
         f"opened, one query each, then idle): {per_session_tls:.1f} KiB "

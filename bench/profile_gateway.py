@@ -112,7 +112,7 @@ def report(path: Path) -> None:
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if "cli.py" not in stack:  # the main thread only (not the sink or issuer threads)
+        if "cmd_up (" not in stack:  # the main thread only (not the sink or issuer threads)
             continue
         # By function, not by line: a function's share is what matters, wherever it was.
         frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]

@@ -61,12 +61,17 @@ class Handover:
 
     @classmethod
     def of(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Handover:
-        # StreamReader has no public way to hand over its buffer without awaiting.
-        buffered = reader._buffer  # type: ignore[attr-defined]
+        buffered = unread(reader)
         data = bytes(buffered)
         buffered.clear()
         transport = writer.transport
         return cls(transport, data, reader.at_eof(), transport.get_protocol())  # type: ignore[arg-type]
+
+
+def unread(reader: asyncio.StreamReader) -> bytearray:
+    """The bytes a stream reader holds that no one has read yet (StreamReader has no public
+    way to see or take them without awaiting)."""
+    return reader._buffer  # type: ignore[attr-defined,no-any-return]
 
 
 class _End(Exception):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from gateway_task import policy
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.server.admission import run_admission
-from gateway_task.server.driver import Handover, Pipe
+from gateway_task.server.driver import Handover, Pipe, unread
 from gateway_task.tls import upstream_context
 from tapegate.config import PostgresTarget
 from tapegate.protocols.postgres import messages as m
@@ -478,8 +478,7 @@ class PgConnection:
 
 
 def _buffered(reader: asyncio.StreamReader) -> bool:
-    """Bytes the reader holds that no one has read yet (StreamReader has no public way)."""
-    return bool(reader._buffer)  # type: ignore[attr-defined]
+    return bool(unread(reader))
 
 
 def _startup_denied(guard: Guard, params: dict[str, str]) -> str | None:
