@@ -25,9 +25,10 @@ lint: setup
 	$(BIN)/ruff format .
 
 bench: setup
-	bash scripts/ensure-debian-packages.sh pgbouncer wrk
+	bash scripts/ensure-debian-packages.sh pgbouncer wrk nginx
 	$(BIN)/python bench/bench_tape.py
 	$(BIN)/python bench/bench_gateway.py
+	$(BIN)/python bench/bench_ssh_http.py
 	$(BIN)/python bench/bench_faults.py
 
 setup: $(VENV)/.installed node_modules/.installed debian-packages

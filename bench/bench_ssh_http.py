@@ -1,13 +1,15 @@
 """SSH and HTTP through the gateway vs direct, in one run (bench/RESULTS.md has the figures).
 
-- HTTP: wrk, keep-alive, 1 KiB responses, against a small asyncio upstream (direct) and through
-  `tapegate up` (folder sink, no embedded pipeline, as on Fargate). Goal ≥ 0.5x direct. Then one
-  connection, one request at a time: the time the gateway adds to each request.
+- HTTP: wrk, keep-alive, 1 KiB responses, against a small asyncio upstream (direct), through
+  nginx as a plain reverse proxy (one worker, keep-alive to the upstream, nothing recorded) and
+  through `tapegate up` (folder sink, no embedded pipeline, as on Fargate). Goal ≥ 0.2x nginx.
+  Then one connection, one request at a time: the time each adds to a request.
 - SSH exec round trips: asyncssh runs `true` 200 times on one connection, direct and through.
 - scp of a 1 GB file (OpenSSH scp, SFTP protocol), direct, through tapegate, and through a bare
   asyncssh relay (bench/plain_relay.py); the median of 3 alternated runs. Goal ≥ 0.7x direct.
-- The ceilings of the libraries: h11's own cost per proxied exchange, and the bare relay above;
-  and asyncssh's encryption rate per cipher a client might pick.
+- The ceilings of the libraries: the HTTP readers' and writers' own cost per proxied exchange
+  (llhttp through httptools, and h11 for comparison), the bare relay above; and asyncssh's
+  encryption rate per cipher a client might pick.
 
 Usage: .venv/bin/python bench/bench_ssh_http.py [--scp-mb 1024] [--seconds 10]
 """
@@ -40,6 +42,7 @@ from gateway_task.dev_issuer import mint_token
 from gateway_task.devtools.throwaway_pg import free_port
 from gateway_task.devtools.throwaway_sshd import SshServer, askpass_env, start_sshd
 from tapegate.config import load_config
+from tapegate.protocols.http import wire
 
 UPSTREAM_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1024\r\n\r\n"
                      + b"x" * 1024)  # fmt: skip
@@ -106,6 +109,66 @@ def scp_run(
                      "server": cpu_seconds(sshd_pid) - server}  # fmt: skip
 
 
+NGINX_CONF = """
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    upstream api {{ server 127.0.0.1:{up_port}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /api/ {{
+            proxy_pass http://api/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+@contextmanager
+def nginx(work: Path, up_port: int) -> Iterator[int]:
+    """nginx as a plain reverse proxy in front of the same upstream: the baseline."""
+    port = free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(work=work, up_port=up_port, port=port))
+    proc = subprocess.Popen(["nginx", "-p", str(work), "-c", str(conf), "-g", "daemon off;"])
+    try:
+        time.sleep(1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def wire_exchange_seconds(n: int = 20000) -> float:
+    """The wire module's own cost of one proxied exchange (read the request, write it upstream,
+    read the response, write it back), without sockets: a ceiling for the gateway's HTTP path."""
+    request = b"GET /api/v1/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer t\r\n\r\n"
+    requests = wire.RequestReader()
+    start = time.perf_counter()
+    for _ in range(n):
+        requests.receive(request)
+        req = requests.next_event()
+        assert isinstance(req, wire.Request) and requests.next_event() is wire.END
+        wire.request_head(req.method, b"/v1/x", req.headers, req.body)
+        responses = wire.ResponseReader()
+        responses.receive(UPSTREAM_RESPONSE)
+        resp, body = responses.next_event(), responses.next_event()
+        assert isinstance(resp, wire.Response) and isinstance(body, wire.Data)
+        assert responses.next_event() is wire.END
+        wire.response_head(resp.status, resp.reason, resp.headers, resp.body) + body.data
+    return (time.perf_counter() - start) / n
+
+
 def h11_exchange_seconds(n: int = 20000) -> float:
     """h11's own cost of one proxied exchange (parse the request, write it upstream, parse the
     response, write it back), without sockets: a ceiling for any h11 gateway."""
@@ -153,23 +216,29 @@ def cipher_rates(n: int = 3000) -> None:
         print(f"  {enc.decode()} {mac.decode() or '(AEAD)'}: {rate:,.0f} MB/s")
 
 
-def http_rates(seconds: int, up_port: int, gw_http: str, token: str) -> None:
+def http_rates(seconds: int, up_port: int, gw_http: str, token: str, work: Path) -> None:
     print("HTTP keep-alive, 1 KiB responses, wrk -t2 -c16:")
-    direct = wrk(f"http://127.0.0.1:{up_port}/v1/x", seconds, None)
-    through = wrk(f"http://{gw_http}/api/v1/x", seconds, token)
-    print(f"  direct {direct:,.0f} req/s, tapegate {through:,.0f} req/s → "
-          f"{through / direct:.3f}x direct (goal ≥ 0.5x)")  # fmt: skip
-    per_exchange = h11_exchange_seconds()
-    print(
-        f"  h11 alone, no I/O: {per_exchange * 1e6:.0f} µs per proxied exchange → at most "
-        f"{1 / per_exchange:,.0f} req/s on one core = {1 / per_exchange / direct:.3f}x direct"
-    )
-    # One connection, one request at a time: what the gateway adds to each request's time.
-    one_direct = wrk(f"http://127.0.0.1:{up_port}/v1/x", seconds, None, connections=1)
-    one_through = wrk(f"http://{gw_http}/api/v1/x", seconds, token, connections=1)
-    added_us = (1 / one_through - 1 / one_direct) * 1e6
-    print(f"  one connection: direct {one_direct:,.0f} req/s, tapegate {one_through:,.0f} req/s "
-          f"→ the gateway adds {added_us:.0f} µs per request")  # fmt: skip
+    with nginx(work, up_port) as nginx_port:
+        direct = wrk(f"http://127.0.0.1:{up_port}/v1/x", seconds, None)
+        proxied = wrk(f"http://127.0.0.1:{nginx_port}/api/v1/x", seconds, None)
+        through = wrk(f"http://{gw_http}/api/v1/x", seconds, token)
+        print(f"  direct {direct:,.0f} req/s, nginx {proxied:,.0f} req/s, tapegate "
+              f"{through:,.0f} req/s → {through / proxied:.3f}x nginx (goal ≥ 0.2x), "
+              f"{through / direct:.3f}x direct")  # fmt: skip
+        for name, cost in (("wire (llhttp)", wire_exchange_seconds()),
+                           ("h11", h11_exchange_seconds())):  # fmt: skip
+            rate = 1 / cost
+            print(f"  {name} alone, no I/O: {cost * 1e6:.1f} µs per proxied exchange → at "
+                  f"most {rate:,.0f} req/s on one core = {rate / proxied:.2f}x nginx")  # fmt: skip
+        # One connection, one request at a time: what each proxy adds to a request's time.
+        one = {name: wrk(url, seconds, tok, connections=1) for name, url, tok in (
+            ("direct", f"http://127.0.0.1:{up_port}/v1/x", None),
+            ("nginx", f"http://127.0.0.1:{nginx_port}/api/v1/x", None),
+            ("tapegate", f"http://{gw_http}/api/v1/x", token))}  # fmt: skip
+    added = {k: (1 / one[k] - 1 / one["direct"]) * 1e6 for k in ("nginx", "tapegate")}
+    print(f"  one connection: direct {one['direct']:,.0f} req/s, nginx {one['nginx']:,.0f}, "
+          f"tapegate {one['tapegate']:,.0f} → nginx adds {added['nginx']:.0f} µs per request, "
+          f"tapegate {added['tapegate']:.0f} µs")  # fmt: skip
 
 
 def exec_rates(sshd: SshServer, gw_ssh: str, token: str) -> None:
@@ -294,7 +363,7 @@ def main() -> int:
     args = ap.parse_args()
     with running() as run:
         if args.only in (None, "http"):
-            http_rates(args.seconds, run.up_port, run.gw_http, run.token)
+            http_rates(args.seconds, run.up_port, run.gw_http, run.token, run.work)
         if args.only in (None, "exec"):
             exec_rates(run.sshd, run.gw_ssh, run.token)
         if args.only in (None, "ciphers"):

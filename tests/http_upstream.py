@@ -107,6 +107,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(0.3)
             self.wfile.write(b"0\r\n\r\n")
+        elif path.endswith("/smuggle-response"):
+            # Framed twice: a lenient proxy would pass a second response on to the next request.
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n"
+                             b"Content-Length: 7\r\n\r\nsmuggle")  # fmt: skip
+            self.close_connection = True
+        elif path.endswith("/until-close"):
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nread until")
+            self.wfile.write(b" the close")
+            self.close_connection = True
         elif path.endswith("/hang"):
             self.server.release.wait(30)
             self._send(200, b"{}")

@@ -1,8 +1,9 @@
 """One HTTP client connection: requests routed by their first path segment, recorded both ways.
 
 Bearer token → policy → the target's credential instead of the token → upstream (kept alive per
-client connection) → response streamed back as it arrives. h11 frames both sides; what is
-forwarded and recorded is decided in `protocols/http/`. A tape session is one client connection's
+client connection) → response streamed back as it arrives. `protocols/http/wire` reads both sides
+strictly and frames what the gateway writes; what is forwarded and recorded is decided in
+`protocols/http/exchange`. A tape session is one client connection's
 requests to one target by one subject; a request for another target (or by another subject)
 closes it and starts the next.
 """
@@ -19,15 +20,15 @@ from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-import h11
-
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.server.admission import run_admission
 from gateway_task.server.driver import Handover, Pipe
 from gateway_task.tls import upstream_https_context
 from tapegate.config import HttpTarget
 from tapegate.protocols.http import exchange as x
+from tapegate.protocols.http import wire
 from tapegate.protocols.http.websocket import WebSocketRelay
+from tapegate.protocols.http.wire import END, NEED_DATA
 from tapegate.proxy.admission import Admitted, Login, Refusal, RefusalKind, Words, admit, auth_attrs
 from tapegate.tape import Direction, Event, Identity
 from tapegate.vocab import EndReason
@@ -40,7 +41,6 @@ log = logging.getLogger("tapegate.gateway")
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 READ_SIZE = 256 * 1024
-MAX_HEAD_BYTES = 64 * 1024  # request line and headers; more gets 431
 HEAD_TIMEOUT_S = 30.0  # a request's head, once its first byte arrived
 IDLE_TIMEOUT_S = 300.0  # between requests on a kept-alive connection
 CONNECT_TIMEOUT_S = 10.0
@@ -94,11 +94,15 @@ class HttpSession:
     tasks: list[asyncio.Task[object]] = field(default_factory=list)
     end_reason: str | None = None
     idle: bool = True
+    pipe: Pipe | None = None  # after a WebSocket upgrade
 
     def end(self, reason: EndReason) -> None:
         if reason == EndReason.TOKEN_EXPIRED and self.idle:
             return  # between requests: the next request is checked, and gets its 401
         self.end_reason = self.end_reason or reason
+        if self.pipe is not None:  # the relay says why in a close frame, where it can
+            self.pipe.end(reason)
+            return
         for task in self.tasks:
             task.cancel()
 
@@ -108,7 +112,13 @@ class _Upstream:
     target: str
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    conn: h11.Connection
+    responses: wire.ResponseReader | None = None  # the answer to the last request sent
+
+    @property
+    def idle(self) -> bool:
+        """Whether it can carry the next request: its last answer was whole and kept it open."""
+        ready = self.responses is None or self.responses.reusable
+        return ready and not self.reader.at_eof()
 
 
 @dataclass(eq=False)
@@ -147,7 +157,9 @@ class HttpConnection:
         self.reader, self.writer, self.tls = reader, writer, tls
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.client_addr = f"{peer[0]}:{peer[1]}"
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self.requests = wire.RequestReader()
+        self.answered = False  # the current request's answer has begun: no error can follow
+        self.answering = False  # a request is in hand and its answer has not begun
         self.session: HttpSession | None = None
         self.upstream: _Upstream | None = None
         self._verified: tuple[str, Identity] | None = None
@@ -157,32 +169,29 @@ class HttpConnection:
         reason = "client_closed"
         try:
             while True:
+                self.answered = self.answering = False
                 event = await self._request_head()
-                if not isinstance(event, h11.Request):
-                    break  # ConnectionClosed
-                if not await self._exchange(event):
+                if not isinstance(event, wire.Request):
+                    break  # CLOSED
+                self.answering = True
+                if not await self._exchange(event) or not event.keep_alive:
                     break
-                if h11.MUST_CLOSE in (self.conn.our_state, self.conn.their_state):
-                    break
-                self.conn.start_next_cycle()
-        except h11.RemoteProtocolError as exc:
+                if self.requests.upgraded:  # the target did not switch: HTTP goes on
+                    self.requests.resume()
+        except wire.HttpError as exc:
             reason = "protocol_error"
-            if self.session is not None:
-                self.session.recorder.event(
-                    Event(time.time_ns(), "protocol_error", C2S, {"message": str(exc)})
-                )
-            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                status = exc.error_status_hint
-                await self._send_error(status, f"malformed HTTP request: {exc}", record=False)
+            self._malformed(exc)
+            if not self.answered:
+                await self._send_error(exc.status, f"malformed HTTP request: {exc}", record=False)
         except TimeoutError:
-            if self.conn.our_state is h11.IDLE and self.conn.trailing_data[0]:
+            if not self.answered and self.requests.mid_message:
                 await self._send_error(408, "the request head did not arrive in time", record=False)
         except (_Closed, ConnectionError, ssl.SSLError):
             pass
         except RecordingUnavailable as exc:
             reason = "recording_failed"
             log.error("http %s: recording unavailable: %s", self.client_addr, exc)
-            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            if not self.answered:
                 await self._send_error(503, _UNRECORDABLE, record=False)
         except asyncio.CancelledError:
             # end(): the gateway stops this session (shutdown, a failing archive). A request
@@ -190,7 +199,7 @@ class HttpConnection:
             ended = self.session.end_reason if self.session is not None else None
             if ended is None:
                 raise
-            if self.conn.our_state == h11.SEND_RESPONSE:
+            if self.answering and not self.answered:
                 status, message = {
                     EndReason.RECORDING_FAILED: (503, _UNRECORDABLE),
                     EndReason.TOKEN_EXPIRED: (401, "your OIDC token has expired: send a fresh one"),
@@ -203,13 +212,10 @@ class HttpConnection:
 
     # -- one request ----------------------------------------------------------------------------
 
-    async def _exchange(self, request: h11.Request) -> bool:
+    async def _exchange(self, request: wire.Request) -> bool:
         """Handle one request; False when the connection must close afterwards."""
         started = time.time_ns()
         try:
-            if _head_size(request) > MAX_HEAD_BYTES:
-                # h11 caps only a head still arriving; one read can bring a whole oversized one.
-                raise _Refused(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes")
             admitted, rest = await self._admit(request)
             self.slot.admitted()
         except _Refused as refusal:
@@ -223,7 +229,7 @@ class HttpConnection:
         finally:
             session.idle = True
 
-    async def _admit(self, request: h11.Request) -> tuple[Admitted, str]:
+    async def _admit(self, request: wire.Request) -> tuple[Admitted, str]:
         """The admitted caller and the path after the target segment, or _Refused."""
         try:
             route = x.route(request.target)
@@ -255,13 +261,16 @@ class HttpConnection:
         return identity
 
     async def _forward(
-        self, session: HttpSession, request: h11.Request, rest: str, started: int,
+        self, session: HttpSession, request: wire.Request, rest: str, started: int,
         credential: str,
     ) -> bool:  # fmt: skip
         recorder = session.recorder
         target = session.target
         secret = credential.encode("latin-1")
         try:
+            if not wire.safe_value(secret):
+                raise _Refused(502, f"target {target.name!r}: its credential holds a line break "
+                               "or NUL, which would break the request")  # fmt: skip
             up = await self._upstream(target)
         except _Refused as refusal:
             await self._upstream_failed(session, refusal.status, refusal.message)
@@ -273,26 +282,29 @@ class HttpConnection:
             (target.inject_header.name.lower().encode(), secret),
             self.client_addr,
         )
-        path = (target.upstream_base_path + x.strip_access_token(rest)).encode()
+        path = target.upstream_base_path + x.strip_access_token(rest)
         # What is ready goes upstream in one write, made before waiting for more from the client
-        # (a GET's head and end, a small body); only the head carries the credential.
-        head = up.conn.send(h11.Request(method=request.method, target=path, headers=headers))
+        # (a GET's head and end, a small body); only the head carries the credential. The body
+        # is framed as the client framed it, but by the gateway: a length, or chunks it writes.
+        head = wire.request_head(request.method, path.encode(), headers, request.body)
         out = _Outbox([head], shown_head=head.replace(secret, x.REDACTED.encode()))
-        if self.conn.they_are_waiting_for_100_continue:
+        up.responses = wire.ResponseReader(head_request=request.method == b"HEAD")
+        if request.expects_continue and not request.body.empty and not self.requests.pending:
             await self._to_upstream(recorder, up, out)
-            await self._to_client(recorder, _Outbox([self.conn.send(h11.InformationalResponse(
-                status_code=100, headers=[]))]))  # fmt: skip
+            await self._to_client(recorder, _Outbox([b"HTTP/1.1 100 Continue\r\n\r\n"]))
+        chunked = request.body.chunked
         body = x.Body(self.gw.config.recording.body_cap)
         while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
+            event = self.requests.next_event()
+            if event is NEED_DATA:
                 await self._to_upstream(recorder, up, out)
                 event = await self._client_event(HEAD_TIMEOUT_S)
-            if isinstance(event, h11.Data):
+            if isinstance(event, wire.Data):
                 body.add(event.data)
-                out.append(up.conn.send(event))
-            elif isinstance(event, h11.EndOfMessage):
-                out.append(up.conn.send(h11.EndOfMessage()))
+                out.append(wire.chunk(event.data) if chunked else event.data)
+            elif event is END:
+                if chunked:
+                    out.append(wire.LAST_CHUNK)
                 await self._to_upstream(recorder, up, out)
                 break
             else:
@@ -301,8 +313,8 @@ class HttpConnection:
         recorder.event(Event(started, "request", C2S, {
             "method": request.method.decode("latin-1"),
             "url": url,
-            "upstream_path": path.decode("latin-1"),
-            "http_version": x.http_version(request.http_version),
+            "upstream_path": path,
+            "http_version": x.http_version(request.version),
             "headers": x.recorded_headers(request.headers, target.inject_header.name.encode()),
             **body.attrs(x.content_type(request.headers)),
         }))  # fmt: skip
@@ -315,7 +327,7 @@ class HttpConnection:
         self,
         session: HttpSession,
         up: _Upstream,
-        request: h11.Request,
+        request: wire.Request,
         started: int,
         websocket: bool,
         masker: x.Masker,
@@ -323,24 +335,24 @@ class HttpConnection:
         recorder = session.recorder
         try:
             event = await self._upstream_event(up, RESPONSE_TIMEOUT_S)
-            while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
+            while isinstance(event, wire.Response) and event.status < 200 and event.status != 101:
                 event = await self._upstream_event(up, RESPONSE_TIMEOUT_S)
         except TimeoutError:
             await self._upstream_failed(
                 session, 504, f"target {session.target.name!r} did not answer in "
                 f"{RESPONSE_TIMEOUT_S:g} s")  # fmt: skip
             return False
-        except (h11.RemoteProtocolError, ConnectionError, OSError, _Closed) as exc:
+        except (wire.HttpError, ConnectionError, OSError, _Closed) as exc:
             await self._upstream_failed(
                 session, 502, f"target {session.target.name!r} broke the exchange "
                 f"({_why(exc)})")  # fmt: skip
             return False
-        if isinstance(event, h11.InformationalResponse):  # 101: a WebSocket from here on
+        if isinstance(event, wire.Response) and event.status == 101:  # a WebSocket from here on
             if not websocket:
                 await self._upstream_failed(session, 502, "the target switched protocols unasked")
                 return False
             return await self._websocket(session, up, event, started)
-        if not isinstance(event, h11.Response):
+        if not isinstance(event, wire.Response):
             await self._upstream_failed(session, 502, "the target closed before answering")
             return False
         # As upstream: what is ready goes in one write, made before waiting for more (a small
@@ -348,33 +360,47 @@ class HttpConnection:
         # An upstream that echoes the credential shows it to no one: masked (same length) in
         # the headers and, when the body is sent as is, in the body, before the client or the
         # recording sees them. A compressed body cannot be checked: the event says so.
+        # The client's framing is the gateway's: the upstream's length when it gave one, else
+        # chunks (or, to an HTTP/1.0 client, the close).
         headers = [(n, masker.header(v)) for n, v in event.headers]
         maskable = x.identity_encoded(headers)
-        out = _Outbox([self.conn.send(h11.Response(
-            status_code=event.status_code, headers=x.client_response_headers(headers),
-            reason=event.reason))])  # fmt: skip
+        framing = event.body
+        if framing.chunked or framing.until_close:
+            framing = wire.Body(chunked=True) if request.version == b"1.1" else framing
+        keep_alive = request.keep_alive and not framing.until_close
+        shown = x.client_response_headers(headers)
+        if not keep_alive:
+            shown.append((b"connection", b"close"))
+        announced = None  # what a HEAD's or a 304's answer says the body would be
+        if request.method == b"HEAD" or event.status == 304:
+            announced = x.header(headers, b"content-length")
+        self.answered = True
+        out = _Outbox([wire.response_head(event.status, event.reason, shown, framing,
+                                          announced=announced)])  # fmt: skip
+        frame = wire.chunk if framing.chunked else bytes
         body = x.Body(self.gw.config.recording.body_cap)
         complete = True
         while True:
             part = await self._response_part(recorder, up, out)
-            if isinstance(part, h11.Data):
+            if isinstance(part, wire.Data):
                 data = masker.feed(part.data) if maskable else part.data
                 if data:
                     body.add(data)
-                    out.append(self.conn.send(h11.Data(data=data)))
-            elif isinstance(part, h11.EndOfMessage):
+                    out.append(frame(data))
+            elif part is END:
                 tail = masker.flush()
                 if tail:
                     body.add(tail)
-                    out.append(self.conn.send(h11.Data(data=tail)))
-                out.append(self.conn.send(h11.EndOfMessage()))
+                    out.append(frame(tail))
+                if framing.chunked:
+                    out.append(wire.LAST_CHUNK)
                 await self._to_client(recorder, out)
                 break
             else:  # the upstream dropped mid-body: the client can only see the connection close
                 tail = masker.flush()
                 if tail:
                     body.add(tail)
-                    out.append(self.conn.send(h11.Data(data=tail)))
+                    out.append(frame(tail))
                 await self._to_client(recorder, out)
                 complete = False
                 recorder.event(Event(time.time_ns(), "upstream_error", S2C, {
@@ -382,9 +408,9 @@ class HttpConnection:
                 session.end_reason = session.end_reason or EndReason.UPSTREAM_CLOSED
                 break
         attrs = {
-            "status": event.status_code,
+            "status": event.status,
             "reason": event.reason.decode("latin-1"),
-            "http_version": x.http_version(event.http_version),
+            "http_version": x.http_version(event.version),
             "headers": x.recorded_headers(headers),
             "duration_ns": time.time_ns() - started,
             **body.attrs(x.content_type(headers)),
@@ -396,52 +422,53 @@ class HttpConnection:
         if not maskable and body.length:
             attrs["unmasked"] = "content-encoded body: not checked for the credential"
         recorder.event(Event(time.time_ns(), "response", S2C, attrs))
-        if not complete or h11.MUST_CLOSE in (up.conn.our_state, up.conn.their_state):
+        if not complete or not up.idle:
             self._close_upstream()
-        else:
-            up.conn.start_next_cycle()
-        return complete
+        return complete and keep_alive
 
     async def _response_part(self, recorder: Recorder, up: _Upstream, out: _Outbox) -> object:
         """The upstream's next body event, sending `out` on before waiting for one; None when
         the upstream broke the response."""
+        assert up.responses is not None
         try:
-            part = up.conn.next_event()
-        except h11.RemoteProtocolError:
+            part = up.responses.next_event()
+        except wire.HttpError:
             return None
-        if part is not h11.NEED_DATA:
+        if part is not NEED_DATA:
             return part
         await self._to_client(recorder, out)
         try:
             return await self._upstream_event(up, None)
-        except (h11.RemoteProtocolError, ConnectionError, OSError, _Closed):
+        except (wire.HttpError, ConnectionError, OSError, _Closed):
             return None
 
     async def _websocket(
-        self, session: HttpSession, up: _Upstream, switch: h11.InformationalResponse, started: int
+        self, session: HttpSession, up: _Upstream, switch: wire.Response, started: int
     ) -> bool:
         recorder = session.recorder
-        out = self.conn.send(h11.InformationalResponse(
-            status_code=101, headers=x.client_response_headers(switch.headers, websocket=True),
-            reason=switch.reason))  # fmt: skip
+        self.answered = True
+        out = wire.response_head(101, switch.reason, x.client_response_headers(
+            switch.headers, websocket=True), wire.NO_BODY)  # fmt: skip
         await self._to_client(recorder, _Outbox([out]))
         recorder.event(Event(time.time_ns(), "response", S2C, {
             "status": 101, "reason": switch.reason.decode("latin-1"), "http_version": "HTTP/1.1",
             "headers": x.recorded_headers(switch.headers), "duration_ns": time.time_ns() - started,
             "body_length": 0, "content_type": ""}))  # fmt: skip
         # The bytes either parser had already read past the switch come first.
+        assert up.responses is not None
         client, upstream = Handover.of(self.reader, self.writer), Handover.of(up.reader, up.writer)
         pipe = Pipe(
             WebSocketRelay(self.gw.config.recording.body_cap, time.time_ns),
             recorder,
-            replace(client, data=self.conn.trailing_data[0] + client.data),
-            replace(upstream, data=up.conn.trailing_data[0] + upstream.data),
+            replace(client, data=self.requests.trailing + client.data),
+            replace(upstream, data=up.responses.trailing + upstream.data),
             client_tls=self.tls,
             failure=lambda: self.gw.sink.failure,
         )
+        session.pipe = pipe
         pipe.start()
         try:
-            reason = await pipe.done
+            reason = await asyncio.shield(pipe.done)  # cancelled: the pipe still ends itself
         except asyncio.CancelledError:
             pipe.end(EndReason(session.end_reason or EndReason.GATEWAY_SHUTDOWN))
             raise
@@ -484,7 +511,7 @@ class HttpConnection:
         self.gw.sessions.discard(session)
         session.recorder.close(session.end_reason or reason)
 
-    def _record_refusal(self, request: h11.Request, refusal: _Refused, started: int) -> None:
+    def _record_refusal(self, request: wire.Request, refusal: _Refused, started: int) -> None:
         try:
             route = x.route(request.target)
         except x.PathEscape:
@@ -501,32 +528,43 @@ class HttpConnection:
             first=Event(started, "request", C2S, {
                 "method": request.method.decode("latin-1"),
                 "url": x.strip_access_token(request.target.decode("latin-1")),
-                "http_version": x.http_version(request.http_version),
+                "http_version": x.http_version(request.version),
                 "headers": x.recorded_headers(request.headers)}),
         )  # fmt: skip
+
+    def _malformed(self, exc: wire.HttpError) -> None:
+        """A request that broke HTTP: in its session, or (before any) as a refusal, whose
+        flood is folded like any other. Its bytes are not kept: they may hold a token."""
+        message = f"malformed HTTP request: {exc}"
+        if self.session is not None:
+            with contextlib.suppress(RecordingUnavailable):
+                self.session.recorder.event(
+                    Event(time.time_ns(), "protocol_error", C2S, {"message": message})
+                )
+            return
+        self.gw.record_refusal(None, "(none)", "http", self.client_addr, {
+            "method": "oidc", "refusal": "malformed", "status": exc.status, "reason": message,
+            "tls": self.tls})  # fmt: skip
 
     async def _upstream_failed(self, session: HttpSession, status: int, message: str) -> None:
         session.recorder.event(Event(time.time_ns(), "upstream_error", None, {"reason": message}))
         # The connection closes after this answer: the session ends because of the target.
         session.end_reason = session.end_reason or EndReason.UPSTREAM_UNAVAILABLE
         self._close_upstream()
-        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        if not self.answered:
             await self._send_error(status, message, record=True)
 
     async def _send_error(
         self, status: int, message: str, headers: x.Headers | None = None, *, record: bool
     ) -> None:
-        body = json.dumps({"error": _TITLES.get(status, "error"), "message": message}).encode()
-        head = [(b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"), *(headers or [])]  # fmt: skip
-        try:
-            reason = HTTPStatus(status).phrase.encode()
-            data = self.conn.send(h11.Response(status_code=status, headers=head, reason=reason))
-            data = (data or b"") + (self.conn.send(h11.Data(data=body)) or b"")
-            data += self.conn.send(h11.EndOfMessage()) or b""
-        except h11.LocalProtocolError:
+        if self.answered:
             return
+        self.answered = True
+        body = json.dumps({"error": _TITLES.get(status, "error"), "message": message}).encode()
+        head = [(b"content-type", b"application/json"), (b"connection", b"close"),
+                *(headers or [])]  # fmt: skip
+        reason = HTTPStatus(status).phrase.encode()
+        data = wire.response_head(status, reason, head, wire.Body(length=len(body))) + body
         if record and self.session is not None:
             with contextlib.suppress(RecordingUnavailable):
                 self.session.recorder.frame(S2C, data, time.time_ns())
@@ -562,10 +600,10 @@ class HttpConnection:
         whole head has HEAD_TIMEOUT_S, and until a request is admitted, everything has the
         slot's pre-auth deadline. Deadlines are absolute: trickled bytes do not extend them."""
         loop = asyncio.get_running_loop()
-        head_deadline = loop.time() + HEAD_TIMEOUT_S if self.conn.trailing_data[0] else None
+        head_deadline = loop.time() + HEAD_TIMEOUT_S if self.requests.mid_message else None
         while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
+            event = self.requests.next_event()
+            if event is not NEED_DATA:
                 return event
             now = loop.time()
             limit = head_deadline if head_deadline is not None else now + IDLE_TIMEOUT_S
@@ -576,35 +614,37 @@ class HttpConnection:
                     data = await self.reader.read(READ_SIZE)
             except (ConnectionError, OSError):
                 data = b""
-            self.conn.receive_data(data)
+            self.requests.receive(data)
             if head_deadline is None:
                 head_deadline = loop.time() + HEAD_TIMEOUT_S
 
     async def _client_event(self, timeout: float) -> object:
         """The next event of a request body: each read may take `timeout` (an idle timeout)."""
         while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
+            event = self.requests.next_event()
+            if event is not NEED_DATA:
                 return event
             try:
                 async with asyncio.timeout(timeout):
                     data = await self.reader.read(READ_SIZE)
             except (ConnectionError, OSError):
                 data = b""
-            self.conn.receive_data(data)
+            self.requests.receive(data)
 
     async def _upstream_event(self, up: _Upstream, timeout: float | None) -> object:
+        responses = up.responses
+        assert responses is not None
         while True:
-            event = up.conn.next_event()
-            if event is not h11.NEED_DATA:  # PAUSED included: after a 101
+            event = responses.next_event()
+            if event is not NEED_DATA:
                 return event
             async with asyncio.timeout(timeout):
                 data = await up.reader.read(READ_SIZE)
-            up.conn.receive_data(data)
+            responses.receive(data)
 
     async def _upstream(self, target: HttpTarget) -> _Upstream:
         if self.upstream is not None and self.upstream.target == target.name:
-            if self.upstream.conn.our_state is h11.IDLE and not self.upstream.reader.at_eof():
+            if self.upstream.idle:
                 return self.upstream
             self._close_upstream()
         ctx = upstream_https_context(target.upstream_ca_file) if target.upstream_https else None
@@ -620,7 +660,7 @@ class HttpConnection:
         except (OSError, ssl.SSLError) as exc:
             raise _Refused(502, f"target {target.name!r} is unreachable from the gateway "
                            f"({_why(exc)})") from None  # fmt: skip
-        self.upstream = _Upstream(target.name, reader, writer, h11.Connection(h11.CLIENT))
+        self.upstream = _Upstream(target.name, reader, writer)
         return self.upstream
 
     def _close_upstream(self) -> None:
@@ -642,10 +682,6 @@ def _host_header(target: HttpTarget) -> bytes:
     if ":" in host:
         host = f"[{host}]"
     return (host if port == default else f"{host}:{port}").encode()
-
-
-def _head_size(request: h11.Request) -> int:
-    return len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
 
 
 def _why(exc: BaseException) -> str:

@@ -458,7 +458,7 @@ class PgConnection:
         if session.end_reason is not None:  # end() came during the upstream login
             pipe.end(EndReason(session.end_reason))
         try:
-            return await pipe.done
+            return await asyncio.shield(pipe.done)  # cancelled: the pipe still ends itself
         except asyncio.CancelledError:
             pipe.end(EndReason.GATEWAY_SHUTDOWN)
             raise

@@ -18,6 +18,8 @@ import asyncssh
 import httpx
 import psycopg
 import pytest
+from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.sync.client import ClientConnection, connect
 
 from gateway_task.devtools.throwaway_sshd import SshServer
 from tests.gateway_harness import RunningGateway, gateway_config
@@ -27,7 +29,7 @@ from tests.pg import PgServer
 from tests.postgres.conftest import pg  # noqa: F401  (fixture)
 from tests.ssh.conftest import ssh_config, sshd  # noqa: F401  (fixture)
 
-PROTOCOLS = ["postgres", "ssh", "http"]
+PROTOCOLS = ["postgres", "ssh", "http", "websocket"]
 
 
 class Refused(Exception):
@@ -180,7 +182,46 @@ class HttpPeer(Peer):
         session.close()
 
 
-PEERS: dict[str, type[Peer]] = {"postgres": PostgresPeer, "ssh": SshPeer, "http": HttpPeer}
+class WebSocketPeer(Peer):
+    """A WebSocket upgraded through the HTTP listener to an echoing server; a round trip is
+    one message there and back. What a refused or ended session says is the 4xx's body or the
+    close frame's code and reason."""
+
+    name, target = "websocket", "ws"
+    CHUNK = 64 * 1024  # the echo server's frames stay under its 1 MiB message limit
+
+    def open(self, token: str) -> ClientConnection:
+        url = self.gw.base.replace("http://", "ws://") + "/ws/chat"  # type: ignore[attr-defined]
+        try:
+            ws = connect(url, additional_headers={"Authorization": f"Bearer {token}"},
+                         open_timeout=30, max_size=None)  # fmt: skip
+        except InvalidStatus as exc:
+            raise Refused(f"{exc.response.status_code} {exc.response.body!r}") from None
+        except (WebSocketException, OSError) as exc:  # closed at accept, say
+            raise Refused(str(exc)) from None
+        self.round_trip(ws)
+        return ws
+
+    def round_trip(self, session: ClientConnection) -> None:
+        try:
+            session.send("ping")
+            assert session.recv(timeout=30) == "ping"
+        except (WebSocketException, OSError, TimeoutError) as exc:
+            raise Refused(f"{exc} {session.close_code} {session.close_reason}") from None
+
+    def bulk(self, session: ClientConnection, data: bytes) -> None:
+        parts = [data[i : i + self.CHUNK] for i in range(0, len(data), self.CHUNK)]
+        for part in parts:
+            session.send(part)
+        assert b"".join(session.recv(timeout=30) for _ in parts) == data  # type: ignore[arg-type]
+
+    def close(self, session: ClientConnection) -> None:
+        session.close()
+
+
+PEERS: dict[str, type[Peer]] = {
+    "postgres": PostgresPeer, "ssh": SshPeer, "http": HttpPeer, "websocket": WebSocketPeer,
+}  # fmt: skip
 
 
 def target_address(protocol: str, request: pytest.FixtureRequest) -> tuple[str, int]:
@@ -190,6 +231,9 @@ def target_address(protocol: str, request: pytest.FixtureRequest) -> tuple[str, 
     if protocol == "ssh":
         sshd_server: SshServer = request.getfixturevalue("sshd")
         return sshd_server.host, sshd_server.port
+    if protocol == "websocket":
+        ws: str = request.getfixturevalue("ws_upstream")
+        return "127.0.0.1", int(ws.rsplit(":", 1)[1])
     api: HttpUpstream = request.getfixturevalue("upstream")
     return "127.0.0.1", api.port
 
@@ -219,7 +263,11 @@ def contract_config(
         return ssh_config(data_dir, sshd_server, **overrides)
     api: HttpUpstream = request.getfixturevalue("upstream")
     ws: str = request.getfixturevalue("ws_upstream")
-    url = f"http://{via[0]}:{via[1]}" if via is not None else api.url
+    url = api.url
+    if via is not None and protocol == "websocket":
+        ws = f"http://{via[0]}:{via[1]}"
+    elif via is not None:
+        url = f"http://{via[0]}:{via[1]}"
     return http_config(data_dir, url, ws, **overrides)
 
 
@@ -242,7 +290,7 @@ class ContractGateway:
                                  **overrides)  # fmt: skip
         kwargs = {"sink": sink(config)} if sink is not None else {}
         self.gw = RunningGateway(config, **kwargs)
-        if self.protocol == "http":
+        if self.protocol in ("http", "websocket"):
             host, port = self.gw.address("http")
             self.gw.base = f"http://{host}:{port}"  # type: ignore[attr-defined]
         return self.gw, PEERS[self.protocol](self.gw)

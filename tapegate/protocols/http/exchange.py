@@ -1,6 +1,6 @@
 """One HTTP request/response through the gateway, without I/O: routing, header rewriting, events.
 
-h11 does the HTTP/1.1 framing on both sides; this module decides what is forwarded and what is
+`wire` reads and frames HTTP/1.1 on both sides; this module decides what is forwarded and what is
 recorded. The client's `Authorization` (its OIDC token) is never forwarded, and the credential
 the gateway adds is redacted from everything recorded.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 # RFC 9110 §7.6.1: these describe one hop and are not forwarded. Content-Length and
-# Transfer-Encoding are kept: h11 frames the body from them on the other side.
+# Transfer-Encoding are not forwarded either: `wire` writes the gateway's own framing.
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
      b"proxy-authenticate", b"proxy-authorization"}
@@ -146,8 +146,8 @@ def bearer_token(headers: Headers) -> str | None:
 
 
 def wants_websocket(headers: Headers) -> bool:
-    upgrade = _get(headers, b"upgrade")
-    connection = _get(headers, b"connection")
+    upgrade = header(headers, b"upgrade")
+    connection = header(headers, b"connection")
     return (
         upgrade is not None
         and upgrade.lower() == b"websocket"
@@ -228,12 +228,12 @@ class Body:
 
 def identity_encoded(headers: Headers) -> bool:
     """Whether a body is sent as is (no Content-Encoding): only then can it be masked."""
-    value = _get(headers, b"content-encoding")
+    value = header(headers, b"content-encoding")
     return value is None or value.strip().lower() in (b"", b"identity")
 
 
 def content_type(headers: Headers) -> str:
-    value = _get(headers, b"content-type")
+    value = header(headers, b"content-type")
     return value.decode("latin-1") if value is not None else ""
 
 
@@ -241,7 +241,8 @@ def http_version(version: bytes) -> str:
     return "HTTP/" + version.decode("ascii", errors="replace")
 
 
-def _get(headers: Headers, name: bytes) -> bytes | None:
+def header(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of a header (names are lowercase)."""
     for n, v in headers:
         if n == name:
             return v

@@ -32,6 +32,17 @@ class WebSocketObserver:
         self._length = 0
         self.failed = False
 
+    @property
+    def at_boundary(self) -> bool:
+        """Whether the bytes seen so far end between frames, where a frame can be added.
+        wsproto says so only in its decoder's state (no header in progress, nothing buffered);
+        should that change, this answers False, and the connection's close says it instead."""
+        decoder = getattr(self._frames, "_frame_decoder", None)
+        buffered = getattr(decoder, "buffer", None)
+        if self.failed or buffered is None or getattr(decoder, "header", True) is not None:
+            return False
+        return len(buffered) == 0
+
     def feed(self, data: bytes) -> list[Event]:
         if self.failed:
             return []
@@ -111,4 +122,20 @@ class WebSocketRelay:
         return [CloseWrite(Side.SERVER if side is Side.CLIENT else Side.CLIENT)]
 
     def farewell(self, reason: EndReason, why: str) -> bytes | None:
-        return None  # mid-stream, HTTP has no words left: the close says it
+        """A close frame saying why (RFC 6455 §7.4), when the client's stream is between
+        frames; in the middle of one only the connection's close can say it."""
+        if not self._watch[Side.SERVER].at_boundary:
+            return None
+        code, text = _FAREWELLS.get(reason, (1011, "tapegate ended the session"))
+        if reason == EndReason.RECORDING_FAILED:
+            text = f"{text}: {why}"
+        payload = code.to_bytes(2, "big") + text.encode()[:123]  # a control frame's limit is 125
+        return bytes((0x88, len(payload))) + payload  # FIN + close; a server's frames are unmasked
+
+
+_FAREWELLS = {
+    EndReason.TOKEN_EXPIRED: (1008, "your OIDC token has expired: reconnect with a fresh one"),
+    EndReason.RECORDING_FAILED: (1011, "tapegate cannot record this session"),
+    EndReason.GATEWAY_SHUTDOWN: (1001, "tapegate is shutting down: reconnect to another gateway"),
+    EndReason.IDLE_TIMEOUT: (1001, "the session was idle past limits.idle_timeout_s"),
+}
