@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import struct
 
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
 from tapegate.protocols.http import exchange as x
 from tapegate.protocols.http.websocket import WebSocketObserver
 from tapegate.protocols.ssh.scp import ScpObserver
@@ -110,3 +113,18 @@ def test_scp_garbage_becomes_one_protocol_error_and_relaying_goes_on() -> None:
     events = o.from_server(b"HELLO not scp\n")
     assert [e.type for e in events] == ["scp_protocol_error"]
     assert o.from_server(b"C0644 1 f\n") == [] and o.failed
+
+
+@given(st.binary(max_size=40), st.binary(min_size=8, max_size=12), st.integers(0, 40))
+def test_the_masker_finds_the_credential_across_any_split(
+    noise: bytes, secret: bytes, cut: int
+) -> None:
+    assume(b"*" not in secret)
+    body = noise + secret + noise[::-1] + secret[:5]
+    masker = x.Masker(secret)
+    out = masker.feed(body[:cut]) + masker.feed(body[cut:]) + masker.flush()
+    assert len(out) == len(body) and secret not in out and masker.masked >= 1
+    # The tail held back is the longest end that could start the credential, no more.
+    naive = next((n for n in range(min(len(secret) - 1, len(body)), 0, -1)
+                  if body.endswith(secret[:n])), 0)  # fmt: skip
+    assert x._partial_tail(body, secret) == naive

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.server.admission import run_admission
+from gateway_task.server.deadline import Deadline
 from gateway_task.server.driver import Handover, Pipe
 from gateway_task.tls import upstream_https_context
 from tapegate.config import HttpTarget
@@ -44,6 +45,9 @@ READ_SIZE = 256 * 1024
 HEAD_TIMEOUT_S = 30.0  # a request's head, once its first byte arrived
 IDLE_TIMEOUT_S = 300.0  # between requests on a kept-alive connection
 CONNECT_TIMEOUT_S = 10.0
+# A kept-alive connection's admission (same token, same target) is reused this long, never past
+# the token's exp nor while the archive fails; credentials are cached longer (secrets.py).
+ADMISSION_REUSE_S = 30.0
 RESPONSE_TIMEOUT_S = 60.0  # from the request's end to the response's head
 
 
@@ -121,6 +125,13 @@ class _Upstream:
         return ready and not self.reader.at_eof()
 
 
+@dataclass(frozen=True, slots=True)
+class _Injection:
+    header: tuple[bytes, bytes]  # (lowercase name, value) as sent upstream
+    echo: bytes  # what an upstream echoing it would show: the value without its prefix
+    host: bytes  # the upstream's Host header
+
+
 @dataclass(eq=False)
 class _Outbox:
     """Bytes for one side, sent (and recorded) in one write when the relay would wait."""
@@ -160,9 +171,12 @@ class HttpConnection:
         self.requests = wire.RequestReader()
         self.answered = False  # the current request's answer has begun: no error can follow
         self.answering = False  # a request is in hand and its answer has not begun
+        self.deadline = Deadline()
         self.session: HttpSession | None = None
         self.upstream: _Upstream | None = None
         self._verified: tuple[str, Identity] | None = None
+        self._admitted: tuple[str, str, Admitted, float] | None = None  # token, target, until
+        self._injected: tuple[tuple[str, str], _Injection] | None = None
         self._identity_for_refusal: Identity | None = None  # a verified token, refused by policy
 
     async def run(self) -> None:
@@ -206,6 +220,7 @@ class HttpConnection:
                 }.get(ended, (503, "tapegate is shutting down: retry on another gateway"))  # type: ignore[call-overload]
                 await self._send_error(status, message, record=False)
         finally:
+            self.deadline.close()
             self._close_upstream()
             self._end_session(reason)
             self.slot.release()
@@ -238,16 +253,25 @@ class HttpConnection:
                            "encoded dots, backslashes and encoded slashes",
                            kind="path_escape") from None  # fmt: skip
         token = x.bearer_token(request.headers)
+        reused = self._admitted
+        if (reused is not None and route is not None and reused[:2] == (token, route.target)
+                and time.time() < reused[3] and self.gw.sink.failure is None):  # fmt: skip
+            return reused[2], route.path
         login = Login("http", tls=self.tls, target=route.target if route else None, token=token)
         try:
             steps = admit(self.gw.config, login, HTTP_WORDS)
             outcome = await run_admission(self.gw, steps, verify=self._verify)
         finally:
-            del token, login
+            del login
         if isinstance(outcome, Refusal):
+            self._admitted = None
             self._identity_for_refusal = outcome.identity
             raise _Refused.of(outcome)
-        assert route is not None
+        assert route is not None and token is not None
+        until = time.time() + ADMISSION_REUSE_S
+        if outcome.identity.expires_at is not None:
+            until = min(until, outcome.identity.expires_at)
+        self._admitted = (token, route.target, outcome, until)
         return outcome, route.path
 
     async def _verify(self, token: str) -> Identity:
@@ -266,7 +290,8 @@ class HttpConnection:
     ) -> bool:  # fmt: skip
         recorder = session.recorder
         target = session.target
-        secret = credential.encode("latin-1")
+        inject = self._injection(target, credential)
+        secret = inject.header[1]
         try:
             if not wire.safe_value(secret):
                 raise _Refused(502, f"target {target.name!r}: its credential holds a line break "
@@ -277,10 +302,7 @@ class HttpConnection:
             return False
         websocket = x.wants_websocket(request.headers)
         headers = x.upstream_request_headers(
-            request.headers,
-            _host_header(target),
-            (target.inject_header.name.lower().encode(), secret),
-            self.client_addr,
+            request.headers, inject.host, inject.header, self.client_addr
         )
         path = target.upstream_base_path + x.strip_access_token(rest)
         # What is ready goes upstream in one write, made before waiting for more from the client
@@ -288,7 +310,9 @@ class HttpConnection:
         # is framed as the client framed it, but by the gateway: a length, or chunks it writes.
         head = wire.request_head(request.method, path.encode(), headers, request.body)
         out = _Outbox([head], shown_head=head.replace(secret, x.REDACTED.encode()))
-        up.responses = wire.ResponseReader(head_request=request.method == b"HEAD")
+        head_request = request.method == b"HEAD"
+        up.responses = (up.responses.again(head_request) if up.responses is not None
+                        else wire.ResponseReader(head_request))  # fmt: skip
         if request.expects_continue and not request.body.empty and not self.requests.pending:
             await self._to_upstream(recorder, up, out)
             await self._to_client(recorder, _Outbox([b"HTTP/1.1 100 Continue\r\n\r\n"]))
@@ -315,13 +339,25 @@ class HttpConnection:
             "url": url,
             "upstream_path": path,
             "http_version": x.http_version(request.version),
-            "headers": x.recorded_headers(request.headers, target.inject_header.name.encode()),
+            "headers": x.recorded_headers(request.headers, inject.header[0]),
             **body.attrs(x.content_type(request.headers)),
         }))  # fmt: skip
-        prefix = target.inject_header.prefix
-        masker = x.Masker(credential[len(prefix):].encode("latin-1")
-                          if prefix and credential.startswith(prefix) else secret)  # fmt: skip
+        masker = x.Masker(inject.echo)
         return await self._respond(session, up, request, started, websocket, masker)
+
+    def _injection(self, target: HttpTarget, credential: str) -> _Injection:
+        """What the target's credential looks like on the wire, worked out once per connection
+        (the credential changes only when the cache in secrets.py refetches it)."""
+        cached = self._injected
+        if cached is not None and cached[0] == (target.name, credential):
+            return cached[1]
+        prefix = target.inject_header.prefix
+        value = credential.encode("latin-1")
+        echo = value[len(prefix) :] if prefix and credential.startswith(prefix) else value
+        inject = _Injection((target.inject_header.name.lower().encode(), value), echo,
+                            _host_header(target))  # fmt: skip
+        self._injected = ((target.name, credential), inject)
+        return inject
 
     async def _respond(
         self,
@@ -579,19 +615,23 @@ class HttpConnection:
         if not data:
             return
         recorder.frame(C2S, shown, time.time_ns())
-        await recorder.forwarding()  # acked: the sink holds the chunk before the target sees it
+        if recorder.must_wait:  # acked: the sink holds the chunk before the target sees it
+            await recorder.forwarding()
         up.writer.write(data)
-        await up.writer.drain()
+        if up.writer.transport.get_write_buffer_size():  # else drain() has nothing to wait on
+            await up.writer.drain()
 
     async def _to_client(self, recorder: Recorder, out: _Outbox) -> None:
         data, _ = out.take()
         if not data:
             return
         recorder.frame(S2C, data, time.time_ns())
-        await recorder.pace()  # a long download waits for the sink's memory like anything else
+        if recorder.must_pace:  # a long download waits for the sink's memory like anything else
+            await recorder.pace()
         try:
             self.writer.write(data)
-            await self.writer.drain()
+            if self.writer.transport.get_write_buffer_size():
+                await self.writer.drain()
         except (ConnectionError, RuntimeError, OSError):
             raise _Closed from None
 
@@ -599,24 +639,23 @@ class HttpConnection:
         """The next request's head. Its first byte may take IDLE_TIMEOUT_S; from then on the
         whole head has HEAD_TIMEOUT_S, and until a request is admitted, everything has the
         slot's pre-auth deadline. Deadlines are absolute: trickled bytes do not extend them."""
-        loop = asyncio.get_running_loop()
-        head_deadline = loop.time() + HEAD_TIMEOUT_S if self.requests.mid_message else None
+        clock = self.deadline.now
+        head_deadline = clock() + HEAD_TIMEOUT_S if self.requests.mid_message else None
         while True:
             event = self.requests.next_event()
             if event is not NEED_DATA:
                 return event
-            now = loop.time()
+            now = clock()
             limit = head_deadline if head_deadline is not None else now + IDLE_TIMEOUT_S
             if self.slot.preauth:
                 limit = min(limit, now + self.slot.remaining_s)
             try:
-                async with asyncio.timeout_at(limit):  # no task per read, as wait_for makes
-                    data = await self.reader.read(READ_SIZE)
+                data = await self.deadline.read(self.reader, READ_SIZE, limit)
             except (ConnectionError, OSError):
                 data = b""
             self.requests.receive(data)
             if head_deadline is None:
-                head_deadline = loop.time() + HEAD_TIMEOUT_S
+                head_deadline = clock() + HEAD_TIMEOUT_S
 
     async def _client_event(self, timeout: float) -> object:
         """The next event of a request body: each read may take `timeout` (an idle timeout)."""
@@ -624,9 +663,9 @@ class HttpConnection:
             event = self.requests.next_event()
             if event is not NEED_DATA:
                 return event
+            at = self.deadline.now() + timeout
             try:
-                async with asyncio.timeout(timeout):
-                    data = await self.reader.read(READ_SIZE)
+                data = await self.deadline.read(self.reader, READ_SIZE, at)
             except (ConnectionError, OSError):
                 data = b""
             self.requests.receive(data)
@@ -638,8 +677,9 @@ class HttpConnection:
             event = responses.next_event()
             if event is not NEED_DATA:
                 return event
-            async with asyncio.timeout(timeout):
-                data = await up.reader.read(READ_SIZE)
+            # A body has no deadline: it may stream as long as the upstream sends it.
+            at = None if timeout is None else self.deadline.now() + timeout
+            data = await self.deadline.read(up.reader, READ_SIZE, at)
             responses.receive(data)
 
     async def _upstream(self, target: HttpTarget) -> _Upstream:

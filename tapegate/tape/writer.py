@@ -128,6 +128,10 @@ def trim_event(obj: dict[str, Any], limit: int = MAX_EVENT_BYTES) -> bytes:
     return codec.dump_json({**obj, "attrs": {"trimmed": True, "original_bytes": len(encoded)}})
 
 
+_INDEX_SIZE = codec.INDEX_ENTRY.size
+_BYTES_KEY = {Direction.CLIENT_TO_SERVER: "bytes_c2s", Direction.SERVER_TO_CLIENT: "bytes_s2c"}
+
+
 class TapeWriter:
     """Accumulates one session and seals it chunk by chunk.
 
@@ -174,6 +178,18 @@ class TapeWriter:
 
     def add_frame(self, ts_ns: int, direction: Direction, data: bytes) -> list[bytes]:
         self._check_open()
+        size = len(data)
+        if size <= self._max_bytes:  # one piece: most frames, kept short (one per request)
+            out = self._make_room(ts_ns, _INDEX_SIZE + size)
+            self._index.append((ts_ns, int(direction), size))
+            self._buf += data
+            self._pending_bytes += _INDEX_SIZE + size
+            totals = self.totals
+            totals["frames"] += 1
+            totals[_BYTES_KEY[direction]] += size
+            if self._pending_bytes >= self._max_bytes:
+                out.append(self._seal(ts_ns))
+            return out
         out: list[bytes] = []
         view = memoryview(data)
         step = self._max_bytes

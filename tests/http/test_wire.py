@@ -224,3 +224,18 @@ def test_the_gateway_writes_its_own_framing() -> None:
     events = _events(ResponseReader(), written)
     assert _body(events) == b"abc" and events[-1] is END
     assert not wire.safe_value(b"k\r\nX-Evil: 1") and wire.safe_value(b"Bearer k-123")
+
+
+def test_a_reader_is_reused_only_after_a_clean_answer() -> None:
+    first = ResponseReader()
+    _events(first, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    second = first.again()
+    assert second is first
+    events = _events(second, b"HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nx")
+    assert events[0].status == 201 and _body(events) == b"x" and second.reusable  # type: ignore[union-attr]
+    head = second.again(head_request=True)
+    _events(head, b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
+    assert head.reusable and head.again() is not head  # llhttp still waits for that body
+    closing = ResponseReader()
+    _events(closing, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    assert closing.again() is not closing

@@ -53,6 +53,9 @@ def route(request_target: bytes) -> Route | None:
     if not text.startswith("/"):
         return None
     path, sep, query = text.partition("?")
+    if "." not in path and "\\" not in path and "%" not in path:  # nothing to resolve
+        name, _, rest = path[1:].partition("/")
+        return Route(name, "/" + rest + sep + query) if name else None
     segments = _SEPARATORS.split(path)[1:]
     if any(_DOT.sub(".", seg) in (".", "..") for seg in segments):
         path = "/" + "/".join(_resolve(segments))
@@ -129,9 +132,12 @@ class Masker:
 
 def _partial_tail(buf: bytes, secret: bytes) -> int:
     """The length of the longest end of `buf` that is a proper start of `secret`."""
-    for n in range(min(len(secret) - 1, len(buf)), 0, -1):
-        if buf.endswith(secret[:n]):
-            return n
+    first = secret[:1]
+    at = buf.find(first, max(0, len(buf) - len(secret) + 1))
+    while at != -1:  # only where the credential's first byte is: the earliest is the longest
+        if secret.startswith(buf[at:]):
+            return len(buf) - at
+        at = buf.find(first, at + 1)
     return 0
 
 

@@ -108,6 +108,7 @@ class _Reader:
         self._in_message = False
         self._in_head = False
         self._head_bytes = 0  # of a head still arriving, beyond the read it began in
+        self._size = 0  # of the head's header lines, as parsed
         self._began = False  # a message began in the read being parsed
         self._url = b""
         self._reason = b""
@@ -182,7 +183,7 @@ class _Reader:
 
     def on_message_begin(self) -> None:
         self._in_message = self._in_head = self._began = True
-        self._head_bytes = 0
+        self._head_bytes = self._size = 0
         self._url, self._reason, self._headers = b"", b"", []
 
     def on_url(self, url: bytes) -> None:
@@ -194,13 +195,14 @@ class _Reader:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
             self._headers.append((name.lower(), value))
+            self._size += len(name) + len(value) + 4
         # Trailers (after a chunked body) are not forwarded: they would frame nothing here.
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        size = len(self._url) + len(self._reason)
-        size += sum(len(n) + len(v) + 4 for n, v in self._headers)
-        if size > self._max_head:  # one read can bring a whole oversized head
+        if (
+            self._size + len(self._url) + len(self._reason) > self._max_head
+        ):  # one read can bring a whole oversized head
             self._fail(HttpError(f"the head exceeds {self._max_head} bytes", 431))
         version = self._parser.get_http_version().encode()
         if version not in (b"1.1", b"1.0"):
@@ -261,6 +263,15 @@ class ResponseReader(_Reader):
         self._buffer = b""  # a HEAD's answer, until its head is complete
         self.done = False
         self.extra = False  # bytes after the answer: the connection cannot be trusted again
+
+    def again(self, head_request: bool = False) -> ResponseReader:
+        """A reader for the next answer on the same connection: this one, when its answer
+        ended cleanly (llhttp then waits for the next message), else a new one."""
+        if not self.reusable or self._head_request or self._events:
+            return ResponseReader(head_request, self._max_head)
+        self._head_request = head_request
+        self._until_close = self._keep_alive = self.done = self.extra = False
+        return self
 
     @property
     def reusable(self) -> bool:
