@@ -239,3 +239,32 @@ def test_a_reader_is_reused_only_after_a_clean_answer() -> None:
     closing = ResponseReader()
     _events(closing, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
     assert closing.again() is not closing
+
+
+@pytest.mark.parametrize(
+    ("coding", "chunked"),
+    [(b"chunked", True), (b" ,chunked", True), (b"gzip, chunked", True), (b"chunked,", False),
+     (b"chunked\t", False), (b"chunked;q=1", False), (b"xchunked", False)],
+)  # fmt: skip
+def test_a_responses_framing_is_read_as_llhttp_reads_it(coding: bytes, chunked: bool) -> None:
+    """What the gateway writes to the client follows its reading of Transfer-Encoding; llhttp
+    delimits the body. The two agree, or the answer is refused: never mis-framed."""
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    events = _events(ResponseReader(), raw, b"")
+    head = events[0]
+    assert isinstance(head, Response) and head.body.chunked is chunked
+    assert _body(events) == (b"hello" if chunked else b"5\r\nhello\r\n0\r\n\r\n")
+    assert END in events
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"HTTP/1.1 200 O\x00K\r\nContent-Length: 0\r\n\r\n",
+     b"HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n",
+     b"HTTP/1.1 000 OK\r\nContent-Length: 0\r\n\r\n",
+     b"HTTP/1.1 199 X\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+     b"HTTP/1.1 150 X\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
+)  # fmt: skip
+def test_what_the_gateway_would_pass_on_wrongly_is_refused(raw: bytes) -> None:
+    with pytest.raises(HttpError):  # the gateway answers the client 502 for any of them
+        _events(ResponseReader(), raw)

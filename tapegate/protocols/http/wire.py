@@ -14,6 +14,7 @@ message the gateway parsed, recorded and checked.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass
 
@@ -108,6 +109,7 @@ class _Reader:
         self._in_message = False
         self._in_head = False
         self._head_bytes = 0  # of a head still arriving, beyond the read it began in
+        self._chunked = self._chunk_seen = False
         self._size = 0  # of the head's header lines, as parsed
         self._began = False  # a message began in the read being parsed
         self._url = b""
@@ -183,6 +185,7 @@ class _Reader:
 
     def on_message_begin(self) -> None:
         self._in_message = self._in_head = self._began = True
+        self._chunked = self._chunk_seen = False
         self._head_bytes = self._size = 0
         self._url, self._reason, self._headers = b"", b"", []
 
@@ -207,9 +210,20 @@ class _Reader:
         version = self._parser.get_http_version().encode()
         if version not in (b"1.1", b"1.0"):
             self._fail(HttpError(f"HTTP/{version.decode()} is not supported", 505))
-        self._events.append(self._head(version, self._headers))
+        head = self._head(version, self._headers)
+        self._chunked = head.body.chunked
+        self._events.append(head)
+
+    # The gateway frames what it forwards from its own reading of the headers: llhttp must
+    # have read the body the same way, or the message is refused rather than mis-framed.
+    def on_chunk_header(self) -> None:
+        if not self._chunked:
+            self._fail(HttpError("a chunked body where the headers frame it otherwise"))
+        self._chunk_seen = True
 
     def on_body(self, body: bytes) -> None:
+        if self._chunked and not self._chunk_seen:
+            self._fail(HttpError("an unchunked body where the headers say chunked"))
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
@@ -321,6 +335,11 @@ class ResponseReader(_Reader):
             raise _Stop
         super().on_message_begin()
 
+    def on_body(self, body: bytes) -> None:
+        if self._parser.get_status_code() < 200:
+            self._fail(HttpError("a body on an informational (1xx) answer", 502))
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
         if self.done:
             return  # a HEAD's answer: ended with its head
@@ -332,6 +351,10 @@ class ResponseReader(_Reader):
 
     def _head(self, version: bytes, headers: Headers) -> Response:
         status = self._parser.get_status_code()
+        if status < 100:
+            self._fail(HttpError(f"status {status} is not an HTTP status", 502))
+        if _CONTROL.search(self._reason):  # RFC 9112 §4: HTAB, SP, VCHAR, obs-text
+            self._fail(HttpError("a control character in the reason phrase", 502))
         body = _response_body(headers, status, self._head_request)
         self._until_close = body.until_close
         connection = _tokens(headers, b"connection")
@@ -351,12 +374,17 @@ def _response_body(headers: Headers, status: int, head_request: bool) -> Body:
     length = _get(headers, b"content-length")
     if head_request or status < 200 or status in (204, 304):
         return NO_BODY
-    codings = _tokens(headers, b"transfer-encoding")
+    codings = [v for n, v in headers if n == b"transfer-encoding"]
     if codings:
-        return Body(chunked=True) if codings[-1] == b"chunked" else Body(until_close=True)
+        # As llhttp decides it: the last coding of the last header, spaces trimmed (not tabs).
+        last = codings[-1].rsplit(b",", 1)[-1].strip(b" ").lower()
+        return Body(chunked=True) if last == b"chunked" else Body(until_close=True)
     if length is not None:
         return Body(length=int(length))
     return Body(until_close=True)
+
+
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _get(headers: Headers, name: bytes) -> bytes | None:
