@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.server.admission import run_admission
 from gateway_task.server.deadline import Deadline
-from gateway_task.server.driver import Handover, Pipe
+from gateway_task.server.driver import Handover, Pipe, unread
 from gateway_task.tls import upstream_https_context
 from tapegate.config import HttpTarget
 from tapegate.protocols.http import exchange as x
@@ -122,7 +122,9 @@ class _Upstream:
     def idle(self) -> bool:
         """Whether it can carry the next request: its last answer was whole and kept it open."""
         ready = self.responses is None or self.responses.reusable
-        return ready and not self.reader.at_eof()
+        # Bytes that arrived since the answer ended answer nothing the gateway sent: reading
+        # them as the next answer would give one request another's response.
+        return ready and not self.reader.at_eof() and not unread(self.reader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,7 +389,7 @@ class HttpConnection:
             if not websocket:
                 await self._upstream_failed(session, 502, "the target switched protocols unasked")
                 return False
-            return await self._websocket(session, up, event, started)
+            return await self._websocket(session, up, event, started, masker)
         if not isinstance(event, wire.Response):
             await self._upstream_failed(session, 502, "the target closed before answering")
             return False
@@ -402,7 +404,8 @@ class HttpConnection:
         maskable = x.identity_encoded(headers)
         framing = event.body
         if framing.chunked or framing.until_close:
-            framing = wire.Body(chunked=True) if request.version == b"1.1" else framing
+            framing = wire.Body(chunked=request.version == b"1.1",
+                                until_close=request.version != b"1.1")  # fmt: skip
         keep_alive = request.keep_alive and not framing.until_close
         shown = x.client_response_headers(headers)
         if not keep_alive:
@@ -411,7 +414,8 @@ class HttpConnection:
         if request.method == b"HEAD" or event.status == 304:
             announced = x.header(headers, b"content-length")
         self.answered = True
-        out = _Outbox([wire.response_head(event.status, event.reason, shown, framing,
+        reason = masker.header(event.reason)
+        out = _Outbox([wire.response_head(event.status, reason, shown, framing,
                                           announced=announced)])  # fmt: skip
         frame = wire.chunk if framing.chunked else bytes
         body = x.Body(self.gw.config.recording.body_cap)
@@ -445,7 +449,7 @@ class HttpConnection:
                 break
         attrs = {
             "status": event.status,
-            "reason": event.reason.decode("latin-1"),
+            "reason": reason.decode("latin-1"),
             "http_version": x.http_version(event.version),
             "headers": x.recorded_headers(headers),
             "duration_ns": time.time_ns() - started,
@@ -479,16 +483,19 @@ class HttpConnection:
             return None
 
     async def _websocket(
-        self, session: HttpSession, up: _Upstream, switch: wire.Response, started: int
-    ) -> bool:
+        self, session: HttpSession, up: _Upstream, switch: wire.Response, started: int,
+        masker: x.Masker,
+    ) -> bool:  # fmt: skip
         recorder = session.recorder
         self.answered = True
-        out = wire.response_head(101, switch.reason, x.client_response_headers(
-            switch.headers, websocket=True), wire.NO_BODY)  # fmt: skip
+        headers = [(n, masker.header(v)) for n, v in switch.headers]  # an echo shows no one
+        reason = masker.header(switch.reason)
+        out = wire.response_head(101, reason, x.client_response_headers(
+            headers, websocket=True), wire.NO_BODY)  # fmt: skip
         await self._to_client(recorder, _Outbox([out]))
         recorder.event(Event(time.time_ns(), "response", S2C, {
-            "status": 101, "reason": switch.reason.decode("latin-1"), "http_version": "HTTP/1.1",
-            "headers": x.recorded_headers(switch.headers), "duration_ns": time.time_ns() - started,
+            "status": 101, "reason": reason.decode("latin-1"), "http_version": "HTTP/1.1",
+            "headers": x.recorded_headers(headers), "duration_ns": time.time_ns() - started,
             "body_length": 0, "content_type": ""}))  # fmt: skip
         # The bytes either parser had already read past the switch come first.
         assert up.responses is not None
@@ -651,6 +658,8 @@ class HttpConnection:
                 limit = min(limit, now + self.slot.remaining_s)
             try:
                 data = await self.deadline.read(self.reader, READ_SIZE, limit)
+            except TimeoutError:  # an OSError too, but not the end of the stream
+                raise
             except (ConnectionError, OSError):
                 data = b""
             self.requests.receive(data)
@@ -666,6 +675,8 @@ class HttpConnection:
             at = self.deadline.now() + timeout
             try:
                 data = await self.deadline.read(self.reader, READ_SIZE, at)
+            except TimeoutError:  # an OSError too, but not the end of the stream
+                raise
             except (ConnectionError, OSError):
                 data = b""
             self.requests.receive(data)

@@ -123,3 +123,11 @@ def test_head_and_pipelined_requests(hgw: RunningGateway) -> None:
     assert rest.startswith(b"HTTP/1.1 200 OK")  # the HEAD's answer carried no body
     assert b'"/base/v1/items"' in rest and b'"/base/v1/whoami"' in rest
     assert rest.index(b"/base/v1/items") < rest.index(b"/base/v1/whoami")
+
+
+def test_an_http_10_client_gets_no_chunks(hgw: RunningGateway) -> None:
+    raw = (f"GET /api/v1/chunked HTTP/1.0\r\nHost: gw\r\nAuthorization: Bearer {hgw.token()}"
+           "\r\n\r\n").encode()  # fmt: skip
+    head, _, body = _exchange(hgw, raw).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding" not in head.lower()
+    assert body == b"one two three"  # delimited by the close, as RFC 9112 §6.1 asks

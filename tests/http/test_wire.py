@@ -62,6 +62,11 @@ SMUGGLING = {
     "CR in a value": b"GET /a HTTP/1.1\r\n" + H + b"X: a\rb\r\n\r\n",
     "two Hosts": b"GET /a HTTP/1.1\r\n" + H + H + b"\r\n",
     "no Host": b"GET /a HTTP/1.1\r\n\r\n",
+    # llhttp leaves an upgrade's body unread: forwarded with its length, the next request's
+    # bytes would be read upstream as that body (found by review, with a Node upstream).
+    "Upgrade with a body": b"GET /a HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: foo\r\n"
+    b"Content-Length: 10\r\n\r\n0123456789",
+    "CONNECT with a body": b"CONNECT /api/v1/x HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n\r\nabc",
 }
 
 
