@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,3 +75,15 @@ def hgw(upstream: HttpUpstream, ws_upstream: str, tmp_path: Path) -> Iterator[Ru
     running.base = f"http://{host}:{port}"  # type: ignore[attr-defined]
     yield running
     running.stop()
+
+
+def raw_exchange(gw: RunningGateway, raw: bytes) -> bytes:
+    """These bytes to the HTTP listener as they are (no client would send them), and all it
+    answers until it closes."""
+    with socket.create_connection(gw.address("http"), 10) as sock:
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_WR)
+        out = bytearray()
+        while data := sock.recv(65536):
+            out += data
+    return bytes(out)

@@ -5,26 +5,20 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.gateway_harness import RunningGateway
+from tests.http.conftest import raw_exchange
 from tests.http_upstream import API_KEY, HttpUpstream
 
 
 def _raw(gw: RunningGateway, target: str, headers: str = "") -> bytes:
     """One request with exactly this request-target (httpx would resolve the dots itself)."""
-    host, port = gw.address("http")
-    with socket.create_connection((host, port), 10) as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {gw.token()}"
-                     f"\r\n{headers}Connection: close\r\n\r\n".encode())  # fmt: skip
-        out = bytearray()
-        while data := sock.recv(65536):
-            out += data
-    return bytes(out)
+    return raw_exchange(gw, f"GET {target} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer "
+                        f"{gw.token()}\r\n{headers}Connection: close\r\n\r\n".encode())  # fmt: skip
 
 
 def _all_events(gw: RunningGateway) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@ past the gateway reaches nothing, and both sides read only the framing the gatew
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +10,7 @@ import httpx
 import pytest
 
 from tests.gateway_harness import RunningGateway
+from tests.http.conftest import raw_exchange
 from tests.http_upstream import HttpUpstream
 
 SMUGGLED = "/api/v1/smuggled"  # a lenient hop would run it as a request of its own
@@ -26,17 +26,6 @@ VECTORS = {
 }
 
 
-def _exchange(gw: RunningGateway, raw: bytes) -> bytes:
-    host, port = gw.address("http")
-    with socket.create_connection((host, port), 10) as sock:
-        sock.sendall(raw)
-        sock.shutdown(socket.SHUT_WR)
-        out = bytearray()
-        while data := sock.recv(65536):
-            out += data
-    return bytes(out)
-
-
 def _events(gw: RunningGateway) -> list[dict[str, Any]]:
     return [e for events in gw.events().values() for e in events]
 
@@ -49,7 +38,7 @@ def test_a_smuggling_vector_is_refused_and_reaches_nothing(
     raw = (f"POST /api/v1/echo HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {hgw.token()}\r\n"
            f"{VECTORS[name]}{smuggled}").encode()  # fmt: skip
     before = len(upstream.seen)
-    reply = _exchange(hgw, raw)
+    reply = raw_exchange(hgw, raw)
     assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
     assert reply.count(b"HTTP/1.1 ") == 1  # one answer: nothing read as a second request
     assert b"malformed HTTP request" in reply
@@ -116,7 +105,7 @@ def test_head_and_pipelined_requests(hgw: RunningGateway) -> None:
            f"GET /api/v1/items HTTP/1.1\r\nHost: gw\r\n{auth}\r\n"
            f"GET /api/v1/whoami HTTP/1.1\r\nHost: gw\r\n{auth}"
            "Connection: close\r\n\r\n").encode()  # fmt: skip
-    reply = _exchange(hgw, raw)
+    reply = raw_exchange(hgw, raw)
     assert reply.count(b"HTTP/1.1 ") == reply.count(b"HTTP/1.1 200 OK") == 3, reply[:500]
     head, _, rest = reply.partition(b"\r\n\r\n")
     assert b"content-length: 1234" in head.lower()
@@ -128,6 +117,6 @@ def test_head_and_pipelined_requests(hgw: RunningGateway) -> None:
 def test_an_http_10_client_gets_no_chunks(hgw: RunningGateway) -> None:
     raw = (f"GET /api/v1/chunked HTTP/1.0\r\nHost: gw\r\nAuthorization: Bearer {hgw.token()}"
            "\r\n\r\n").encode()  # fmt: skip
-    head, _, body = _exchange(hgw, raw).partition(b"\r\n\r\n")
+    head, _, body = raw_exchange(hgw, raw).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding" not in head.lower()
     assert body == b"one two three"  # delimited by the close, as RFC 9112 §6.1 asks

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tapegate.protocols.http import wire
 from tapegate.protocols.http.wire import (
@@ -273,3 +275,24 @@ def test_a_responses_framing_is_read_as_llhttp_reads_it(coding: bytes, chunked: 
 def test_what_the_gateway_would_pass_on_wrongly_is_refused(raw: bytes) -> None:
     with pytest.raises(HttpError):  # the gateway answers the client 502 for any of them
         _events(ResponseReader(), raw)
+
+
+_PIECES = [b"GET ", b"POST ", b"HEAD ", b"/a", b" HTTP/1.1", b" HTTP/1.0", b"HTTP/1.1 200 OK",
+           b"HTTP/1.1 101 S", b"HTTP/1.1 100 C", b"\r\n", b"\n", b"Host: x", b"Content-Length: 3",
+           b"Content-Length: 99999999999999999999", b"Transfer-Encoding: chunked",
+           b"Upgrade: websocket", b"Connection: Upgrade", b"Connection: close", b"3\r\nabc\r\n",
+           b"0\r\n\r\n", b"ffffffffffffffffff\r\n", b": ", b" ", b"\t", b"\x00", b"abc",
+           b"\r\n\r\n"]  # fmt: skip
+
+
+@settings(max_examples=400)
+@given(st.lists(st.sampled_from(_PIECES), max_size=20), st.integers(0, 400), st.booleans())
+def test_only_httperror_escapes_the_readers(pieces: list[bytes], cut: int, head: bool) -> None:
+    data = b"".join(pieces)
+    for reader in (RequestReader(), ResponseReader(head_request=head)):
+        try:
+            _events(reader, data[:cut], data[cut:], b"")
+            if isinstance(reader, ResponseReader):
+                reader.again()
+        except HttpError:
+            pass
