@@ -146,7 +146,9 @@ def test_concurrent_scanners_and_readers_never_race(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 60
         while not all(flag.exists() for flag in ready):
-            assert all(s.poll() is None for s in scanners) and time.monotonic() < deadline
+            for s in scanners:
+                assert s.poll() is None, s.communicate()[1]
+            assert time.monotonic() < deadline
             time.sleep(0.01)
         go.touch()
         # Readers while the two scanners index the backlog: each `tapegate` command scans
@@ -183,6 +185,36 @@ def test_concurrent_scanners_and_readers_never_race(tmp_path: Path) -> None:
     assert all(r.status == "closed" and r.verified for r in records)
     _, rows = archive.query_engine.query("SELECT count(*) FROM events WHERE type = 'query'")
     assert rows == [(EXCHANGES * backlog.sessions,)], "each object's events exactly once"
+
+
+OPENER = """
+import sys
+from pathlib import Path
+from tapegate.archive.local import SqliteIndex
+while not Path(sys.argv[2]).exists():
+    pass
+SqliteIndex(Path(sys.argv[1])).sessions()
+"""
+
+
+def test_processes_opening_a_new_index_together_all_open_it(tmp_path: Path) -> None:
+    # Switching a new file to WAL answered "database is locked" at once to all but one of
+    # them (no busy wait): two `tapegate` commands started together on a fresh data dir.
+    for attempt in range(4):
+        path, go = tmp_path / str(attempt) / "index.sqlite", tmp_path / f"go-{attempt}"
+        openers = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPENER, str(path), str(go)],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        time.sleep(0.5)  # all three are spinning on the flag
+        go.touch()
+        for opener in openers:
+            _, err = opener.communicate(timeout=120)
+            assert opener.returncode == 0, err
 
 
 @pytest.mark.slow

@@ -78,6 +78,21 @@ class IndexBusy(Exception):
     abandoned."""
 
 
+def _set_wal(db: sqlite3.Connection) -> None:
+    """WAL mode, waiting for other processes: switching a new file to it needs an exclusive
+    lock, and SQLite answers "database is locked" at once there instead of calling the busy
+    handler (two `tapegate` commands starting on a fresh data dir failed that way)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(LOCK_STEP_S / 10)
+
+
 class SqliteIndex(Index):
     """The session index in one SQLite file, shared by every process on the data dir (the
     gateway's archive loop, each `tapegate` command): WAL lets readers read a committed state
@@ -89,7 +104,7 @@ class SqliteIndex(Index):
         self._db = sqlite3.connect(
             str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
+        _set_wal(self._db)
         # Commits without an fsync each: the index can always be rebuilt from the delivered
         # objects, which are fsynced, and per-chunk fsyncs were most of the pipeline's time.
         self._db.execute("PRAGMA synchronous=NORMAL")
