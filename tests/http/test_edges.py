@@ -33,6 +33,17 @@ ESCAPES = [
     "/api/..%2Fadmin%2Fitems",
     "/api/v1\\..\\..\\admin/items",
     "/api/v1/%2E%2E%5C%2e%2e%5Cadmin/items",
+    # Readings only some servers make: Tomcat and Spring's path parameters, a path decoded
+    # twice, IIS's %u escapes, overlong UTF-8 (lenient decoders), and all of them nested.
+    "/api/..;/admin/items",
+    "/api/v1/..;jsessionid=1/..;/admin/items",
+    "/api/%252e%252e/admin/items",
+    "/api/..%252fadmin/items",
+    "/api/%u002e%u002e/admin/items",
+    "/api/%c0%ae%c0%ae/admin/items",
+    "/api/v1%c0%af..%c0%af..%c0%afadmin/items",
+    "/api/%e0%80%ae%e0%80%ae/admin/items",
+    "/api/%25252525252e%25252525252e/admin/items",
 ]
 
 
@@ -54,6 +65,16 @@ def test_dot_segments_that_stay_inside_are_resolved(hgw: RunningGateway,
     reply = _raw(hgw, "/api/v1/./x/%2e%2e/items")
     assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
     assert upstream.seen[-1]["path"] == "/base/v1/items"
+
+
+@pytest.mark.parametrize("target", ["/api/v1/..;/items", "/api/v1/%252e%252e/items"])
+def test_wide_readings_that_stay_inside_are_forwarded_as_sent(
+    hgw: RunningGateway, upstream: HttpUpstream, target: str
+) -> None:
+    # Whichever way the upstream reads them, they stay inside: the gateway rewrites nothing.
+    reply = _raw(hgw, target)
+    assert b"leaves its target" not in reply, reply[:200]
+    assert upstream.seen[-1]["path"] == "/base" + target.removeprefix("/api")
 
 
 def test_other_spellings_of_the_credential_header_are_dropped(

@@ -3,6 +3,8 @@ past the gateway reaches nothing, and both sides read only the framing the gatew
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -120,3 +122,28 @@ def test_an_http_10_client_gets_no_chunks(hgw: RunningGateway) -> None:
     head, _, body = raw_exchange(hgw, raw).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding" not in head.lower()
     assert body == b"one two three"  # delimited by the close, as RFC 9112 §6.1 asks
+
+
+def test_a_trailer_flood_is_cut_off_and_recorded(hgw: RunningGateway, client: httpx.Client) -> None:
+    # httptools gathers a trailer whole before the gateway sees it: without the bound, the
+    # gateway read on for as long as the client sent (96 MiB were measured, held in memory).
+    head = (f"POST /api/v1/echo HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {hgw.token()}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: ").encode()  # fmt: skip
+    block, offered, sent, reply = b"v" * 65_536, 64 << 20, 0, b""
+    with socket.create_connection(hgw.address("http"), 10) as sock:
+        try:
+            sock.sendall(head)
+            while sent < offered:
+                sock.sendall(block)
+                sent += len(block)
+        except OSError:  # the gateway stopped reading and closed: the ground truth here
+            pass
+        with contextlib.suppress(OSError):
+            while data := sock.recv(65_536):
+                reply += data
+    assert sent < offered // 4, f"the gateway read {sent} bytes of one trailer"
+    assert not reply or reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+    hgw.wait_closed()
+    errors = [e["attrs"]["message"] for e in _events(hgw) if e["type"] == "protocol_error"]
+    assert any("chunk lines or trailers exceed 65536 bytes" in m for m in errors), errors
+    assert client.get("/api/v1/items").status_code == 200  # others are unaffected

@@ -145,6 +145,46 @@ def test_heads_are_bounded_however_they_arrive() -> None:
     assert _body(events) == body
 
 
+CHUNKED = b"POST /a HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+
+
+@pytest.mark.parametrize(
+    ("reader", "opening"),
+    [
+        (RequestReader, CHUNKED + b"0\r\nX-Trailer: "),  # one trailer, gathered whole by httptools
+        (RequestReader, CHUNKED + b"0\r\n"),  # many small trailers
+        (RequestReader, CHUNKED + b"5;ext="),  # a chunk extension
+        (ResponseReader, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: "),
+    ],
+    ids=["one trailer", "many trailers", "chunk extension", "a response's trailer"],
+)
+def test_chunk_lines_and_trailers_are_bounded(reader: type, opening: bytes) -> None:
+    # Without the bound, the reader took all 8 MiB and held them (96 MiB were measured).
+    filler = b"T: v\r\n" * 700 if opening.endswith(b"0\r\n") else b"v" * 4096
+    parser = reader()
+    fed = 0
+    with pytest.raises(HttpError) as refused:
+        for _ in range(2048):
+            parser.receive(filler if fed else opening + filler)
+            fed += len(filler)
+            while parser.next_event() is not NEED_DATA:
+                pass
+    assert "chunk lines or trailers exceed 65536 bytes" in str(refused.value)
+    assert fed <= 65_536 + 2 * len(filler)
+
+
+def test_many_small_chunks_are_not_framing() -> None:
+    # One byte of data per chunk: six of framing each, far past the bound in total.
+    chunks = b"1\r\nx\r\n" * 40_000
+    events = _events(
+        RequestReader(),
+        CHUNKED,
+        *[chunks[i : i + 600] for i in range(0, len(chunks), 600)],
+        b"0\r\n\r\n",
+    )
+    assert _body(events) == b"abc" + b"x" * 40_000 and events[-1] is END
+
+
 def test_an_upgrade_keeps_its_bytes_and_a_refused_one_reads_on() -> None:
     reader = RequestReader()
     raw = (b"GET /ws HTTP/1.1\r\n" + H + b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n"

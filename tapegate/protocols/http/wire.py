@@ -111,6 +111,10 @@ class _Reader:
         self._head_bytes = 0  # of a head still arriving, beyond the read it began in
         self._chunked = self._chunk_seen = False
         self._size = 0  # of the head's header lines, as parsed
+        # Bytes of a chunked body read since its last data: chunk lines, extensions, trailers.
+        # httptools gathers a trailer's value whole before the callback, so this is its bound.
+        self._framing = 0
+        self._data_in_read = False
         self._began = False  # a message began in the read being parsed
         self._url = b""
         self._reason = b""
@@ -151,7 +155,7 @@ class _Reader:
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        self._began = False
+        self._began = self._data_in_read = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -168,6 +172,14 @@ class _Reader:
                 self._head_bytes += len(data)
                 if self._head_bytes > self._max_head:
                     self._fail(HttpError(f"the head exceeds {self._max_head} bytes", 431), False)
+            # Likewise a chunked body's framing: a read that brought no data adds to it (one that
+            # did may hold at most one read's worth more, as for the head).
+            elif self._in_message and self._chunked and not self._in_head:
+                self._framing = 0 if self._data_in_read else self._framing + len(data)
+                if self._framing > self._max_head:
+                    self._fail(
+                        HttpError(f"chunk lines or trailers exceed {self._max_head} bytes"), False
+                    )
 
     def _eof(self) -> None:
         if self._in_message:
@@ -186,7 +198,7 @@ class _Reader:
     def on_message_begin(self) -> None:
         self._in_message = self._in_head = self._began = True
         self._chunked = self._chunk_seen = False
-        self._head_bytes = self._size = 0
+        self._head_bytes = self._size = self._framing = 0
         self._url, self._reason, self._headers = b"", b"", []
 
     def on_url(self, url: bytes) -> None:
@@ -224,6 +236,7 @@ class _Reader:
     def on_body(self, body: bytes) -> None:
         if self._chunked and not self._chunk_seen:
             self._fail(HttpError("an unchunked body where the headers say chunked"))
+        self._data_in_read = True
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
