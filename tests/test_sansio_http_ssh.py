@@ -9,6 +9,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from tapegate.protocols.http import exchange as x
+from tapegate.protocols.http import paths
 from tapegate.protocols.http.websocket import WebSocketObserver
 from tapegate.protocols.ssh.scp import ScpObserver
 from tapegate.protocols.ssh.sftp import SftpObserver
@@ -25,9 +26,9 @@ def _s(data: bytes) -> bytes:
 
 
 def test_routes_and_header_rewriting() -> None:
-    assert x.route(b"/api/v1/items?x=1") == x.Route("api", "/v1/items?x=1")
-    assert x.route(b"/api") == x.Route("api", "/")
-    assert x.route(b"*") is None and x.route(b"/") is None
+    assert paths.route(b"/api/v1/items?x=1") == paths.Route("api", "/v1/items?x=1")
+    assert paths.route(b"/api") == paths.Route("api", "/")
+    assert paths.route(b"*") is None and paths.route(b"/") is None
     headers = [(b"host", b"gw"), (b"authorization", b"Bearer tok"), (b"connection", b"close"),
                (b"x-api-key", b"client-supplied"), (b"accept", b"*/*")]  # fmt: skip
     out = x.upstream_request_headers(headers, b"up:9000", (b"x-api-key", b"SECRET"), "10.0.0.1:5")

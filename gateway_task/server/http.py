@@ -27,7 +27,7 @@ from gateway_task.server.driver import Handover, Pipe, unread
 from gateway_task.tls import upstream_https_context
 from tapegate.config import HttpTarget
 from tapegate.protocols.http import exchange as x
-from tapegate.protocols.http import wire
+from tapegate.protocols.http import paths, wire
 from tapegate.protocols.http.websocket import WebSocketRelay
 from tapegate.protocols.http.wire import END, NEED_DATA
 from tapegate.proxy.admission import Admitted, Login, Refusal, RefusalKind, Words, admit, auth_attrs
@@ -249,8 +249,8 @@ class HttpConnection:
     async def _admit(self, request: wire.Request) -> tuple[Admitted, str]:
         """The admitted caller and the path after the target segment, or _Refused."""
         try:
-            route = x.route(request.target)
-        except x.PathEscape as exc:
+            route = paths.route(request.target)
+        except paths.PathEscape as exc:
             raise _Refused(400, f"{exc}: the path is checked after resolving dot segments, "
                            "encoded dots, backslashes and encoded slashes",
                            kind="path_escape") from None  # fmt: skip
@@ -556,8 +556,8 @@ class HttpConnection:
 
     def _record_refusal(self, request: wire.Request, refusal: _Refused, started: int) -> None:
         try:
-            route = x.route(request.target)
-        except x.PathEscape:
+            route = paths.route(request.target)
+        except paths.PathEscape:
             route = None
         identity, self._identity_for_refusal = self._identity_for_refusal, None
         self.gw.record_refusal(

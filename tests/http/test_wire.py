@@ -173,6 +173,19 @@ def test_chunk_lines_and_trailers_are_bounded(reader: type, opening: bytes) -> N
     assert fed <= 65_536 + 2 * len(filler)
 
 
+def test_a_large_head_is_not_counted_as_framing() -> None:
+    # Found by review: the read that ended a 62 KB head counted towards the trailer's bound.
+    head = (
+        b"POST /a HTTP/1.1\r\n"
+        + H
+        + b"X: "
+        + b"h" * 62_000
+        + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    events = _events(RequestReader(), head, b"0\r\nX-T: " + b"t" * 5_000 + b"\r\n", b"\r\n")
+    assert events[-1] is END
+
+
 def test_many_small_chunks_are_not_framing() -> None:
     # One byte of data per chunk: six of framing each, far past the bound in total.
     chunks = b"1\r\nx\r\n" * 40_000

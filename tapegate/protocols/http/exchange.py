@@ -8,7 +8,6 @@ the gateway adds is redacted from everything recorded.
 from __future__ import annotations
 
 import base64
-import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -25,119 +24,6 @@ ALWAYS_REDACTED = frozenset(
 REDACTED = "[redacted]"
 
 Headers = list[tuple[bytes, bytes]]
-
-
-@dataclass(frozen=True)
-class Route:
-    target: str
-    path: str  # what follows the target segment, with the query: "/v1/items?x=1"
-
-
-class PathEscape(ValueError):
-    """The request path leaves its target once dot segments are resolved."""
-
-
-# What some servers treat as a path separator besides "/": a backslash, and either encoded.
-_SEPARATORS = re.compile(r"/|\\|%2[fF]|%5[cC]")
-_DOT = re.compile(r"%2[eE]")
-
-
-def route(request_target: bytes) -> Route | None:
-    """`/api/v1/items?x=1` → Route("api", "/v1/items?x=1"). None for `*` or absolute forms.
-
-    Dot segments are resolved first (RFC 3986 §5.2.4), also where the dots are percent-encoded
-    or the separators are backslashes or encoded slashes, as an upstream may read them: a path
-    that climbs out of its target raises PathEscape. One that stays inside is forwarded
-    resolved (its separators then all "/"). Readings that only some servers make (see
-    `_escapes_when_read_widely`) are checked too, but not rewritten."""
-    text = request_target.decode("ascii", errors="replace")  # llhttp let only ASCII through
-    if not text.startswith("/"):
-        return None
-    path, sep, query = text.partition("?")
-    if "." not in path and "\\" not in path and "%" not in path:  # nothing to resolve
-        name, _, rest = path[1:].partition("/")
-        return Route(name, "/" + rest + sep + query) if name else None
-    segments = _SEPARATORS.split(path)[1:]
-    resolved = "/" + "/".join(_resolve(segments))  # raises first: the plain reading climbs
-    if _escapes_when_read_widely(path):
-        raise PathEscape("the request path leaves its target (as some servers decode it)")
-    if any(_DOT.sub(".", seg) in (".", "..") for seg in segments):
-        path = resolved
-    name, _, rest = path[1:].partition("/")
-    if not name:
-        return None
-    return Route(name, "/" + rest + (sep + query))
-
-
-def _resolve(segments: list[str]) -> list[str]:
-    out: list[str] = []
-    for i, seg in enumerate(segments):
-        dots = _DOT.sub(".", seg)
-        last = i == len(segments) - 1
-        if dots == ".":
-            if last:
-                out.append("")
-        elif dots == "..":
-            if len(out) <= 1:  # would pop the target segment itself, or go above the root
-                raise PathEscape("the request path leaves its target (a '..' segment)")
-            out.pop()
-            if last:
-                out.append("")
-        else:
-            out.append(seg)
-    return out
-
-
-# What servers decode beyond RFC 3986 once: %XX again (a path decoded twice, `%252e`), IIS's
-# `%u002e`, and overlong UTF-8 (`%c0%ae`, which lenient decoders read as "."). Tomcat and
-# Spring also read `..;jsessionid=1` as `..` (a path parameter).
-_ESCAPE = re.compile(rb"%([0-9a-fA-F]{2})|%[uU]([0-9a-fA-F]{4})")
-_OVERLONG = re.compile(
-    rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x9f][\x80-\xbf]|\xf0[\x80-\x8f][\x80-\xbf]{2}"
-)
-_WIDE_SEPARATORS = re.compile(rb"[/\\]")
-_DECODINGS = 4  # a path still changing after this many decodings is refused unread
-
-
-def _escapes_when_read_widely(path: str) -> bool:
-    """Whether the path climbs out of its target when decoded as the most lenient servers do:
-    repeatedly, with `%u` escapes and overlong UTF-8, and with `;params` cut from segments.
-    Such a path is refused rather than resolved: no reading is the upstream's for sure."""
-    raw = path.encode("ascii")
-    for _ in range(_DECODINGS):
-        decoded = _OVERLONG.sub(_shortest, _ESCAPE.sub(_unescape, raw))
-        if decoded == raw:
-            break
-        raw = decoded
-    else:
-        raise PathEscape(
-            f"the request path leaves its target or hides it: encoded over {_DECODINGS} times"
-        )
-    depth = 0
-    for seg in _WIDE_SEPARATORS.split(raw)[2:]:  # "", the target, then the rest
-        seg = seg.partition(b";")[0]
-        if seg == b"..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif seg not in (b"", b"."):
-            depth += 1
-    return False
-
-
-def _unescape(m: re.Match[bytes]) -> bytes:
-    if m[1] is not None:
-        return bytes((int(m[1], 16),))
-    return chr(int(m[2], 16)).encode("utf-8", "surrogatepass")
-
-
-def _shortest(m: re.Match[bytes]) -> bytes:
-    """An overlong UTF-8 sequence for an ASCII character → that character; others as they are."""
-    seq = m[0]
-    value = seq[0] & 0x7F >> len(seq)  # 2 bytes: 5 bits of the lead; 3: 4; 4: 3
-    for byte in seq[1:]:
-        value = value << 6 | byte & 0x3F
-    return bytes((value,)) if value < 0x80 else seq
 
 
 def strip_access_token(path: str) -> str:

@@ -215,6 +215,7 @@ class _Reader:
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._data_in_read = True  # the head's read is the head's, not the body's framing
         if (
             self._size + len(self._url) + len(self._reason) > self._max_head
         ):  # one read can bring a whole oversized head
