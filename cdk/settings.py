@@ -14,7 +14,7 @@ from typing import Any
 
 from constructs import Node
 
-from tapegate.config.targets import is_known_hosts_lines
+from tapegate.protocols.ssh.target import is_known_hosts_lines
 
 LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tapegate.config import HttpTarget, InjectHeader, PostgresTarget, SshTarget, Target
+from tapegate.config import Target
+from tapegate.protocols.http.target import HttpTarget, InjectHeader
+from tapegate.protocols.postgres.target import PostgresTarget
+from tapegate.protocols.ssh.target import SshTarget
 
 CACHE_TTL_S = 300.0
 T = TypeVar("T")

@@ -15,7 +15,7 @@ from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
 from tapegate.audit.postgres import ResultReader
-from tapegate.audit.render import RenderError, asciicast, har
+from tapegate.audit.render import RenderError, render
 from tapegate.audit.timeline import auditor_keyring, open_replay
 from tapegate.keys import LocalKeyStore
 from tapegate.protocols.postgres import messages as m
@@ -90,19 +90,19 @@ def _replay(records: list[bytes], keys: dict) -> object:
 def test_asciicast_of_a_terminal_session() -> None:
     auditor, signer = PrivateKey.generate(), SigningKey.generate()
     replay = _replay(_session("ssh", auditor, signer), auditor_keyring([auditor]))
-    header, *events = [json.loads(line) for line in asciicast(replay)]
+    header, *events = [json.loads(line) for line in render(replay, "cast")]
     assert header["version"] == 2 and (header["width"], header["height"]) == (100, 30)
     assert events == [[0.001, "i", "ls\r"], [0.002, "o", "ls\r\nREADME\r\n$ "],
                       [0.003, "r", "120x40"]]  # fmt: skip
     with pytest.raises(RenderError, match="needs the session's bytes"):
-        list(asciicast(_replay(_session("ssh", auditor, signer), {})))
+        list(render(_replay(_session("ssh", auditor, signer), {}), "cast"))
     with pytest.raises(RenderError, match="HTTP sessions"):
-        list(har(replay))
+        list(render(replay, "har"))
 
 
 def test_har_of_an_http_session() -> None:
     auditor, signer = PrivateKey.generate(), SigningKey.generate()
-    (doc,) = har(_replay(_session("http", auditor, signer), {}))
+    (doc,) = render(_replay(_session("http", auditor, signer), {}), "har")
     log = json.loads(doc)["log"]
     assert log["version"] == "1.2"
     (entry,) = log["entries"]

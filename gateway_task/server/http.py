@@ -25,9 +25,9 @@ from gateway_task.server.admission import run_admission
 from gateway_task.server.deadline import Deadline
 from gateway_task.server.driver import Handover, Pipe, unread
 from gateway_task.tls import upstream_https_context
-from tapegate.config import HttpTarget
 from tapegate.protocols.http import exchange as x
 from tapegate.protocols.http import paths, wire
+from tapegate.protocols.http.target import HttpTarget
 from tapegate.protocols.http.websocket import WebSocketRelay
 from tapegate.protocols.http.wire import END, NEED_DATA
 from tapegate.proxy.admission import Admitted, Login, Refusal, RefusalKind, Words, admit, auth_attrs

@@ -21,13 +21,13 @@ from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.server.admission import run_admission
 from gateway_task.server.driver import Handover, Pipe, unread
 from gateway_task.tls import upstream_context
-from tapegate.config import PostgresTarget
 from tapegate.protocols.postgres import messages as m
 from tapegate.protocols.postgres.handler import PgRelayHandler, unrecordable
 from tapegate.protocols.postgres.login import LoginError, UpstreamLogin
 from tapegate.protocols.postgres.options import startup_settings
 from tapegate.protocols.postgres.relay import Guard, PgRelay, RelayLimits
 from tapegate.protocols.postgres.sql import ROLE_SETTINGS, ROLE_SWITCH, SqlText
+from tapegate.protocols.postgres.target import PostgresTarget
 from tapegate.proxy.admission import (
     Admitted,
     Login,

@@ -26,8 +26,9 @@ from gateway_task.recording import Recorder
 from gateway_task.secrets import Credentials, SshCredential
 from gateway_task.server.admission import run_admission
 from gateway_task.server.ssh_channels import ForwardRelay, SessionRelay
-from tapegate.config import Address, Config, SshTarget
+from tapegate.config import Address, Config
 from tapegate.keys import load_ssh_host_seed
+from tapegate.protocols.ssh.target import SshTarget
 from tapegate.proxy.admission import Admitted, Login, Refusal, RefusalKind, Words, admit, auth_attrs
 from tapegate.tape import Event, Identity
 

@@ -22,9 +22,9 @@ from gateway_task import policy
 from gateway_task.policy import env_allowed
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.recording.gate import ForwardGate
-from tapegate.config import SshTarget
 from tapegate.protocols.ssh.scp import ScpObserver
 from tapegate.protocols.ssh.sftp import SftpObserver
+from tapegate.protocols.ssh.target import SshTarget
 from tapegate.tape import Direction, Event
 from tapegate.vocab import EndReason
 

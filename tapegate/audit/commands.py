@@ -18,7 +18,7 @@ from nacl.public import PrivateKey
 
 from tapegate.audit.bundle import BundleError, read_bundle, write_bundle
 from tapegate.audit.evidence import EvidenceError, SessionEvidence, gather, parse_session_id
-from tapegate.audit.render import JsonLines, RenderError, TextTimeline, asciicast, har
+from tapegate.audit.render import JsonLines, RenderError, TextTimeline, render
 from tapegate.audit.summary import format_summary, summarize, summary_lines
 from tapegate.audit.timeline import Replay, auditor_keyring, extend, open_replay
 from tapegate.cli.common import (
@@ -31,6 +31,7 @@ from tapegate.cli.common import (
 )
 from tapegate.keys import KeyFileError, Keyring, LocalKeyStore, load_auditor_key
 from tapegate.present import Output
+from tapegate.protocols.registry import formats
 from tapegate.tape import Verdict, split_records, verify_session
 
 
@@ -49,7 +50,7 @@ def add_commands(sub: Any) -> None:
         "output) need the auditor private key; without it, events and sizes are shown.",
     )
     replay.add_argument("session", metavar="SESSION")
-    replay.add_argument("--format", choices=["text", "json", "cast", "har"], default="text")
+    replay.add_argument("--format", choices=["text", "json", *formats()], default="text")
     replay.add_argument(
         "--speed",
         type=float,
@@ -180,8 +181,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     replay = open_replay(_contiguous(verdict), keys)
     out = Output()
     try:
-        if args.format in ("cast", "har"):
-            for line in (asciicast if args.format == "cast" else har)(replay):
+        if args.format not in ("text", "json"):
+            for line in render(replay, args.format):
                 print(line)
             return 0
     except RenderError as exc:

@@ -23,22 +23,12 @@ from tapegate.config.checks import (
     as_str,
     check_only,
 )
-from tapegate.config.targets import (
-    PROTOCOLS,
-    GuardRule,
-    HttpTarget,
-    InjectHeader,
-    PostgresTarget,
-    SshTarget,
-    Target,
-    parse_target,
-)
+from tapegate.config.targets import GuardRule, Target, parse_target
 
 __all__ = [
-    "PROTOCOLS", "Address", "ArchiveConfig", "Config", "ConfigError", "GuardRule", "HttpTarget",
-    "IdentityConfig", "InjectHeader", "KeysConfig", "LimitsConfig", "PostgresTarget",
-    "RecordingConfig", "SinkConfig", "SshTarget", "TLSConfig", "Target", "load_config",
-    "parse_config",
+    "Address", "ArchiveConfig", "Config", "ConfigError", "GuardRule", "IdentityConfig",
+    "KeysConfig", "LimitsConfig", "RecordingConfig", "SinkConfig", "TLSConfig", "Target",
+    "load_config", "parse_config",
 ]  # fmt: skip
 
 
