@@ -51,6 +51,11 @@ class ForwardGate:
             self._pause()
             self._task = asyncio.get_running_loop().create_task(self._release())
 
+    @property
+    def busy(self) -> bool:
+        """Whether writes are waiting (and reading is paused until they are done)."""
+        return self._task is not None
+
     def cancel(self) -> None:
         self._waiting.clear()
         if self._task is not None:

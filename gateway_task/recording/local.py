@@ -13,12 +13,12 @@ is no separate spool: the folder is already the disk.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
 
 from gateway_task.recording.batching import DEFAULT_MAX_MEMORY_BYTES, Batch, BatchingSink
+from gateway_task.recording.durable import write_durably
 
 RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -66,14 +66,8 @@ class LocalFolderSink(BatchingSink):
         now = time.time()
         folder = self.root / time.strftime("%Y/%m/%d/%H", time.gmtime(now))
         name = f"tapegate-{int(now * 1000)}-{uuid.uuid4().hex[:12]}.bin"
-        tmp = folder / f".{name}.tmp"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.writelines(batch.records)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, folder / name)
+            write_durably(folder / name, batch.records, self.root)
         except OSError as exc:
             return f"cannot write to the archive folder {self.root}: {exc.strerror}"
         return None

@@ -7,10 +7,10 @@ so a crash leaves whole files only; the next start finds and drains them.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 
+from gateway_task.recording.durable import write_durably
 from tapegate.tape import split_records
 
 log = logging.getLogger("tapegate.sink.spool")
@@ -44,18 +44,12 @@ class DiskSpool:
             self._seq += 1
             path = self.folder / f"{self._seq:012d}.bin"
             self._bytes += size
-        tmp = path.with_suffix(".tmp")
         try:
-            with open(tmp, "wb") as fh:
-                fh.writelines(records)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            write_durably(path, records, self.folder)
         except OSError as exc:
             log.error("cannot write the spool file %s: %s", path, exc.strerror)
             with self._lock:
                 self._bytes -= size
-            tmp.unlink(missing_ok=True)
             return False
         return True
 

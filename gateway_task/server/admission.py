@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from gateway_task.identity import TokenError
 from gateway_task.metrics import GatewayMetrics
 from gateway_task.secrets import CredentialError
+from gateway_task.server.refusals import source_key
 from tapegate.config import LimitsConfig, Target
 from tapegate.proxy.admission import (
     Admitted,
@@ -80,7 +81,9 @@ class Admission:
         self.preauth_by_source: Counter[str] = Counter()
 
     def arrive(self, source: str) -> Slot | str:
-        """A slot for a connection just accepted from `source` (an IP address), or why not."""
+        """A slot for a connection just accepted from `source` (an IP address), or why not.
+        Per source means per IPv6 /64, as for refusals: one host can pick from all of it."""
+        source = source_key(source)
         limits = self.limits
         refusal = None
         if self.open >= limits.max_connections:

@@ -198,10 +198,10 @@ class HttpConnection:
             reason = "protocol_error"
             self._malformed(exc)
             if not self.answered:
-                await self._send_error(exc.status, f"malformed HTTP request: {exc}", record=False)
+                await self._send_error(exc.status, f"malformed HTTP request: {exc}", record=True)
         except TimeoutError:
             if not self.answered and self.requests.mid_message:
-                await self._send_error(408, "the request head did not arrive in time", record=False)
+                await self._send_error(408, "the request head did not arrive in time", record=True)
         except (_Closed, ConnectionError, ssl.SSLError):
             pass
         except RecordingUnavailable as exc:
@@ -220,7 +220,9 @@ class HttpConnection:
                     EndReason.RECORDING_FAILED: (503, _UNRECORDABLE),
                     EndReason.TOKEN_EXPIRED: (401, "your OIDC token has expired: send a fresh one"),
                 }.get(ended, (503, "tapegate is shutting down: retry on another gateway"))  # type: ignore[call-overload]
-                await self._send_error(status, message, record=False)
+                # What the client reads is recorded, unless the recording is what failed.
+                recorded = ended != EndReason.RECORDING_FAILED
+                await self._send_error(status, message, record=recorded)
         finally:
             self.deadline.close()
             self._close_upstream()
@@ -501,7 +503,7 @@ class HttpConnection:
         assert up.responses is not None
         client, upstream = Handover.of(self.reader, self.writer), Handover.of(up.reader, up.writer)
         pipe = Pipe(
-            WebSocketRelay(self.gw.config.recording.body_cap, time.time_ns),
+            WebSocketRelay(self.gw.config.recording.body_cap, time.time_ns, masker),
             recorder,
             replace(client, data=self.requests.trailing + client.data),
             replace(upstream, data=up.responses.trailing + upstream.data),

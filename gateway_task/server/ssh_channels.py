@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tapegate.gateway")
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
+CHANNEL_OPEN_TIMEOUT_S = 30.0  # for the target to open the session channel
 _END_MESSAGES = {
     EndReason.RECORDING_FAILED:
         "cannot record this session, so it is closed: nothing runs unrecorded",
@@ -83,8 +84,12 @@ class _Relay:
         self.to_client.cancel()
         message = _END_MESSAGES.get(reason)
         if message and self.chan is not None and hasattr(self.chan, "write_stderr"):
+            farewell = f"tapegate: {message}\r\n".encode()
+            if reason != EndReason.RECORDING_FAILED:  # what the client reads is recorded
+                with contextlib.suppress(RecordingUnavailable):
+                    self.recorder.frame(S2C, farewell, time.time_ns())
             with contextlib.suppress(Exception):
-                self.chan.write_stderr(f"tapegate: {message}\r\n".encode())
+                self.chan.write_stderr(farewell)
                 self.chan.exit(255)
         self.abort()
 
@@ -181,6 +186,12 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         self._early: list[bytes] = []
         self._early_eof = False
         self._early_resize: tuple[int, int, int, int] | None = None
+        # The environment as it stood at the shell/exec/subsystem request, the only one passed
+        # on: asyncssh takes `env` requests after it too (recorded as blocked, never passed on;
+        # the upstream channel opens later, after the sink's ack in acked).
+        self._started = False
+        self._passed_env: dict[str, str] = {}  # allowed and passed on
+        self._seen_env: dict[str, str] = {}  # every env request by then, recorded at the start
 
     # -- the client's requests ----------------------------------------------------------------
 
@@ -189,6 +200,10 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
 
     def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
                       term_modes: dict[int, int]) -> bool:  # fmt: skip
+        if self._started:  # RFC 4254 §6.2: before the shell or command; refused, recorded
+            self._events([Event(time.time_ns(), "blocked", C2S, {
+                "term": term_type, "rule": "pty after the session started"})])  # fmt: skip
+            return False
         self.term = (term_type, term_size, term_modes)
         cols, rows = term_size[0], term_size[1]
         self._events([Event(time.time_ns(), "pty", None,
@@ -197,7 +212,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
 
     def shell_requested(self) -> bool:
         self.request = ("shell", None)
-        self._env_events()
+        self._start()
         self._events([Event(time.time_ns(), "shell", C2S, self._env())])
         return True
 
@@ -211,7 +226,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
             return False  # the client sees the exec request fail
         self.request = ("exec", text)
         self.files = ScpObserver.for_command(text, time.time_ns)  # legacy scp (`scp -O`)
-        self._env_events()
+        self._start()
         self._events([Event(now, "exec", C2S, {"command": text[: self.cap], **self._env()})])
         return True
 
@@ -220,23 +235,44 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         self.request = ("subsystem", name)
         if name == "sftp":
             self.files = SftpObserver(time.time_ns)
-        self._env_events()
+        self._start()
         self._events([Event(time.time_ns(), "subsystem", C2S, {"name": name, **self._env()})])
         return True
 
     def _requested_env(self) -> dict[str, str]:
-        env = self.chan.get_environment() if self.chan is not None else {}
-        return {str(k): str(v) for k, v in (env or {}).items()}
+        # The bytes view: asyncssh's str view is a copy made on first use, blind to later ones.
+        env = self.chan.get_environment_bytes() if self.chan is not None else {}
+        return {bytes(k).decode("utf-8", "replace"): bytes(v).decode("utf-8", "replace")
+                for k, v in (env or {}).items()}  # fmt: skip
 
     def _allowed_env(self) -> dict[str, str]:
         """What is passed to the target: the variables `allow_env` names (globs)."""
         return {k: v for k, v in self._requested_env().items()
                 if env_allowed(k, self.target.allow_env)}  # fmt: skip
 
+    def _start(self) -> None:
+        """The shell, command or subsystem is asked for: what goes to the target is fixed now."""
+        self._started = True
+        self._seen_env = self._requested_env()
+        self._passed_env = self._allowed_env()
+        self._env_events()
+
+    def _late_env_events(self) -> None:
+        """`env` requests that came after the start: never passed on, recorded as blocked."""
+        now, events = time.time_ns(), []
+        for name, value in self._requested_env().items():
+            if self._seen_env.get(name) == value:
+                continue
+            self._seen_env[name] = value
+            events.append(Event(now, "blocked", C2S, {
+                "name": name[:256], "value": value[: self.cap],
+                "rule": "env after the session started"}))  # fmt: skip
+        self._events(events)
+
     def _env(self) -> dict[str, Any]:
         """The environment passed on, for the request's event (sshd accepts LC_* by default,
         and a command can eval it)."""
-        env = self._allowed_env()
+        env = self._passed_env
         if not env:
             return {}
         return {"env": {k[:256]: v[: self.cap] for k, v in env.items()}}
@@ -259,6 +295,9 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         asyncio.get_running_loop().create_task(self._open_upstream())
 
     async def _open_upstream(self) -> None:
+        # Paused again here: asyncssh resumes reading after session_started, and what the
+        # client sends until the upstream channel is open would pile up in _early.
+        self.chan.pause_reading()
         try:
             # acked: the request (an exec's command line) is held by the sink before the
             # target sees it, like any byte.
@@ -267,7 +306,8 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
             self._unrecordable(exc)
             return
         kind, value = self.request
-        kwargs: dict[str, Any] = {"encoding": None, "env": self._allowed_env()}
+        self._late_env_events()
+        kwargs: dict[str, Any] = {"encoding": None, "env": self._passed_env}
         if self.term is not None:
             term_type, size, modes = self.term
             kwargs |= {"request_pty": "force", "term_type": term_type, "term_size": size,
@@ -277,14 +317,21 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         elif kind == "subsystem":
             kwargs["subsystem"] = value
         try:
-            up_chan, _ = await self.upstream.create_session(lambda: _UpstreamSide(self), **kwargs)
+            up_chan, _ = await asyncio.wait_for(
+                self.upstream.create_session(lambda: _UpstreamSide(self), **kwargs),
+                CHANNEL_OPEN_TIMEOUT_S,
+            )
         except (asyncssh.ChannelOpenError, asyncssh.Error, OSError, RuntimeError) as exc:
             if self._closed:
                 return  # the client left while the channel was opening
             reason = getattr(exc, "reason", None) or str(exc)
+            if isinstance(exc, TimeoutError):
+                reason = f"no answer in {CHANNEL_OPEN_TIMEOUT_S:g} s"
             self._events([Event(time.time_ns(), "upstream_error", None, {"reason": reason})])
-            self.chan.write_stderr(f"tapegate: target {self.target.name!r} refused the "
-                                   f"channel: {reason}\r\n".encode())  # fmt: skip
+            said = f"tapegate: target {self.target.name!r} refused the channel: {reason}\r\n"
+            if not self._record(S2C, said.encode()):
+                return  # ended, failing closed, with its own message
+            self.chan.write_stderr(said.encode())
             self.chan.exit(255)
             self.end_reason = "upstream_unavailable"
             return
@@ -297,7 +344,8 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         if self._early_resize is not None:
             size, self._early_resize = self._early_resize, None
             self.to_target.send(lambda: up_chan.change_terminal_size(*size))
-        self.chan.resume_reading()
+        if not self.to_target.busy:  # else the gate resumes once the early bytes went on
+            self.chan.resume_reading()
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
         if not self._record(C2S, data):
@@ -346,6 +394,12 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.finish("blocked" if self.blocked else "client_closed", self._final_events())
+
+    def finish(self, reason: str, final: list[Event] | None = None) -> None:
+        if not self._closed:
+            with contextlib.suppress(RecordingUnavailable):
+                self._late_env_events()
+        super().finish(reason, final)
 
     # -- the target's side --------------------------------------------------------------------
 

@@ -323,6 +323,9 @@ def test_shutdown_seals_a_final_chunk_and_tells_the_client(contract: ContractGat
     ends = _ends(gw)
     assert "gateway_shutdown" in [reason for reason, _ in ends.values()], ends
     assert all(v.intact for v in gw.verdicts().values()), "every session has its final chunk"
+    if isinstance(peer, PostgresPeer) or held is not None:  # what the client was told is taped
+        told = [f.data for sid in gw.events() for f in gw.frames(sid) if f.direction.short == "s2c"]
+        assert any(b"shutting down" in data for data in told)
 
 
 def test_a_failing_archive_stops_forwarding_with_the_protocols_error(

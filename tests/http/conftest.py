@@ -30,6 +30,9 @@ def _echo(ws: ServerConnection) -> None:
         if message == "close-me":
             ws.close(4000, "asked to")
             return
+        if message == "show-credential":  # a debugging upstream, echoing what it was sent
+            ws.send(f"you sent {ws.request.headers['Authorization']}")  # type: ignore[union-attr]
+            continue
         ws.send(message)
 
 

@@ -147,3 +147,17 @@ def test_a_trailer_flood_is_cut_off_and_recorded(hgw: RunningGateway, client: ht
     errors = [e["attrs"]["message"] for e in _events(hgw) if e["type"] == "protocol_error"]
     assert any("chunk lines or trailers exceed 65536 bytes" in m for m in errors), errors
     assert client.get("/api/v1/items").status_code == 200  # others are unaffected
+
+
+def test_an_error_inside_a_session_is_recorded_as_the_client_read_it(hgw: RunningGateway) -> None:
+    # Found by review: the gateway's own answers (400, 408, 503/401 at an end) were written
+    # to the client but not to the session's frames.
+    auth = f"Authorization: Bearer {hgw.token()}\r\n"
+    raw = (f"GET /api/v1/items HTTP/1.1\r\nHost: gw\r\n{auth}\r\n"
+           f"GET /api/v1/items HTTP/1.1\nHost: gw\n\n").encode()  # fmt: skip
+    reply = raw_exchange(hgw, raw)
+    assert reply.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 400 " in reply, reply[:300]
+    hgw.wait_closed()
+    ((sid, _),) = hgw.events().items()
+    told = b"".join(f.data for f in hgw.frames(sid) if f.direction.short == "s2c")
+    assert b"HTTP/1.1 400 " in told and b"malformed HTTP request" in told

@@ -145,6 +145,23 @@ def test_websocket_messages_are_relayed_and_recorded(hgw: RunningGateway) -> Non
     assert not any(e["type"] == "ws_protocol_error" for e in events)
 
 
+def test_a_credential_echoed_over_websocket_is_masked(hgw: RunningGateway) -> None:
+    # Found by review: after the 101 an echoed key went to the agent, the frames and the
+    # ws_message event (which is not encrypted) as it was.
+    url = hgw.base.replace("http://", "ws://") + "/ws/chat"  # type: ignore[attr-defined]
+    with connect(url, additional_headers={"Authorization": f"Bearer {hgw.token()}"}) as ws:
+        ws.send("show-credential")
+        shown = ws.recv(timeout=10)
+        ws.send("hello")
+        assert ws.recv(timeout=10) == "hello"  # frames stay framed after the masking
+    assert shown == "you sent Bearer " + "*" * len(API_KEY)
+    sid, events = _the_session(_events(hgw))
+    echoed = [e["attrs"]["data"] for e in events if e["type"] == "ws_message" and e["dir"] == "s2c"]
+    assert echoed[0] == shown, "the echo was recorded, masked"
+    assert API_KEY not in json.dumps(events)
+    assert not any(API_KEY.encode() in f.data for f in hgw.frames(sid))
+
+
 def test_har_replay_of_a_session(hgw: RunningGateway, capsys: pytest.CaptureFixture[str]) -> None:
     from tapegate.cli import main
 

@@ -272,6 +272,56 @@ class StandIn:
         self.sock.close()
 
 
+class ImpostorOk(StandIn):
+    """Says the login succeeded without proving anything: at once (as a `trust` server would),
+    or after the client's first SCRAM message. Keeps every byte received."""
+
+    def __init__(self, sasl: bool) -> None:
+        self.sasl = sasl
+        super().__init__(b"N")
+
+    def _one(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        with contextlib.suppress(OSError), conn:
+            head = conn.recv(8)
+            if head[4:8] == m._I32.pack(m.SSL_REQUEST):
+                conn.sendall(b"N")
+                head = b""
+            self.received += head + conn.recv(65536)  # the startup packet
+            if self.sasl:
+                conn.sendall(m.auth_request(m.AUTH_SASL, b"SCRAM-SHA-256\0\0"))
+                self.received += conn.recv(65536)  # the client-first message
+            conn.sendall(m.auth_request(m.AUTH_OK) + b"Z\x00\x00\x00\x05I")
+            while data := conn.recv(65536):
+                self.received += data
+
+
+@pytest.mark.parametrize(
+    ("sasl", "says"),
+    [(False, "without a password"), (True, "before completing SCRAM")],
+)
+def test_an_impostor_that_just_says_ok_gets_no_session(
+    pg: PgServer, tmp_path: Path, sasl: bool, says: str
+) -> None:
+    # Found by review: AuthenticationOk was taken in any state, so anyone answering at the
+    # upstream's address (under upstream_tls: require, with its own certificate) took over.
+    impostor = ImpostorOk(sasl)
+    target = {"name": "spoofed", "upstream": f"127.0.0.1:{impostor.port}",
+              "upstream_tls": "disable"}  # fmt: skip
+    gw = RunningGateway(gateway_config(tmp_path / "data", pg, targets=_targets(pg, more=[target])))
+    try:
+        with (
+            pytest.raises(psycopg.OperationalError, match=says),
+            psycopg.connect(gw.dsn(gw.token(), target="spoofed")) as conn,
+        ):
+            conn.execute("SELECT 'reached the impostor'")
+    finally:
+        gw.stop()
+        impostor.close()
+    assert impostor.received, "the gateway did talk to the impostor"
+    assert b"reached the impostor" not in impostor.received
+
+
 @pytest.mark.parametrize(
     ("settings", "auth_code", "says"),
     [

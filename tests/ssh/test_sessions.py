@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 import pytest
+from asyncssh.packet import String, UInt32
 
 from gateway_task.devtools.throwaway_sshd import SshServer
 from tapegate.archive.embedded import LocalArchive
@@ -69,6 +72,42 @@ def test_env_requests_are_recorded_and_allow_env_decides_what_passes(sgw: Runnin
     assert _of(events, "env") == [{"name": "LC_TAPE", "value": "hello"}]
     assert _of(events, "blocked") == [{"name": "EVIL_CMD", "value": "rm", "rule": "allow_env"}]
     assert _of(events, "exec")[0]["env"] == {"LC_TAPE": "hello"}
+
+
+def test_env_sent_after_the_command_never_reaches_the_target(
+    sgw: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: asyncssh takes `env` (and `pty-req`) requests after an exec too. They
+    did not reach the target (asyncssh's str view of the environment is a copy made when the
+    gateway first looked), but nothing recorded them either. What is passed on is now fixed at
+    the exec request, a later env is recorded as blocked, a later pty-req refused and recorded."""
+    make_request = asyncssh.SSHClientChannel._make_request
+
+    async def exec_then_env(self: Any, request: bytes, *args: bytes) -> Any:
+        if request != b"exec":
+            return await make_request(self, request, *args)
+        waiter = self._loop.create_future()
+        self._request_waiters.append(waiter)
+        self._send_request(request, *args, want_reply=True)
+        self._send_request(b"env", String("LC_LATE"), String("late"))  # no waiting for a reply
+        self._send_request(b"pty-req", String("xterm"), UInt32(80), UInt32(24), UInt32(0),
+                           UInt32(0), String(b"\0"))  # fmt: skip
+        return await waiter
+
+    monkeypatch.setattr(asyncssh.SSHClientChannel, "_make_request", exec_then_env)
+
+    async def run() -> str:
+        async with await _asyncssh(sgw, "web1", sgw.token()) as conn:
+            done = await conn.run('echo "[$LC_EARLY][$LC_LATE][$(tty)]"', env={"LC_EARLY": "early"})
+            return str(done.stdout)
+
+    out = asyncio.run(run())
+    assert out == "[early][][not a tty]\n", out  # ground truth: the command's own view
+    ((_, events),) = _sessions(sgw)
+    assert _of(events, "exec")[0]["env"] == {"LC_EARLY": "early"}
+    late = [b for b in _of(events, "blocked") if b.get("rule") == "env after the session started"]
+    assert late == [{"name": "LC_LATE", "value": "late", "rule": "env after the session started"}]
+    assert any(b.get("rule") == "pty after the session started" for b in _of(events, "blocked"))
 
 
 def test_denied_command_fails_the_exec_and_is_recorded(sgw: RunningGateway) -> None:
@@ -266,3 +305,46 @@ def test_an_expired_token_ends_the_command_and_the_connection_with_the_reason(
     ends = [decode_record(r).meta["end"]["reason"] for r in gw.delivered_records()
             if decode_record(r).final]  # fmt: skip
     assert "token_expired" in ends, ends
+
+
+def test_bytes_before_the_target_opens_the_channel_stay_within_a_window(
+    sgw: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: asyncssh resumed reading right after the session started, so while the
+    target was slow to open its channel the client's bytes piled up in the gateway unbounded."""
+    create_session = asyncssh.SSHClientConnection.create_session
+    opened = threading.Event()  # set by the test: the target's channel may open now
+
+    async def slow_open(self: Any, *args: Any, **kwargs: Any) -> Any:
+        to_gateway = self.get_extra_info("peername")[1] == sgw.address("ssh")[1]
+        while not to_gateway and not opened.is_set():  # the gateway's connection to the target
+            await asyncio.sleep(0.05)
+        return await create_session(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncssh.SSHClientConnection, "create_session", slow_open)
+    data = os.urandom(8 << 20)
+    held: list[int] = []
+
+    def early_bytes() -> int:
+        relays = [s for s in sgw.gateway.sessions if hasattr(s, "_early")]
+        return sum(len(b) for s in relays for b in s._early)
+
+    async def run() -> bytes:
+        async with await _asyncssh(sgw, "web1", sgw.token()) as conn:
+            proc = await conn.create_process("sha256sum", encoding=None)
+            proc.stdin.write(data)
+            sending = asyncio.ensure_future(proc.stdin.drain())
+            steady = 0
+            while steady < 10:  # until the gateway has taken all the client could send
+                before = early_bytes()
+                await asyncio.sleep(0.05)
+                steady = steady + 1 if early_bytes() == before else 0
+            held.append(early_bytes())
+            opened.set()
+            await sending
+            proc.stdin.write_eof()
+            return bytes((await proc.wait()).stdout)
+
+    out = asyncio.run(run())
+    assert out.split()[0].decode() == hashlib.sha256(data).hexdigest()  # all of it arrived
+    assert held[0] <= (2 << 20) + 65_536, held  # one channel window (asyncssh's 2 MiB) at most

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
+from tapegate.protocols.http.exchange import Masker
 from tapegate.proxy.relay import CloseWrite, Command, End, Record, Side, ToClient, ToServer
 from tapegate.tape import Direction, Event
 from tapegate.vocab import EndReason
@@ -92,9 +93,15 @@ class WebSocketObserver:
 
 class WebSocketRelay:
     """The relay phase after a 101: bytes pass as they arrive, each direction watched for
-    events. Either side's EOF half-closes the other; the session ends when both are closed."""
+    events. Either side's EOF half-closes the other; the session ends when both are closed.
 
-    def __init__(self, cap: int, clock: Callable[[], int]) -> None:
+    An upstream that echoes the injected credential shows it to no one: each read from it is
+    masked (same length, so frames stay as framed) before the client, the frames and the events
+    see it. Unlike an HTTP body, nothing is held back for an occurrence cut by two reads: a
+    message must never wait for the next one."""
+
+    def __init__(self, cap: int, clock: Callable[[], int], masker: Masker | None = None) -> None:
+        self._masker = masker
         self._watch = {
             Side.CLIENT: WebSocketObserver(Direction.CLIENT_TO_SERVER, cap, clock),
             Side.SERVER: WebSocketObserver(Direction.SERVER_TO_CLIENT, cap, clock),
@@ -109,6 +116,8 @@ class WebSocketRelay:
         return [Record(events), ToServer(data)] if events else [ToServer(data)]
 
     def server_data(self, data: bytes, ts: int) -> list[Command]:
+        if self._masker is not None:
+            data = self._masker.feed(data) + self._masker.flush()
         events = self._watch[Side.SERVER].feed(data)
         return [ToClient(data), Record(events)] if events else [ToClient(data)]
 

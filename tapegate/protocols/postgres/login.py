@@ -51,6 +51,7 @@ class UpstreamLogin:
     def __post_init__(self) -> None:
         self._reader = m.MessageReader(max_bytes=1 << 20)
         self._scram: ScramClient | None = None
+        self._proven = False  # the server proved it knows the password (SCRAM's server-final)
 
     def startup(self) -> bytes:
         params = {
@@ -96,6 +97,19 @@ class UpstreamLogin:
 
     def _on_auth(self, code: int, rest: bytes) -> bytes:
         if code == m.AUTH_OK:
+            # Like libpq's "server did not complete authentication": an AuthenticationOk
+            # before SCRAM's server-final proves nothing, and anyone answering at the upstream's
+            # address (with its own certificate) could send it and take every statement.
+            if self._scram is not None and not self._proven:
+                raise LoginError("the upstream said the login succeeded before completing SCRAM")
+            if self.method is None:
+                if not self.allow_insecure_auth:
+                    raise LoginError(
+                        "the upstream accepted the login without a password (trust): it proved "
+                        "nothing, so an impostor at its address could do the same (use "
+                        "scram-sha-256, or set allow_insecure_auth: true on the target)"
+                    )
+                self.method = "trust"
             return b""
         if code in (m.AUTH_CLEARTEXT, m.AUTH_MD5) and not self.allow_insecure_auth:
             what = "a cleartext password" if code == m.AUTH_CLEARTEXT else "an md5 password hash"
@@ -121,7 +135,10 @@ class UpstreamLogin:
             if self.server_cert is not None:
                 # Also without -PLUS on offer: the client then says it could bind, so a server
                 # that can (and sees its offer stripped by someone) refuses.
-                cert_hash = bytes(CBindData.from_der(self.server_cert))
+                try:
+                    cert_hash = bytes(CBindData.from_der(self.server_cert))
+                except ScramException as exc:  # e.g. an Ed25519 certificate: no hash defined
+                    raise LoginError(f"cannot bind to the upstream's certificate: {exc}") from None
                 binding = ("tls-server-end-point", cert_hash)
             elif usable == ["SCRAM-SHA-256-PLUS"]:
                 raise LoginError("upstream offers only SCRAM-SHA-256-PLUS, which needs TLS")
@@ -143,5 +160,6 @@ class UpstreamLogin:
                 self._scram.set_server_final(rest.decode())
             except ScramException as exc:
                 raise LoginError(f"upstream failed SCRAM server verification: {exc}") from None
+            self._proven = True
             return b""
         raise LoginError(f"upstream asks for an unsupported authentication method ({code})")
