@@ -66,6 +66,8 @@ class Echo:
         self.inside += 1
         self.overlapped |= self.inside > 1
 
+    records_arrivals = True  # the tape is the client's wire
+
     def heavy(self, data: bytes) -> bool:
         return b"HEAVY" in data
 

@@ -11,6 +11,16 @@ the client is a client→server frame before the handler sees it; every byte sen
 (`ToClient`, whether the target's or the gateway's own) is a server→client frame before it is
 written. `ToServer` bytes were recorded as they arrived and are held back, in `durability:
 acked`, until the sink holds the chunk they are in. Handlers add meaning with `Record`.
+
+A handler whose tape is not the client's wire byte for byte (HTTP: the client's head carries its
+token, the tape keeps the head as forwarded, credential redacted) says `records_arrivals = False`
+and gives each `ToServer` what to record as `shown`.
+
+Handlers that run a whole connection rather than one relay phase (HTTP: request by request,
+admitted one by one, upstream connections opened and dropped) are `ExchangeHandler`s: they also
+`Ask` their owner (admit this request, open the upstream, open or close a tape session; the
+answer comes back through `answer`), arm a `Timer` (their `wake` is called when it fires), and
+`Pause`/`Resume` reading a side.
 """
 
 from __future__ import annotations
@@ -30,16 +40,22 @@ class Side(Enum):
 
 @dataclass(frozen=True, slots=True)
 class ToServer:
-    """Bytes for the target: forwarded once recorded (acked: once the sink holds them)."""
+    """Bytes for the target: forwarded once recorded (acked: once the sink holds them).
+    `shown`: what the tape keeps of them (recorded here even when arrivals are recorded: bytes
+    that arrived before the handler recorded arrivals); None: the bytes themselves, recorded
+    here only when arrivals are not."""
 
     data: bytes
+    shown: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ToClient:
-    """Bytes for the client: recorded, then written."""
+    """Bytes for the client: recorded (unless there is no session to record them in, a
+    refusal's answer say: `record=False`), then written."""
 
     data: bytes
+    record: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +79,58 @@ class End:
     reason: EndReason
 
 
-Command = ToServer | ToClient | Record | CloseWrite | End
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """A question for the handler's owner (admit, connect, open a session): the driver asks
+    it, holding the lane that asked, and gives the handler the answer (`answer`)."""
+
+    question: object
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """Call `wake` once the driver's clock passes `at` (None: no timer). One per handler: a
+    new one replaces the last."""
+
+    at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Call `wake` on the client's lane once this lane's commands are done (a pipelined
+    request can go on after its predecessor's answer has ended on the target's lane)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Stop reading `side` until `Resume`: the handler has no use for more of it now."""
+
+    side: Side
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    side: Side
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """Close the target's connection but not the session (HTTP: the next request opens a new
+    one); what it still sends is not read."""
+
+
+Command = (
+    ToServer | ToClient | Record | CloseWrite | End | Ask | Timer | Wake | Pause | Resume
+    | Disconnect
+)  # fmt: skip
 
 
 class RelayHandler(Protocol):
     """One protocol's relay phase. No method may block or raise: a broken peer is a command."""
+
+    # Whether every byte from the client is a client→server frame as it arrives (else the
+    # handler says what to record with `ToServer.shown`).
+    records_arrivals: bool
 
     def client_data(self, data: bytes, ts: int) -> list[Command]: ...
 
@@ -87,4 +150,17 @@ class RelayHandler(Protocol):
         """What to tell the client when the gateway ends the session for `reason` (`why` is
         the detail: the sink's failure, say), or None when nothing can be said now (in the
         middle of a message the protocol has no way to say it)."""
+        ...
+
+
+class ExchangeHandler(RelayHandler, Protocol):
+    """A handler for a whole connection (see the module's docstring). Its target side may be
+    absent: `closed(Side.SERVER)` then means the target's connection ended, not the session."""
+
+    def answer(self, question: object, answer: object) -> list[Command]:
+        """The owner's answer to an `Ask`."""
+        ...
+
+    def wake(self) -> list[Command]:
+        """Its `Timer` fired, or a `Wake` came due: the handler checks its own deadlines."""
         ...

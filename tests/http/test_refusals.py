@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway_task.server import http as http_server
+from tapegate.protocols.http import relay as http_relay
 from tapegate.tape import decode_record
 from tests.bad_tokens import bad_tokens
 from tests.gateway_harness import RunningGateway
@@ -103,7 +103,7 @@ def test_malformed_and_oversized_requests_get_4xx_and_close(hgw: RunningGateway)
 def test_upstream_down_hanging_dropping_and_truncating(
     hgw: RunningGateway, upstream: HttpUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http_server, "RESPONSE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(http_relay, "RESPONSE_TIMEOUT_S", 1.0)
     token = hgw.token()
     down = _get(hgw, "/down/x", token)
     assert down.status_code == 502 and "unreachable" in down.json()["message"]

@@ -100,6 +100,8 @@ class WebSocketRelay:
     see it. Unlike an HTTP body, nothing is held back for an occurrence cut by two reads: a
     message must never wait for the next one."""
 
+    records_arrivals = True  # the tape is the client's wire
+
     def __init__(self, cap: int, clock: Callable[[], int], masker: Masker | None = None) -> None:
         self._masker = masker
         self._watch = {

@@ -15,6 +15,8 @@ OFF_LOOP_BYTES = 1 << 20  # a client message this large is named for the guardra
 
 
 class PgRelayHandler:
+    records_arrivals = True  # the tape is the client's wire
+
     def __init__(self, relay: PgRelay, target: str, idle_timeout_s: float) -> None:
         self.relay = relay
         self.target = target
