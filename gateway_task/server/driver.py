@@ -28,7 +28,6 @@ session ending (`Disconnect`, or the handler's `closed(Side.SERVER)`).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections import deque
@@ -440,7 +439,7 @@ class Pipe:
         if self._asker is None:
             raise RuntimeError(f"{question!r} asked of a pipe that has no one to answer it")
         answer = self._asker(question)
-        if inspect.isawaitable(answer):
+        if hasattr(answer, "__await__"):
             self._wait(lane, self._answered(question, answer, rest))
             return True
         self._run(lane, cast(ExchangeHandler, self.handler).answer(question, answer) + rest)

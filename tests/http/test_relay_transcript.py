@@ -36,6 +36,10 @@ from tapegate.vocab import EndReason
 
 SECRET = "Bearer up-secret-0123456789"
 GET = b"GET /api/v1/items HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer agent-token\r\n\r\n"
+UPGRADE = (
+    b"GET /api/ws HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
@@ -143,8 +147,9 @@ def test_a_first_request_is_admitted_recorded_forwarded_and_answered() -> None:
     assert timer.at == d.clock.now + r.RESPONSE_TIMEOUT_S
     out = d.server(OK)
     assert _to_client(out).endswith(b"\r\n\r\nok") and _events(out) == ["response"]
-    assert Wake() in out and d.relay.idle  # the client's lane reads the next request
-    assert out[-1] == Timer(d.clock.now + r.IDLE_TIMEOUT_S)  # and waits for it this long
+    assert d.relay.idle and not any(isinstance(c, Timer) for c in out)  # one is armed earlier
+    ended = d.clock.now
+    assert d.wake_at(timer.at) == [Timer(ended + r.IDLE_TIMEOUT_S)]  # it rang: the next one
 
 
 def test_a_kept_alive_request_asks_nothing_new_and_pipelined_ones_wait_their_turn() -> None:
@@ -158,7 +163,8 @@ def test_a_kept_alive_request_asks_nothing_new_and_pipelined_ones_wait_their_tur
     out = d.client(b"GET /api/third HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert _kinds(out) == ["Pause"] and out[0] == Pause(Side.CLIENT)
     out = d.server(OK)  # the answer ends: the next request goes on, on the client's lane
-    assert Resume(Side.CLIENT) in out and _sent(out).count(b"GET /base/v1/items") == 1
+    assert Resume(Side.CLIENT) in out and Wake() in out
+    assert _sent(out).count(b"GET /base/v1/items") == 1
     out = d.server(OK)
     assert b"GET /base/third" in _sent(out)
 
@@ -277,3 +283,16 @@ def test_the_upgrade_hands_the_connection_to_the_websocket_relay() -> None:
     assert _kinds(d.client(b"\x88\x80abcd")) == ["Record", "ToServer"]
     assert isinstance(d.closed(Side.SERVER)[-1], Timer)  # the client gets a grace to close
     assert d.wake_at(d.clock.now + r.CLOSE_GRACE_S) == [End(EndReason.UPSTREAM_CLOSED)]
+
+
+def test_a_websocket_whose_target_closes_after_a_fired_timer_still_gets_its_grace() -> None:
+    d = Driver()  # the response timer armed for the upgrade request fires after the switch
+    d.client(UPGRADE)
+    armed = [c.at for c in d.commands if isinstance(c, Timer)]
+    d.server(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+             b"Connection: Upgrade\r\n\r\n")  # fmt: skip
+    assert armed and d.wake_at(max(armed)) == []  # nothing is due in a live WebSocket
+    out = d.closed(Side.SERVER)
+    grace = [c.at for c in out if isinstance(c, Timer)]
+    assert grace == [d.clock.now + r.CLOSE_GRACE_S]
+    assert d.wake_at(grace[0]) == [End(EndReason.UPSTREAM_CLOSED)]

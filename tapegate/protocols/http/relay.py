@@ -83,7 +83,7 @@ class Injection:
     host: bytes  # the upstream's Host header
 
 
-@dataclass
+@dataclass(slots=True)
 class _Exchange:
     """The request in hand and what is known of its answer."""
 
@@ -134,6 +134,7 @@ class HttpRelay:
         self._x: _Exchange | None = None
         self._ws: WebSocketRelay | None = None
         self._deadline: float | None = None
+        self._armed: float | None = None  # the earliest Timer the driver was given
         self._idle_since = clock()
         self._head_deadline: float | None = None
         self._injected: tuple[tuple[str, str], Injection] | None = None
@@ -143,9 +144,8 @@ class HttpRelay:
 
     # -- what the driver asks of every handler -----------------------------------------------------
 
-    @property
-    def records_arrivals(self) -> bool:
-        return self._ws is not None  # a WebSocket's tape is its wire; HTTP's is what was sent
+    # A WebSocket's tape is its wire (set at the switch); HTTP's is what was sent.
+    records_arrivals = False
 
     @property
     def idle(self) -> bool:
@@ -192,8 +192,7 @@ class HttpRelay:
         if self._ws is not None:
             out = self._ws.closed(side)
             if side is Side.SERVER and not any(isinstance(c, End) for c in out):
-                self._deadline = self._clock() + CLOSE_GRACE_S
-                out.append(Timer(self._deadline))
+                self._set_deadline(self._clock() + CLOSE_GRACE_S, out)
             return out
         out = []
         if side is Side.CLIENT:
@@ -241,9 +240,12 @@ class HttpRelay:
     def wake(self) -> list[Command]:
         out: list[Command] = []
         now = self._clock()
+        if self._armed is not None and now >= self._armed:  # the driver's timer has fired
+            self._armed = None
         if self._ws is not None:
             if self._deadline is not None and now >= self._deadline:
                 return [End(EndReason.UPSTREAM_CLOSED)]
+            self._set_deadline(self._deadline, out)
             return out
         due = self._deadline is not None and now >= self._deadline
         if due and self.state is State.HEAD:
@@ -266,6 +268,7 @@ class HttpRelay:
         if self.state in (State.HEAD, State.BODY):
             self._feed(b"")
             self._advance(out)
+        self._set_deadline(self._deadline, out)  # arm again if the fired timer was the one
         return out
 
     # -- reading requests --------------------------------------------------------------------------
@@ -572,7 +575,10 @@ class HttpRelay:
         if self._paused:
             self._paused = False
             out.append(Resume(Side.CLIENT))
-        out.append(Wake())
+        if self._unfed or self._client_eof or self.requests.pending or self.requests.mid_message:
+            out.append(Wake())
+        else:  # nothing of the next request yet: wait for it (a Wake costs a loop turn)
+            self._set_deadline(self._idle_since + IDLE_TIMEOUT_S, out)
 
     def _websocket(self, switch: wire.Response, out: list[Command]) -> None:
         """101: the connection is a WebSocket from here on; the bytes either reader had read
@@ -592,6 +598,7 @@ class HttpRelay:
             "body_length": 0, "content_type": ""})]))  # fmt: skip
         self.state = State.WEBSOCKET
         self._ws = WebSocketRelay(self.body_cap, self._now_ns, ex.masker)
+        self.records_arrivals = True
         early = self.requests.trailing + bytes(self._unfed)
         self._unfed.clear()
         if early:  # read before the switch, so not yet recorded: recorded as forwarded
@@ -700,8 +707,12 @@ class HttpRelay:
         out.append(Disconnect())
 
     def _set_deadline(self, at: float | None, out: list[Command]) -> None:
-        if at != self._deadline:
-            self._deadline = at
+        """The deadline of what is awaited now. The driver is told only of one earlier than the
+        timer it has (a kept-alive request moves it four times: that would cost a timer each);
+        when that one fires, `wake` checks the deadline of the moment and arms again."""
+        self._deadline = at
+        if at is not None and (self._armed is None or at < self._armed):
+            self._armed = at
             out.append(Timer(at))
 
     def _injection(self, target: HttpTarget, credential: str) -> Injection:
