@@ -75,8 +75,10 @@ class HttpConnection:
         writer: asyncio.StreamWriter,
         tls: bool,
         slot: Slot,
+        protocol: str = "http",  # or "mcp": the same relay, reading MCP targets' exchanges
     ) -> None:
         self.gw = gw
+        self.protocol = protocol
         self.slot = slot  # pre-auth until a request is admitted
         self.tls = tls
         peer = writer.get_extra_info("peername") or ("?", 0)
@@ -89,6 +91,7 @@ class HttpConnection:
             clock=loop.time,
             now_ns=time.time_ns,
             preauth_until=loop.time() + slot.remaining_s,
+            protocol=protocol,
         )
         self._streams = reader, writer
         self.session: HttpSession | None = None
@@ -133,8 +136,9 @@ class HttpConnection:
             assert isinstance(question.target, HttpTarget)
             return self._connect(question.target)
         if isinstance(question, RecordRefusal):
-            self.gw.record_refusal(question.identity, question.target, "http", self.client_addr,
-                                   question.attrs, started_ns=question.started_ns,
+            self.gw.record_refusal(question.identity, question.target, self.protocol,
+                                   self.client_addr, question.attrs,
+                                   started_ns=question.started_ns,
                                    first=question.first)  # fmt: skip
             return None
         raise TypeError(f"the HTTP handler asked for {question!r}")
@@ -177,7 +181,7 @@ class HttpConnection:
         if self.gw.sink.failure is not None:
             raise RecordingUnavailable(self.gw.sink.failure)
         admitted = question.admitted
-        recorder = self.gw.open_recorder(admitted.identity, admitted.target.name, "http",
+        recorder = self.gw.open_recorder(admitted.identity, admitted.target.name, self.protocol,
                                          self.client_addr, question.started_ns)  # fmt: skip
         self.session = HttpSession(recorder, self)
         self.pipe.recorder = recorder

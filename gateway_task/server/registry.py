@@ -51,18 +51,23 @@ async def _postgres(gw: Gateway, listen: Address) -> Any:
     return await PostgresListener(gw).start(listen)
 
 
-async def _http(gw: Gateway, listen: Address) -> Any:
+async def _http(gw: Gateway, listen: Address, protocol: str = "http") -> Any:
     from gateway_task.server.http import HttpConnection
     from gateway_task.server.listeners import SniffingListener
     from gateway_task.tls import server_context
 
     def accept(reader: Any, writer: Any, tls: bool, slot: Any) -> None:
-        gw.track(gw.connection(HttpConnection(gw, reader, writer, tls, slot).run(), writer))
+        connection = HttpConnection(gw, reader, writer, tls, slot, protocol)
+        gw.track(gw.connection(connection.run(), writer))
 
     tls = server_context(gw.config.tls, gw.config.data_dir, alpn=["http/1.1"])
     sniffing = SniffingListener(listen.host, listen.port, tls, accept, gw.admission)
     sniffing.start()
     return sniffing
+
+
+async def _mcp(gw: Gateway, listen: Address) -> Any:
+    return await _http(gw, listen, "mcp")  # MCP's Streamable HTTP, read by the same relay
 
 
 async def _ssh(gw: Gateway, listen: Address) -> Any:
@@ -81,4 +86,5 @@ LISTENERS: dict[str, Listener] = {
     "postgres": Listener(lambda c: c.listen_postgres, _postgres),
     "http": Listener(lambda c: c.listen_http, _http),
     "ssh": Listener(lambda c: c.listen_ssh, _ssh),
+    "mcp": Listener(lambda c: c.listen_mcp, _mcp),
 }

@@ -147,6 +147,7 @@ class Config:
     listen_postgres: Address | None = Address("127.0.0.1", 6543)
     listen_ssh: Address | None = None
     listen_http: Address | None = None
+    listen_mcp: Address | None = None  # Streamable HTTP for agents' MCP clients
     listen_health: Address | None = None  # /healthz, /readyz, /metrics
     tls: TLSConfig = field(default_factory=TLSConfig)
     targets: dict[str, Target] = field(default_factory=dict)
@@ -233,7 +234,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
     data_dir = as_path(top.get("data_dir", ".tapegate"), "data_dir", base_dir)
     identity = _identity(top.get("identity", {}))
     listen = as_mapping(top.get("listen", {}), "listen")
-    check_only(listen, "listen", {"postgres", "ssh", "http", "health"})
+    check_only(listen, "listen", {"postgres", "ssh", "http", "mcp", "health"})
     pg_listen = as_address(listen["postgres"], "listen.postgres") if "postgres" in listen else None
     if "listen" not in top:
         pg_listen = Config().listen_postgres
@@ -253,6 +254,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
         listen_postgres=pg_listen,
         listen_ssh=as_address(listen["ssh"], "listen.ssh") if "ssh" in listen else None,
         listen_http=as_address(listen["http"], "listen.http") if "http" in listen else None,
+        listen_mcp=as_address(listen["mcp"], "listen.mcp") if "mcp" in listen else None,
         listen_health=as_address(listen["health"], "listen.health") if "health" in listen else None,
         tls=_tls(top.get("tls", "required"), base_dir),
         targets=targets,

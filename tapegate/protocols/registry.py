@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from tapegate.config.targets import Target
 from tapegate.protocols.http import replay as http_replay
 from tapegate.protocols.http import target as http_target
+from tapegate.protocols.mcp import replay as mcp_replay
+from tapegate.protocols.mcp import target as mcp_target
 from tapegate.protocols.postgres import replay as postgres_replay
 from tapegate.protocols.postgres import target as postgres_target
 from tapegate.protocols.ssh import replay as ssh_replay
@@ -70,6 +72,12 @@ PROTOCOLS: dict[str, Protocol] = {
             TargetSchema(http_target.KEYS, http_target.build),
             http_replay.VIEWS,
             {"har": Format(http_replay.har, needs_bytes=False)},
+        ),
+        Protocol(
+            "mcp",
+            "MCP",
+            TargetSchema(mcp_target.KEYS, mcp_target.build),
+            mcp_replay.VIEWS,
         ),
     )
 }

@@ -25,11 +25,12 @@ from gateway_task.devtools.throwaway_sshd import SshServer
 from tests.gateway_harness import RunningGateway, gateway_config
 from tests.http.conftest import http_config, upstream, ws_upstream  # noqa: F401  (fixtures)
 from tests.http_upstream import HttpUpstream
+from tests.mcp.conftest import McpUpstream, mcp_config, mcp_upstream  # noqa: F401  (fixture)
 from tests.pg import PgServer
 from tests.postgres.conftest import pg  # noqa: F401  (fixture)
 from tests.ssh.conftest import ssh_config, sshd  # noqa: F401  (fixture)
 
-PROTOCOLS = ["postgres", "ssh", "http", "websocket"]
+PROTOCOLS = ["postgres", "ssh", "http", "websocket", "mcp"]
 
 
 class Refused(Exception):
@@ -219,8 +220,57 @@ class WebSocketPeer(Peer):
         session.close()
 
 
+MCP_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}  # fmt: skip
+
+
+class McpPeer(Peer):
+    """httpx on one kept-alive connection speaking MCP 2026-07-28 (stateless JSON-RPC, the
+    Mcp-Method/Mcp-Name headers); a round trip is one tools/call the server runs."""
+
+    name, target = "mcp", "tickets"
+
+    def open(self, token: str) -> httpx.Client:
+        client = httpx.Client(base_url=self.gw.base, timeout=30, headers={  # type: ignore[attr-defined]
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2026-07-28"})  # fmt: skip
+        try:
+            self.round_trip(client)
+        except Refused:
+            client.close()
+            raise
+        return client
+
+    def _call(self, session: httpx.Client, tool: str, arguments: dict[str, Any]) -> str:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": tool, "arguments": arguments, "_meta": MCP_META}}  # fmt: skip
+        headers = {"Mcp-Method": "tools/call", "Mcp-Name": tool}
+        try:
+            response = session.post("/mcp/tickets", json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise Refused(str(exc)) from None
+        if response.status_code != 200:
+            raise Refused(f"{response.status_code} {response.text}")
+        answer = response.json()
+        if "error" in answer:
+            raise Refused(answer["error"]["message"])
+        return str(answer["result"]["content"][0]["text"])
+
+    def round_trip(self, session: httpx.Client) -> None:
+        assert "printer on fire" in self._call(session, "get_ticket", {"id": 1})
+
+    def bulk(self, session: httpx.Client, data: bytes) -> None:
+        """A tool call whose argument is the payload (a request is read whole: it is the bulk)."""
+        assert self._call(session, "store", {"data": data.decode()}) == str(len(data))
+
+    def close(self, session: httpx.Client) -> None:
+        session.close()
+
+
 PEERS: dict[str, type[Peer]] = {
     "postgres": PostgresPeer, "ssh": SshPeer, "http": HttpPeer, "websocket": WebSocketPeer,
+    "mcp": McpPeer,
 }  # fmt: skip
 
 
@@ -234,6 +284,9 @@ def target_address(protocol: str, request: pytest.FixtureRequest) -> tuple[str, 
     if protocol == "websocket":
         ws: str = request.getfixturevalue("ws_upstream")
         return "127.0.0.1", int(ws.rsplit(":", 1)[1])
+    if protocol == "mcp":
+        server: McpUpstream = request.getfixturevalue("mcp_upstream")
+        return "127.0.0.1", server.port
     api: HttpUpstream = request.getfixturevalue("upstream")
     return "127.0.0.1", api.port
 
@@ -261,6 +314,10 @@ def contract_config(
             sshd_server = dataclasses.replace(sshd_server, host=via[0], port=via[1],
                                               known_hosts=known)  # fmt: skip
         return ssh_config(data_dir, sshd_server, **overrides)
+    if protocol == "mcp":
+        server: McpUpstream = request.getfixturevalue("mcp_upstream")
+        url = server.url if via is None else f"http://{via[0]}:{via[1]}/mcp"
+        return mcp_config(data_dir, url, max_body_bytes=4 << 20, **overrides)
     api: HttpUpstream = request.getfixturevalue("upstream")
     ws: str = request.getfixturevalue("ws_upstream")
     url = api.url
@@ -290,8 +347,8 @@ class ContractGateway:
                                  **overrides)  # fmt: skip
         kwargs = {"sink": sink(config)} if sink is not None else {}
         self.gw = RunningGateway(config, **kwargs)
-        if self.protocol in ("http", "websocket"):
-            host, port = self.gw.address("http")
+        if self.protocol in ("http", "websocket", "mcp"):
+            host, port = self.gw.address("mcp" if self.protocol == "mcp" else "http")
             self.gw.base = f"http://{host}:{port}"  # type: ignore[attr-defined]
         return self.gw, PEERS[self.protocol](self.gw)
 

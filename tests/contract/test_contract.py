@@ -78,7 +78,7 @@ def test_an_expired_token_ends_the_session_with_its_message(contract: ContractGa
     reasons = [reason for reason, _ in ends.values()]
     if contract.protocol in ("postgres", "websocket"):
         assert "token_expired" in reasons
-    elif contract.protocol == "http":  # the next request is refused, and recorded so
+    elif contract.protocol in ("http", "mcp"):  # the next request is refused, recorded so
         refusals = [e for reason, events in ends.values() if reason == "refused"
                     for e in events if e["type"] == "auth"]  # fmt: skip
         assert any("expired" in str(e["attrs"].get("reason", "")) for e in refusals), refusals
@@ -91,7 +91,7 @@ def test_keep_lets_a_connection_outlive_its_token(contract: ContractGateway) -> 
     session = peer.open(gw.token(ttl_s=2))
     try:
         time.sleep(2.6)
-        if contract.protocol == "http":
+        if contract.protocol in ("http", "mcp"):
             with pytest.raises(Refused, match="expired"):
                 peer.round_trip(session)
         else:
@@ -151,6 +151,7 @@ TRICKLE = {
     "http": b"GET /api/echo HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200,
 }
 TRICKLE["websocket"] = TRICKLE["http"]
+TRICKLE["mcp"] = b"POST /mcp/tickets HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
 
 
 def _listener(gw: Any, protocol: str) -> tuple[str, int]:

@@ -25,8 +25,8 @@ STATUSES = {
     RefusalKind.NO_CREDENTIAL: 502,
 }  # fmt: skip
 TITLES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "unknown_target",
-          408: "request_timeout", 431: "headers_too_large", 502: "bad_gateway",
-          503: "unavailable", 504: "gateway_timeout"}  # fmt: skip
+          408: "request_timeout", 413: "payload_too_large", 431: "headers_too_large",
+          502: "bad_gateway", 503: "unavailable", 504: "gateway_timeout"}  # fmt: skip
 UNRECORDABLE = "tapegate cannot record this session, so it is closed: nothing runs unrecorded"
 # What a request still waiting for its answer is told when the gateway ends its session.
 ENDINGS = {

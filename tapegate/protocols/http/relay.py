@@ -26,12 +26,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
+from http import HTTPStatus
 
 from tapegate.protocols.http import answers, paths, wire
 from tapegate.protocols.http import exchange as x
 from tapegate.protocols.http.target import HttpTarget
 from tapegate.protocols.http.websocket import WebSocketRelay
 from tapegate.protocols.http.wire import END, NEED_DATA
+from tapegate.protocols.mcp.exchange import Answer, Ledger, McpExchange
+from tapegate.protocols.mcp.target import McpTarget
 from tapegate.proxy.admission import Admitted, Login, Refusal, auth_attrs
 from tapegate.proxy.questions import (
     Admit,
@@ -102,6 +105,9 @@ class _Exchange:
     keep_alive: bool = True
     reason: bytes = b""
     headers: x.Headers | None = None
+    mcp: McpExchange | None = None  # an MCP target's: the request is read whole, then judged
+    held: bytearray | None = None  # ... its body so far
+    upstream_headers: x.Headers | None = None  # ... and its head, framed once the body is in
 
 
 class HttpRelay:
@@ -116,8 +122,11 @@ class HttpRelay:
         clock: Callable[[], float],  # the driver's (monotonic) clock, for `Timer`
         now_ns: Callable[[], int],  # wall time, for events
         preauth_until: float,  # on `clock`: the connection's deadline to be admitted
+        protocol: str = "http",  # "mcp": the MCP listener, whose paths are /mcp/<target>
     ) -> None:
         self.tls, self.client_addr, self.body_cap = tls, client_addr, body_cap
+        self.protocol = protocol
+        self._ledger = Ledger()  # the open tape session's MCP state
         self._clock, self._now_ns = clock, now_ns
         self._preauth_until: float | None = preauth_until
         self.state = State.HEAD
@@ -315,7 +324,7 @@ class HttpRelay:
         self._set_deadline(None, out)
         self._x = _Exchange(event, self._now_ns())
         try:
-            route = paths.route(event.target)
+            route = paths.route(self._unprefixed(event.target))
         except paths.PathEscape as exc:
             message = (f"{exc}: the path is checked after resolving dot segments, encoded "
                        "dots, backslashes and encoded slashes")  # fmt: skip
@@ -324,7 +333,8 @@ class HttpRelay:
         if route is not None:
             self._x.rest = route.path
         token = x.bearer_token(event.headers)
-        login = Login("http", tls=self.tls, target=route.target if route else None, token=token)
+        login = Login(self.protocol, tls=self.tls, target=route.target if route else None,
+                      token=token)  # fmt: skip
         out.append(Ask(Admit(login)))
 
     def _admitted(self, outcome: Admitted | Refusal, out: list[Command]) -> None:
@@ -347,6 +357,7 @@ class HttpRelay:
 
     def _session_opened(self, admitted: Admitted, out: list[Command]) -> None:
         self.session = (admitted.target.name, admitted.identity.subject)
+        self._ledger = Ledger()
         attrs = auth_attrs(admitted, "oidc", tls=self.tls)
         out.append(Record([Event(self._now_ns(), "auth", None, attrs)]))
         self._forward_or_connect(out)
@@ -380,10 +391,21 @@ class HttpRelay:
         ex.websocket = x.wants_websocket(request.headers)
         headers = x.upstream_request_headers(request.headers, inject.host, inject.header,
                                              self.client_addr)  # fmt: skip
-        ex.path = target.upstream_base_path + x.strip_access_token(ex.rest)
-        head = wire.request_head(request.method, ex.path.encode(), headers, request.body)
-        self._to_server = [head]
-        self._shown_head = head.replace(inject.header[1], x.REDACTED.encode())
+        rest = x.strip_access_token(ex.rest)
+        if isinstance(target, McpTarget):
+            # One endpoint, the upstream URL itself; its answers are read, so not compressed.
+            rest = rest[1:] if rest.startswith("/") and rest[1:2] in ("", "?") else rest
+            headers = [(n, v) for n, v in headers if n != b"accept-encoding"]
+            ex.websocket = False
+            ex.mcp = McpExchange(target, self._ledger, self.body_cap, self._now_ns)
+            ex.held = bytearray()
+        ex.path = target.upstream_base_path + rest
+        if ex.mcp is None:
+            head = wire.request_head(request.method, ex.path.encode(), headers, request.body)
+            self._to_server = [head]
+            self._shown_head = head.replace(inject.header[1], x.REDACTED.encode())
+        else:
+            ex.upstream_headers = headers
         head_request = request.method == b"HEAD"
         self.responses = (self.responses.again(head_request) if self.responses is not None
                           else wire.ResponseReader(head_request))  # fmt: skip
@@ -410,13 +432,21 @@ class HttpRelay:
                 self._flush_server(out)
                 self._set_deadline(self._clock() + HEAD_TIMEOUT_S, out)
                 return
-            if isinstance(event, wire.Data):
+            if isinstance(event, wire.Data) and ex.held is not None:
+                ex.body.add(event.data)
+                ex.held += event.data
+                limit = ex.admitted.target.max_body_bytes  # type: ignore[union-attr]
+                if len(ex.held) > limit:
+                    self._too_large(limit, out)
+                    return
+            elif isinstance(event, wire.Data):
                 ex.body.add(event.data)
                 self._to_server.append(wire.chunk(event.data) if chunked else event.data)
             elif event is END:
-                if chunked:
-                    self._to_server.append(wire.LAST_CHUNK)
-                self._flush_server(out)
+                if ex.held is None:
+                    if chunked:
+                        self._to_server.append(wire.LAST_CHUNK)
+                    self._flush_server(out)
                 break
             else:
                 raise wire.HttpError("the client closed in the middle of a request")
@@ -430,6 +460,8 @@ class HttpRelay:
             "headers": x.recorded_headers(request.headers, ex.inject.header[0]),
             **ex.body.attrs(x.content_type(request.headers)),
         })]))  # fmt: skip
+        if ex.mcp is not None and not self._mcp_forward(out):
+            return
         ex.body = x.Body(self.body_cap)  # the response's, from here on
         self.state = State.RESPONSE
         if self._server_paused:
@@ -486,6 +518,10 @@ class HttpRelay:
         ex.headers = [(n, ex.masker.header(v)) for n, v in event.headers]
         ex.maskable = x.identity_encoded(ex.headers)
         framing = event.body
+        if ex.mcp is not None:
+            ex.mcp.response_head(event.status, ex.headers)
+            if not framing.empty and request.method != b"HEAD" and event.status != 304:
+                framing = wire.Body(chunked=True)  # read and maybe rewritten: re-framed
         if framing.chunked or framing.until_close:
             framing = wire.Body(chunked=request.version == b"1.1",
                                 until_close=request.version != b"1.1")  # fmt: skip
@@ -518,15 +554,21 @@ class HttpRelay:
                 return
             if isinstance(part, wire.Data):
                 data = ex.masker.feed(part.data) if ex.maskable else part.data
+                if ex.mcp is not None:
+                    data = ex.mcp.response_data(data)
+                    self._mcp_events(out)
                 if data:
                     ex.body.add(data)
                     self._to_client.append(frame(data))
                 continue
             tail = ex.masker.flush()
+            complete = part is END
+            if ex.mcp is not None:
+                tail = ex.mcp.response_data(tail) + ex.mcp.response_end(complete)
+                self._mcp_events(out)
             if tail:
                 ex.body.add(tail)
                 self._to_client.append(frame(tail))
-            complete = part is END
             if complete and ex.chunked_out:
                 self._to_client.append(wire.LAST_CHUNK)
             self._flush_client(out)
@@ -562,7 +604,11 @@ class HttpRelay:
             self.state = State.DONE
             out.append(End(EndReason.UPSTREAM_CLOSED))
             return
-        if not ex.keep_alive:
+        self._next_turn(ex.keep_alive, out)
+
+    def _next_turn(self, keep_alive: bool, out: list[Command]) -> None:
+        """The answer has ended: the connection closes, or the next request is read."""
+        if not keep_alive:
             self.state = State.DONE
             out.append(End(EndReason.CLIENT_CLOSED))
             return
@@ -612,6 +658,71 @@ class HttpRelay:
         if self._client_eof:
             out.extend(self._ws.closed(Side.CLIENT))
 
+    # -- MCP: the request judged whole ----------------------------------------------------------
+
+    def _mcp_forward(self, out: list[Command]) -> bool:
+        """The whole request is in: forwarded (True), or answered by the gateway (False)."""
+        ex = self._x
+        assert ex is not None and ex.mcp is not None and ex.held is not None
+        assert ex.inject is not None and ex.upstream_headers is not None
+        body = bytes(ex.held)
+        ex.held = None
+        verdict = ex.mcp.request(ex.request.method, ex.request.headers, body)
+        self._mcp_events(out)
+        if isinstance(verdict, Answer):
+            self._mcp_answer(verdict, out)
+            return False
+        framing = (
+            wire.Body(length=len(body)) if body or ex.request.method == b"POST" else wire.NO_BODY
+        )
+        head = wire.request_head(ex.request.method, ex.path.encode(), ex.upstream_headers, framing)
+        self._to_server = [head, body]
+        self._shown_head = head.replace(ex.inject.header[1], x.REDACTED.encode())
+        self._flush_server(out)
+        return True
+
+    def _mcp_answer(self, answer: Answer, out: list[Command]) -> None:
+        """The gateway's own JSON-RPC answer (a blocked call, a bad body): recorded, sent, and
+        the connection goes on; the target saw nothing of the request."""
+        ex = self._x
+        assert ex is not None
+        headers = [(b"content-type", b"application/json")]
+        keep_alive = ex.request.keep_alive and not self._client_eof
+        if not keep_alive:
+            headers.append((b"connection", b"close"))
+        reason = HTTPStatus(answer.status).phrase.encode()
+        head = wire.response_head(
+            answer.status, reason, headers, wire.Body(length=len(answer.body))
+        )
+        self.answered = True
+        out.append(Record([Event(self._now_ns(), "response", S2C, {
+            "status": answer.status, "reason": reason.decode(), "http_version": "HTTP/1.1",
+            "headers": x.recorded_headers(headers), "gateway": True,
+            "duration_ns": self._now_ns() - ex.started_ns,
+            **x.Body(self.body_cap).attrs("application/json")})]))  # fmt: skip
+        out.append(ToClient(head + answer.body))
+        self._next_turn(keep_alive, out)
+
+    def _too_large(self, limit: int, out: list[Command]) -> None:
+        message = (f"the request body is over this target's max_body_bytes ({limit}): an MCP "
+                   "request is read whole before it is forwarded")  # fmt: skip
+        out.append(Record([Event(self._now_ns(), "protocol_error", C2S, {"message": message})]))
+        self._error(413, message, out)
+        self.state = State.DONE
+        out.append(End(EndReason.PROTOCOL_ERROR))
+
+    def _mcp_events(self, out: list[Command]) -> None:
+        ex = self._x
+        if ex is not None and ex.mcp is not None and ex.mcp.events:
+            out.append(Record(ex.mcp.events))
+            ex.mcp.events = []
+
+    def _unprefixed(self, target: bytes) -> bytes:
+        """The MCP listener's paths are /mcp/<target>: what routing reads is /<target>."""
+        if self.protocol != "mcp":
+            return target
+        return target[4:] if target.startswith(b"/mcp/") else b"*"
+
     # -- the gateway's own answers -----------------------------------------------------------------
 
     def _refuse(
@@ -621,7 +732,7 @@ class HttpRelay:
         assert ex is not None
         request = ex.request
         try:
-            route = paths.route(request.target)
+            route = paths.route(self._unprefixed(request.target))
         except paths.PathEscape:
             route = None
         out.append(Ask(RecordRefusal(

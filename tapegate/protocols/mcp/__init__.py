@@ -1,0 +1,1 @@
+"""MCP (Streamable HTTP) targets: tool calls read, policed and recorded on HTTP's exchanges."""

@@ -1,0 +1,387 @@
+"""One Streamable HTTP exchange read as MCP, sans-IO: the request judged whole before it is
+forwarded, the answer (JSON or server-sent events) read message by message.
+
+The HTTP relay (`tapegate/protocols/http/relay.py`) moves the bytes and frames them; this module
+decides, for an MCP target:
+
+- a request: forward it, or answer it in the gateway's name (a denied tool, a `deny_args` match,
+  a body that is not JSON-RPC, `Mcp-Method`/`Mcp-Name` headers that disagree with the body);
+- an answer: what the client is sent (a `tools/list` result without the denied tools) and what
+  is recorded (`mcp_request`, `mcp_response`, `mcp_notification`, `mcp_cancel`, `mcp_tools`).
+
+What lives across the exchanges of one tape session (the calls awaiting their answers, the tool
+catalogue a change is measured against) is its `Ledger`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from tapegate.protocols.mcp import messages as jr
+from tapegate.protocols.mcp.sse import SseEvent, SseReader, with_data
+from tapegate.protocols.mcp.target import McpTarget
+from tapegate.tape import Direction, Event
+
+C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
+MAX_JSON_ANSWER_BYTES = 8 * 1024 * 1024  # a JSON answer is read whole; a larger one goes unread
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Call:
+    method: str
+    tool: str | None
+    started_ns: int
+
+
+@dataclass
+class Ledger:
+    """One tape session's MCP state: calls awaiting answers, the tools seen so far."""
+
+    pending: dict[str, Call] = field(default_factory=dict)
+    catalogue: dict[str, str] = field(default_factory=dict)  # tool name → digest
+    session_id: str | None = None  # Mcp-Session-Id, where the era has one
+    protocol_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The gateway answers the request itself: nothing reaches the target."""
+
+    status: int
+    body: bytes  # JSON
+
+
+def _header(headers: Headers, name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n == name:
+            return v
+    return None
+
+
+def tool_digest(tool: dict[str, Any]) -> str:
+    """SHA-256 over the tool's name, description and input schema (compact JSON, sorted keys)."""
+    canon = orjson.dumps(
+        [tool.get("name"), tool.get("description"), tool.get("inputSchema")],
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(canon).hexdigest()
+
+
+class McpExchange:
+    def __init__(
+        self, target: McpTarget, ledger: Ledger, cap: int, now_ns: Callable[[], int]
+    ) -> None:
+        self.target, self.ledger, self.cap, self._now_ns = target, ledger, cap, now_ns
+        self.events: list[Event] = []  # what to record next; the relay takes them
+        self._sent: list[str] = []  # ids of the requests this exchange forwarded
+        self._json: bytearray | None = None
+        self._sse: SseReader | None = None
+        self._passthrough = False
+
+    # -- the request -------------------------------------------------------------------------
+
+    def request(self, method: bytes, headers: Headers, body: bytes) -> Answer | None:
+        """None: forward it. Events for what it says are in `events` either way."""
+        self._note_headers(headers)
+        if method != b"POST":
+            if method == b"DELETE":
+                self._event("mcp_notification", C2S, {"method": "(session end: DELETE)"})
+            return None  # GET opens the server's stream; its events are read as they come
+        try:
+            items = jr.parse(body)
+        except jr.McpError as exc:
+            self._event("protocol_error", C2S, {"message": f"MCP: {exc.message}"})
+            return Answer(exc.status, jr.dumps(jr.error(None, exc.code, exc.message)))
+        mismatch = self._header_mismatch(headers, items)
+        if mismatch is not None:
+            self._event("protocol_error", C2S, {"message": f"MCP: {mismatch[1]}"})
+            return Answer(400, jr.dumps(jr.error(mismatch[0], jr.HEADER_MISMATCH, mismatch[1])))
+        blocked: dict[str, str] = {}
+        for msg in items:
+            why = self._client_message(msg)
+            if why is not None:
+                blocked[jr.key(msg["id"])] = why
+        if not blocked:
+            self._sent = [jr.key(m["id"]) for m in items if jr.kind(m) == "request"]
+            return None
+        answers = []
+        for msg in items:
+            if jr.kind(msg) != "request":
+                continue
+            call = self.ledger.pending.pop(jr.key(msg["id"]), None)
+            why = blocked.get(jr.key(msg["id"]))
+            text = why or "not sent: another call in the same batch was blocked"
+            answers.append(jr.error(msg["id"], jr.BLOCKED, text))
+            self._answered(msg["id"], call, "blocked", {"error_code": jr.BLOCKED, "reason": text})
+        return Answer(200, jr.dumps(answers if len(items) > 1 else answers[0]))
+
+    def _note_headers(self, headers: Headers) -> None:
+        session = _header(headers, b"mcp-session-id")
+        if session is not None:
+            self.ledger.session_id = session.decode("latin-1")
+        version = _header(headers, b"mcp-protocol-version")
+        if version is not None:
+            self.ledger.protocol_version = version.decode("latin-1")
+
+    def _header_mismatch(self, headers: Headers, items: list[jr.Message]) -> tuple[Any, str] | None:
+        """2026-07-28: the routing headers must say what the body says (a proxy that trusted
+        the header and a server that trusted the body would disagree on what was called)."""
+        said = _header(headers, b"mcp-method")
+        named = _header(headers, b"mcp-name")
+        if said is None and named is None:
+            return None
+        if len(items) != 1:
+            return None, "Mcp-Method is for a single message, not a batch"
+        msg = items[0]
+        if said is not None and said.decode("latin-1") != msg.get("method"):
+            return msg.get("id"), "the Mcp-Method header does not match the body's method"
+        name_key = jr.NAME_BEARING.get(str(msg.get("method")))
+        params = msg.get("params")
+        if (name_key and isinstance(params, dict) and params.get(name_key) is not None
+                and jr.header_name(named) != params.get(name_key)):  # fmt: skip
+            return msg.get("id"), f"the Mcp-Name header does not match the body's {name_key!r}"
+        return None
+
+    def _client_message(self, msg: jr.Message) -> str | None:
+        """Records one message from the client; for a call policy refuses, why."""
+        kind = jr.kind(msg)
+        if kind == "response":
+            self._response(msg, C2S)
+            return None
+        method = str(msg.get("method"))
+        params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
+        if kind == "notification":
+            attrs: dict[str, Any] = {"method": method}
+            if params:
+                attrs["params"], _ = jr.capped(params, self.cap)
+            self._event("mcp_cancel" if method == "notifications/cancelled" else
+                        "mcp_notification", C2S, attrs)  # fmt: skip
+            return None
+        tool = None
+        attrs = {"id": msg["id"], "method": method}
+        if method == "tools/call":
+            tool = str(params.get("name", ""))
+            attrs["tool"] = tool
+            arguments = params.get("arguments", {})
+            attrs["arguments"], cut = jr.capped(arguments, self.cap)
+            if cut:
+                attrs["arguments_truncated"] = True
+        elif params:
+            attrs["params"], _ = jr.capped({k: v for k, v in params.items() if k != "_meta"},
+                                           self.cap)  # fmt: skip
+        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+        if "traceparent" in meta:
+            attrs["traceparent"] = str(meta["traceparent"])[:128]
+        version = meta.get("io.modelcontextprotocol/protocolVersion") or params.get(
+            "protocolVersion"
+        )
+        if version:
+            self.ledger.protocol_version = str(version)
+        if self.ledger.protocol_version:
+            attrs["protocol_version"] = self.ledger.protocol_version
+        if self.ledger.session_id:
+            attrs["mcp_session"] = self.ledger.session_id
+        self._event("mcp_request", C2S, attrs)
+        self.ledger.pending[jr.key(msg["id"])] = Call(method, tool, self._now_ns())
+        if tool is not None:
+            return self._denied(tool, params.get("arguments", {}))
+        return None
+
+    def _denied(self, tool: str, arguments: Any) -> str | None:
+        why = self.target.tool_denied(tool)
+        if why is not None:
+            return f"tapegate: tool {tool!r} is not allowed on target {self.target.name!r} ({why})"
+        text = jr.dumps(arguments).decode()
+        for rule in self.target.deny_args:
+            if fnmatch.fnmatchcase(tool, rule.tool) and rule.regex.search(text):
+                return (f"tapegate: the arguments of {tool!r} match the guardrail "
+                        f"{rule.regex.pattern!r} of target {self.target.name!r}")  # fmt: skip
+        return None
+
+    # -- the answer --------------------------------------------------------------------------
+
+    def response_head(self, status: int, headers: Headers) -> None:
+        session = _header(headers, b"mcp-session-id")
+        if session is not None:
+            self.ledger.session_id = session.decode("latin-1")
+        ctype = (_header(headers, b"content-type") or b"").split(b";")[0].strip().lower()
+        if ctype == b"application/json":
+            self._json = bytearray()
+        elif ctype == b"text/event-stream":
+            self._sse = SseReader()
+        else:
+            self._passthrough = True
+            if status >= 400:
+                for sent in self._sent:  # an HTTP error answers the exchange's calls
+                    call = self.ledger.pending.pop(sent, None)
+                    if call is not None:
+                        self._answered(None, call, "error", {"http_status": status}, sent)
+                self._sent = []
+
+    def response_data(self, data: bytes) -> bytes:
+        """What of the answer the client gets now."""
+        if self._sse is not None:
+            out = []
+            for item in self._sse.feed(data):
+                out.append(item if isinstance(item, bytes) else self._sse_event(item))
+            return b"".join(out)
+        if self._json is not None:
+            self._json += data
+            if len(self._json) > MAX_JSON_ANSWER_BYTES:
+                held, self._json = bytes(self._json), None
+                self._passthrough = True
+                self._event("mcp_response", S2C, {"unread": "a JSON answer over 8 MiB"})
+                return held
+            return b""
+        return data
+
+    def response_end(self, complete: bool) -> bytes:
+        """The rest of the answer; calls it left unanswered are recorded as cancelled."""
+        out = b""
+        if self._json is not None:
+            raw, self._json = bytes(self._json), None
+            out = self._json_answer(raw) if complete else raw
+        elif self._sse is not None:
+            out = self._sse.flush()
+        for sent in self._sent:
+            call = self.ledger.pending.pop(sent, None)
+            if call is not None:
+                self._event("mcp_cancel", S2C, {
+                    "id_key": sent, "method": call.method, "tool": call.tool,
+                    "reason": "the answer's stream closed before the response",
+                    "duration_ns": self._now_ns() - call.started_ns})  # fmt: skip
+        self._sent = []
+        return out
+
+    def _json_answer(self, raw: bytes) -> bytes:
+        try:
+            items = jr.parse(raw)
+        except jr.McpError as exc:
+            self._event("protocol_error", S2C, {"message": f"MCP answer: {exc.message}"})
+            return raw
+        changed = [self._server_message(m) for m in items]
+        if not any(c is not None for c in changed):
+            return raw
+        merged = [c if c is not None else m for m, c in zip(items, changed, strict=True)]
+        return jr.dumps(merged if raw.lstrip().startswith(b"[") else merged[0])
+
+    def _sse_event(self, event: SseEvent) -> bytes:
+        if not event.data or not event.data.strip():
+            return event.raw
+        try:
+            items = jr.parse(event.data.encode())
+        except jr.McpError:
+            return event.raw  # not JSON-RPC: passed on, not ours to read
+        changed = [self._server_message(m) for m in items]
+        if not any(c is not None for c in changed):
+            return event.raw
+        merged = [c if c is not None else m for m, c in zip(items, changed, strict=True)]
+        return with_data(event, jr.dumps(merged if len(items) > 1 else merged[0]).decode())
+
+    def _server_message(self, msg: jr.Message) -> jr.Message | None:
+        """Records one message from the server; the message as the client gets it, if changed."""
+        kind = jr.kind(msg)
+        if kind == "response":
+            return self._response(msg, S2C)
+        method = str(msg.get("method"))
+        attrs: dict[str, Any] = {"method": method}
+        if kind == "request":
+            attrs["id"] = msg["id"]  # sampling, elicitation, roots: the server asks the agent
+        params = msg.get("params")
+        if params:
+            attrs["params"], _ = jr.capped(params, self.cap)
+        self._event("mcp_notification", S2C, attrs)
+        return None
+
+    def _response(self, msg: jr.Message, direction: Direction) -> jr.Message | None:
+        msg_id = msg.get("id")
+        if direction is C2S:  # the agent answers a request of the server's
+            self._event("mcp_response", C2S, {"id": msg_id, "outcome": _outcome(msg)})
+            return None
+        sent = jr.key(msg_id)
+        call = self.ledger.pending.pop(sent, None)
+        if sent in self._sent:
+            self._sent.remove(sent)
+        result = msg.get("result") if isinstance(msg.get("result"), dict) else None
+        extra: dict[str, Any] = {}
+        changed: jr.Message | None = None
+        if result is not None and isinstance(result.get("tools"), list):
+            changed = self._catalogue(msg, result)
+        outcome = _outcome(msg)
+        if "error" in msg and isinstance(msg["error"], dict):
+            extra["error_code"] = msg["error"].get("code")
+            extra["error"], _ = jr.capped(msg["error"].get("message", ""), self.cap)
+        elif result is not None:
+            if "structuredContent" in result:
+                extra["structured"], _ = jr.capped(result["structuredContent"], self.cap)
+            texts = [c.get("text", "") for c in result.get("content", []) or []
+                     if isinstance(c, dict) and c.get("type") == "text"]  # fmt: skip
+            if texts:
+                extra["text"], _ = jr.capped("\n".join(texts), self.cap)
+        self._answered(msg_id, call, outcome, extra)
+        return changed
+
+    def _answered(
+        self,
+        msg_id: Any,
+        call: Call | None,
+        outcome: str,
+        extra: dict[str, Any],
+        sent: str | None = None,
+    ) -> None:
+        attrs: dict[str, Any] = {"id": msg_id, "outcome": outcome}
+        if call is not None:
+            attrs["method"] = call.method
+            if call.tool is not None:
+                attrs["tool"] = call.tool
+            attrs["duration_ns"] = self._now_ns() - call.started_ns
+        if sent is not None:
+            attrs["id_key"] = sent
+        attrs.update(extra)
+        self._event("mcp_response", S2C if outcome != "blocked" else None, attrs)
+        if outcome == "blocked":
+            self._event("blocked", C2S, {"tool": attrs.get("tool"), "rule": extra.get("reason")})
+
+    def _catalogue(self, msg: jr.Message, result: dict[str, Any]) -> jr.Message | None:
+        """`tools/list` (or `server/discover`) as a catalogue; denied tools taken out."""
+        tools = [t for t in result["tools"] if isinstance(t, dict)]
+        entries, changed, hidden, shown = [], [], [], []
+        for tool in tools:
+            name = str(tool.get("name", ""))
+            digest = tool_digest(tool)
+            before = self.ledger.catalogue.get(name)
+            if before is not None and before != digest:
+                changed.append(name)
+            self.ledger.catalogue[name] = digest
+            entries.append({"name": name, "sha256": digest})
+            if self.target.tool_denied(name) is None:
+                shown.append(tool)
+            else:
+                hidden.append(name)
+        attrs: dict[str, Any] = {"tools": entries, "hidden": hidden}
+        if changed:
+            attrs["tool_changed"] = changed
+        self._event("mcp_tools", S2C, attrs)
+        if not hidden:
+            return None
+        return {**msg, "result": {**result, "tools": shown}}
+
+    def _event(self, kind: str, direction: Direction | None, attrs: dict[str, Any]) -> None:
+        self.events.append(Event(self._now_ns(), kind, direction, attrs))
+
+
+def _outcome(msg: jr.Message) -> str:
+    if "error" in msg:
+        return "error"
+    result = msg.get("result")
+    if isinstance(result, dict) and result.get("isError") is True:
+        return "is_error"
+    return "ok"

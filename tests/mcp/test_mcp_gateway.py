@@ -1,0 +1,179 @@
+"""MCP through the gateway with the official SDK on both sides: its Client (both protocol eras)
+and its MCPServer over Streamable HTTP. What reached the server is read from the server's own
+log; what was recorded, from the archive."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from tests.gateway_harness import RunningGateway
+from tests.mcp.conftest import MCP_KEY, McpUpstream
+
+pytestmark = pytest.mark.slow
+ERAS = ["legacy", "auto"]  # 2025-11-25 (initialize, Mcp-Session-Id, SSE) and 2026-07-28
+
+
+def _run(gw: RunningGateway, mode: str, body: Callable[[Client], Awaitable[Any]],
+         token: str | None = None) -> Any:  # fmt: skip
+    async def main() -> Any:
+        headers = {"Authorization": f"Bearer {token or gw.token()}"}
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+            transport = streamable_http_client(f"{gw.base}/mcp/tickets", http_client=http)  # type: ignore[attr-defined]
+            async with Client(transport, mode=mode, cache=None) as client:
+                return await body(client)
+
+    return asyncio.run(main())
+
+
+async def _error(call: Awaitable[Any]) -> MCPError:
+    try:
+        await call
+    except MCPError as exc:
+        return exc
+    raise AssertionError("the call was not refused")
+
+
+def _mcp_events(gw: RunningGateway) -> list[dict[str, Any]]:
+    events = [e for evs in gw.events().values() for e in evs]
+    return [e for e in events if e["type"].startswith("mcp_") or e["type"] == "blocked"]
+
+
+@pytest.mark.parametrize("mode", ERAS)
+def test_calls_are_forwarded_recorded_and_policed(
+    mgw: RunningGateway, mcp_upstream: McpUpstream, mode: str
+) -> None:
+    before = len(mcp_upstream.calls())
+
+    async def body(client: Client) -> dict[str, Any]:
+        listed = await client.list_tools()
+        ok = await client.call_tool("get_ticket", {"id": 7})
+        failing = await client.call_tool("flaky", {})
+        denied = await _error(client.call_tool("delete_ticket", {"id": 7}))
+        guarded = await _error(client.call_tool("run_script", {"script": "rm  -rf /srv"}))
+        fine = await client.call_tool("run_script", {"script": "ls"})
+        return {"tools": [t.name for t in listed.tools], "ok": ok, "failing": failing,
+                "denied": denied, "guarded": guarded, "fine": fine}  # fmt: skip
+
+    out = _run(mgw, mode, body)
+    assert "delete_ticket" not in out["tools"] and "get_ticket" in out["tools"]
+    assert out["ok"].is_error is False and "printer on fire" in out["ok"].content[0].text
+    assert out["failing"].is_error is True
+    for refused in (out["denied"], out["guarded"]):  # a JSON-RPC error, in the gateway's words
+        assert refused.code == -32001 and refused.message.startswith("tapegate: ")
+    assert "tools.deny 'delete_*'" in out["denied"].message
+    # Ground truth: the server ran exactly the allowed calls, with the target's credential.
+    calls = mcp_upstream.calls()[before:]
+    assert [c["called"] for c in calls] == ["get_ticket", "flaky", "run_script"]
+    assert calls[-1]["script"] == "ls"
+    seen = [e for e in mcp_upstream.entries() if "http" in e]
+    assert seen and all(e["authorization"] == f"Bearer {MCP_KEY}" for e in seen[-6:])
+    assert all(e["accept_encoding"] is None for e in seen[-6:])  # answers stay readable
+
+    events = _mcp_events(mgw)
+    requests = [e["attrs"] for e in events if e["type"] == "mcp_request"]
+    results = [e["attrs"] for e in events if e["type"] == "mcp_response"]
+    calls_seen = [(r["tool"], r.get("arguments")) for r in requests if r["method"] == "tools/call"]
+    assert calls_seen[0] == ("get_ticket", '{"id":7}')
+    outcomes = {(r.get("tool"), r["outcome"]) for r in results if r.get("tool")}
+    assert {("get_ticket", "ok"), ("flaky", "is_error"), ("delete_ticket", "blocked"),
+            ("run_script", "blocked"), ("run_script", "ok")} <= outcomes  # fmt: skip
+    tools = [e["attrs"] for e in events if e["type"] == "mcp_tools"]
+    assert tools and tools[0]["hidden"] == ["delete_ticket"]
+    assert all(len(t["sha256"]) == 64 for t in tools[0]["tools"])
+    blocked = [e["attrs"] for e in events if e["type"] == "blocked"]
+    assert [b["tool"] for b in blocked] == ["delete_ticket", "run_script"]
+    assert all(r.get("protocol_version") for r in requests)
+    if mode == "legacy":
+        assert all(r.get("mcp_session") for r in requests if r["method"] != "initialize")
+    verdicts = mgw.verdicts()
+    assert all(v.intact for v in verdicts.values()), verdicts
+
+
+def test_a_json_rpc_error_is_recorded_as_one(
+    mgw: RunningGateway, mcp_upstream: McpUpstream
+) -> None:
+    async def body(client: Client) -> Any:
+        return await _error(client.call_tool("broken", {}))
+
+    assert _run(mgw, "auto", body).code == -32050
+    results = [e["attrs"] for e in _mcp_events(mgw) if e["type"] == "mcp_response"]
+    broken = [r for r in results if r.get("tool") == "broken"]
+    assert broken and broken[0]["outcome"] == "error" and broken[0]["error_code"] == -32050
+
+
+def test_the_credential_is_never_shown(mgw: RunningGateway, mcp_upstream: McpUpstream) -> None:
+    async def body(client: Client) -> Any:
+        return await client.call_tool("echo_key", {})
+
+    result = _run(mgw, "auto", body)
+    text = result.content[0].text
+    assert MCP_KEY not in text and "*" * len(MCP_KEY) in text  # masked on the way back
+    sid = next(iter(mgw.sessions()))
+    frames = b"".join(f.data for s in mgw.sessions() for f in mgw.frames(s))
+    assert sid and MCP_KEY.encode() not in frames
+
+
+def _post(gw: RunningGateway, body: bytes, headers: dict[str, str] | None = None,
+          token: str | None = None) -> httpx.Response:  # fmt: skip
+    h = {"Authorization": f"Bearer {token or gw.token()}", "Content-Type": "application/json",
+         "Accept": "application/json, text/event-stream", **(headers or {})}  # fmt: skip
+    return httpx.post(f"{gw.base}/mcp/tickets", content=body, headers=h, timeout=30)  # type: ignore[attr-defined]
+
+
+CALL = (b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"get_ticket",'
+        b'"arguments":{"id":1},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+        b'"io.modelcontextprotocol/clientCapabilities":{}}}}')  # fmt: skip
+MODERN = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call"}
+
+
+def test_headers_that_disagree_with_the_body_are_refused(
+    mgw: RunningGateway, mcp_upstream: McpUpstream
+) -> None:
+    before = len(mcp_upstream.calls())
+    ok = _post(mgw, CALL, {**MODERN, "Mcp-Name": "get_ticket"})
+    assert ok.status_code == 200 and ok.json()["result"]["isError"] is False
+    # A proxy routing on the header and a server reading the body would see different calls.
+    lying = _post(mgw, CALL.replace(b"get_ticket", b"delete_ticket"),
+                  {**MODERN, "Mcp-Name": "get_ticket"})  # fmt: skip
+    assert lying.status_code == 400 and lying.json()["error"]["code"] == -32020
+    wrong_method = _post(mgw, CALL, {**MODERN, "Mcp-Method": "tools/list"})
+    assert wrong_method.status_code == 400
+    assert [c["called"] for c in mcp_upstream.calls()[before:]] == ["get_ticket"]
+
+
+def test_bad_bodies_and_oversized_ones_get_clear_errors(
+    mgw: RunningGateway, mcp_upstream: McpUpstream
+) -> None:
+    before = len(mcp_upstream.entries())
+    bad = _post(mgw, b"{not json")
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == -32700
+    huge = _post(mgw, CALL.replace(b'"id":1', b'"id":1,"pad":"' + b"x" * 70_000 + b'"'))
+    assert huge.status_code == 413 and "max_body_bytes" in huge.json()["message"]
+    assert len(mcp_upstream.entries()) == before  # neither reached the server
+    errors = [e for evs in mgw.events().values() for e in evs if e["type"] == "protocol_error"]
+    assert len(errors) == 2
+
+
+def test_refusals_are_http_ones_and_recorded(mgw: RunningGateway) -> None:
+    missing = httpx.post(f"{mgw.base}/mcp/tickets", content=CALL, timeout=30)  # type: ignore[attr-defined]
+    assert missing.status_code == 401 and "www-authenticate" in missing.headers
+    groups = _post(mgw, CALL, token=mgw.token(groups=("others",)))
+    assert groups.status_code == 403
+    unknown = httpx.post(f"{mgw.base}/mcp/nope", content=CALL, timeout=30,  # type: ignore[attr-defined]
+                         headers={"Authorization": f"Bearer {mgw.token()}"})  # fmt: skip
+    assert unknown.status_code == 404
+    not_mcp = httpx.post(f"{mgw.base}/tickets", content=CALL, timeout=30,  # type: ignore[attr-defined]
+                         headers={"Authorization": f"Bearer {mgw.token()}"})  # fmt: skip
+    assert not_mcp.status_code == 404
+    refusals = [e["attrs"] for evs in mgw.events().values() for e in evs
+                if e["type"] == "auth" and e["attrs"].get("result") != "ok"]  # fmt: skip
+    assert len(refusals) >= 3

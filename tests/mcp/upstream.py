@@ -1,0 +1,98 @@
+"""A real MCP server for the tests (the official SDK's MCPServer over Streamable HTTP), run as
+its own process. It writes what it was sent to a log the tests read: the ground truth of what
+reached the target, outside the gateway."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
+
+LOG = Path(sys.argv[2])
+srv = MCPServer("tickets")
+
+
+def _log(entry: dict[str, Any]) -> None:
+    with LOG.open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+@srv.tool()
+def get_ticket(id: int) -> str:
+    """Get a ticket."""
+    _log({"called": "get_ticket", "id": id})
+    return f"ticket {id}: printer on fire"
+
+
+@srv.tool()
+def search_tickets(query: str) -> str:
+    """Search tickets."""
+    _log({"called": "search_tickets", "query": query})
+    return f"3 tickets match {query!r}"
+
+
+@srv.tool()
+def delete_ticket(id: int) -> str:
+    """Delete a ticket."""
+    _log({"called": "delete_ticket", "id": id})
+    return "deleted"
+
+
+@srv.tool()
+def run_script(script: str) -> str:
+    """Run a maintenance script."""
+    _log({"called": "run_script", "script": script})
+    return "ran"
+
+
+@srv.tool()
+def flaky() -> str:
+    """Always fails as a tool (isError)."""
+    _log({"called": "flaky"})
+    raise ValueError("the printer is on fire")
+
+
+@srv.tool()
+def broken() -> str:
+    """Fails as JSON-RPC."""
+    _log({"called": "broken"})
+    raise MCPError(-32050, "backend down")
+
+
+@srv.tool()
+def store(data: str) -> str:
+    """Take a payload; answer its length."""
+    _log({"called": "store", "length": len(data)})
+    return str(len(data))
+
+
+@srv.tool()
+def echo_key() -> str:
+    """A debugging tool that shows the credential it was called with."""
+    return LAST_AUTH[0]
+
+
+LAST_AUTH = [""]
+
+
+def app_with_log(app: Any) -> Any:
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+            LAST_AUTH[0] = headers.get("authorization", "")
+            _log({"http": scope["method"], "path": scope["path"],
+                  "authorization": headers.get("authorization"),
+                  "accept_encoding": headers.get("accept-encoding")})  # fmt: skip
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+if __name__ == "__main__":
+    app = srv.streamable_http_app(json_response="--json" in sys.argv)
+    uvicorn.run(app_with_log(app), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
