@@ -4,16 +4,21 @@ Discovery (`/.well-known/openid-configuration`) names the JWKS; keys are cached 
 when a token names a `kid` the cache does not know (at most once per REFRESH_INTERVAL_S, so
 garbage tokens cannot make the gateway hammer the issuer). Only asymmetric algorithms are
 accepted — never `none`, never an HMAC, whose "secret" would be the issuer's public key.
+
+A verified token is remembered (by its SHA-256) for VERIFIED_TTL_S, never past its `exp`: clients
+that open a connection per request (MCP clients do) would otherwise pay a signature check each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
 import urllib.request
 import warnings
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +33,8 @@ ALLOWED_ALGORITHMS = ("RS256", "ES256", "EdDSA", "Ed25519")
 REFRESH_INTERVAL_S = 30.0
 FETCH_TIMEOUT_S = 5.0
 MAX_TOKEN_BYTES = 16 * 1024
+VERIFIED_TTL_S = 60.0  # bounds how long a key the issuer withdrew still admits its tokens
+VERIFIED_MAX = 4096
 
 Fetch = Callable[[str], Awaitable[dict[str, Any]]]
 
@@ -69,10 +76,26 @@ class OidcVerifier:
         self._keys: KeySet | None = None
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
+        self._verified: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
 
     async def verify(self, token: str) -> Identity:
         if not token or len(token) > MAX_TOKEN_BYTES:
             raise TokenError("no token given: send your OIDC token")
+        digest = hashlib.sha256(token.encode()).digest()
+        now = self._clock()
+        seen = self._verified.get(digest)
+        if seen is not None:
+            until, identity = seen
+            if now < until and (identity.expires_at or 0) + self.leeway > now:
+                return identity
+            del self._verified[digest]
+        identity = await self._verify(token)
+        self._verified[digest] = (now + VERIFIED_TTL_S, identity)
+        if len(self._verified) > VERIFIED_MAX:
+            self._verified.popitem(last=False)
+        return identity
+
+    async def _verify(self, token: str) -> Identity:
         try:
             header = jws.extract_compact(token.encode()).headers()
         except (JoseError, ValueError, UnicodeError):

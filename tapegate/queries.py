@@ -63,6 +63,31 @@ ORDER BY s.started_at""",
         ("first day (YYYY-MM-DD)", "last day (YYYY-MM-DD)"),
     ),
     NamedQuery(
+        "mcp-tool-calls",
+        "MCP tool calls per day, agent and tool, by outcome (ok, is_error, error, blocked)",
+        """SELECT dt, subject, target, text AS tool, count(*) AS calls,
+       sum(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END) AS ok,
+       sum(CASE WHEN outcome = 'is_error' THEN 1 ELSE 0 END) AS tool_errors,
+       sum(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) AS rpc_errors,
+       sum(CASE WHEN outcome = 'blocked' THEN 1 ELSE 0 END) AS blocked,
+       avg(duration_ms) AS avg_ms
+FROM events
+WHERE type = 'mcp_response' AND protocol = 'mcp' AND text IS NOT NULL AND dt BETWEEN ? AND ?
+GROUP BY dt, subject, target, text
+ORDER BY dt, subject, target, tool""",
+        ("first day (YYYY-MM-DD)", "last day (YYYY-MM-DD)"),
+    ),
+    NamedQuery(
+        "mcp-blocked-and-failed-calls",
+        "MCP tool calls the policy blocked or that failed (isError or a JSON-RPC error)",
+        """SELECT ts, session_id, subject, target, text AS tool, outcome, duration_ms, event
+FROM events
+WHERE type = 'mcp_response' AND protocol = 'mcp' AND outcome IN ('blocked', 'is_error', 'error')
+  AND dt BETWEEN ? AND ?
+ORDER BY ts""",
+        ("first day (YYYY-MM-DD)", "last day (YYYY-MM-DD)"),
+    ),
+    NamedQuery(
         "sessions-not-verified",
         "Ended sessions whose tape is not verified intact (tampered, truncated, or incomplete)",
         """SELECT session_id, subject, target, started_at, ended_at, status, chunks, problems

@@ -25,7 +25,8 @@ _EVENT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _EVENT_FIELDS = pa.schema([
     ("ts", pa.int64()), ("dir", pa.string()), ("type", pa.string()),
     ("attrs", pa.struct([(name, pa.string()) for name in
-                         ("sql", "command", "tag", "sqlstate", "rule", "result")]
+                         ("sql", "command", "tool", "tag", "sqlstate", "rule", "result",
+                          "outcome")]
                         + [("rows", pa.int64()), ("duration_ns", pa.int64())])),
 ])  # fmt: skip
 
@@ -116,11 +117,13 @@ def event_table(
         "ts_ns": ts_ns,
         "direction": parsed["dir"],
         "type": parsed["type"],
-        "text": pc.coalesce(attr("sql"), attr("command")),
+        "text": pc.coalesce(attr("sql"), attr("command"), attr("tool")),  # MCP: the tool
         "subject": pc.take(pa.array(context["subject"], pa.string()), owner),
         "target": pc.take(pa.array(context["target"], pa.string()), owner),
         "protocol": pc.take(pa.array(context["protocol"], pa.string()), owner),
-        "outcome": pc.coalesce(attr("tag"), attr("sqlstate"), attr("rule"), attr("result")),
+        "outcome": pc.coalesce(
+            attr("tag"), attr("sqlstate"), attr("rule"), attr("result"), attr("outcome")
+        ),
         "rows": attr("rows"),
         "duration_ms": pc.divide(attr("duration_ns").cast(pa.float64()), 1e6),
         "event": event,

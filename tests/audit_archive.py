@@ -3,6 +3,7 @@ the compliance export are tested on. Sessions (all on the day of T0):
     ada    → appdb: two statements on orders, one blocked DROP; closed, verified
     linus  → appdb: refused at login (28000); closed with end_reason refused
     grace  → appdb: a statement on customers; the final chunk never arrives → truncated
+    hopper → tickets (MCP): get_ticket ok twice, flaky is_error, delete_ticket blocked; closed
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ DAY = datetime.fromtimestamp(T0 / 1e9, UTC).date().isoformat()
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 
 
-def _writer(subject: str, signer: SigningKey, started: int) -> TapeWriter:
+def _writer(subject: str, signer: SigningKey, started: int, **header_fields: str) -> TapeWriter:
     header = make_header(started)
-    header = replace(header, identity=replace(header.identity, subject=subject))
+    header = replace(header, identity=replace(header.identity, subject=subject), **header_fields)
     return TapeWriter(header, signer, [PrivateKey.generate().public_key], max_chunk_bytes=1024)
 
 
@@ -55,6 +56,36 @@ def build(root: Path) -> DuckDBQuery:
         )
     )
     records.append(linus.close(T0 + 102, "refused"))
+
+    hopper = _writer("hopper", signer, T0 + 300, target="tickets", protocol="mcp")
+    for i, (tool, outcome) in enumerate(
+        [
+            ("get_ticket", "ok"),
+            ("get_ticket", "ok"),
+            ("flaky", "is_error"),
+            ("delete_ticket", "blocked"),
+        ]
+    ):
+        at = T0 + 310 + 10 * i
+        records += hopper.add_event(
+            Event(
+                at,
+                "mcp_request",
+                C2S,
+                {"id": i, "method": "tools/call", "tool": tool, "arguments": '{"id":7}'},
+            )
+        )
+        attrs = {
+            "id": i,
+            "method": "tools/call",
+            "tool": tool,
+            "outcome": outcome,
+            "duration_ns": 2_000_000,
+        }
+        if outcome == "blocked":
+            attrs["reason"] = "tapegate: tool 'delete_ticket' is not allowed (tools.deny)"
+        records += hopper.add_event(Event(at + 1, "mcp_response", S2C, attrs))
+    records.append(hopper.close(T0 + 400, "client_closed"))
 
     grace = _writer("grace", signer, T0 + 200)
     records += grace.add_event(Event(T0 + 201, "query", C2S, {"sql": "SELECT * FROM customers"}))

@@ -38,7 +38,7 @@ def reader(store: LocalObjectStore, prefix: str):
 def test_the_manifest_lists_every_file_with_hash_and_rows(exported) -> None:
     manifest, store, signer, _ = exported
     assert manifest["prefix"] == f"dt={DAY}/run=r1/"
-    assert manifest["tables"] == {"sessions": 3, "events": 5}
+    assert manifest["tables"] == {"sessions": 4, "events": 13}
     assert {f["table"] for f in manifest["files"]} == {"sessions", "events"}
     assert manifest["public_key"] == bytes(signer.verify_key).hex()
     assert sorted(store.list(manifest["prefix"])) == sorted(
@@ -58,7 +58,7 @@ def test_a_changed_file_a_changed_manifest_and_a_foreign_key_are_caught(exported
     assert verify_export(reader(store, prefix)) == [
         f"{manifest['files'][0]['path']}: SHA-256 differs from the manifest"
     ]
-    body = store.get(prefix + MANIFEST).replace(b'"rows": 3', b'"rows": 2')
+    body = store.get(prefix + MANIFEST).replace(b'"rows": 4', b'"rows": 3')
     store.put(prefix + MANIFEST, body)
     assert verify_export(reader(store, prefix)) == ["the manifest's signature does not match"]
     other = bytes(SigningKey.generate().verify_key)

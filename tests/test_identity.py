@@ -131,3 +131,27 @@ def test_a_token_living_longer_than_the_limit_is_refused() -> None:
                          fetch=issuer.fetch)  # fmt: skip
     with pytest.raises(TokenError, match=r"lifetime 1 h exceeds .*\(10 min\)"):
         _verify(short, _token(key, "ES256", iat=now, exp=now + 3600))
+
+
+def test_a_verified_token_is_remembered_but_never_past_its_exp() -> None:
+    issuer = FakeIssuer()
+    key = issuer.add(OKPKey.generate_key("Ed25519", parameters={"kid": "ed"}))
+    now = int(time.time())
+    clock = [float(now)]
+    verifier = OidcVerifier(IdentityConfig(issuer=ISSUER, audience="tapegate", leeway_s=0),
+                            fetch=issuer.fetch, clock=lambda: clock[0])  # fmt: skip
+    token = _token(key, "EdDSA", exp=now + 30)
+    checked = []
+    real = verifier._verify
+
+    async def counting(t: str) -> Any:
+        checked.append(t)
+        return await real(t)
+
+    verifier._verify = counting  # type: ignore[method-assign]
+    assert _verify(verifier, token).subject == "u1"
+    assert _verify(verifier, token).subject == "u1"
+    assert len(checked) == 1  # the second answered from memory
+    clock[0] = now + 31  # past exp: refused, however recently it was verified
+    with pytest.raises(TokenError, match="expired"):
+        _verify(verifier, token)

@@ -28,7 +28,8 @@ def run(duck: DuckDBQuery, name: str, *params: str) -> list[dict]:
 def test_every_query_is_documented_and_uses_only_shared_sql() -> None:
     assert {q.name for q in QUERIES} == {"sessions-of-user", "statements-touching-table",
                                           "blocked-statements", "refused-logins",
-                                          "sessions-not-verified"}  # fmt: skip
+                                          "sessions-not-verified", "mcp-tool-calls",
+                                          "mcp-blocked-and-failed-calls"}  # fmt: skip
     for q in QUERIES:
         # Functions that exist in only one of the two engines would make Athena and DuckDB
         # disagree; `dt` compared as a string keeps partition pruning in Athena.
@@ -72,3 +73,21 @@ def test_sessions_not_verified_intact(duck: DuckDBQuery) -> None:
     rows = run(duck, "sessions-not-verified", DAY, DAY)
     assert [(r["subject"], r["status"]) for r in rows] == [("grace", "truncated")]
     assert "no final chunk" in rows[0]["problems"]
+
+
+def test_mcp_tool_calls_per_day_agent_and_tool(duck: DuckDBQuery) -> None:
+    rows = run(duck, "mcp-tool-calls", DAY, DAY)
+    got = [(r["subject"], r["target"], r["tool"], r["calls"], r["ok"], r["tool_errors"],
+            r["blocked"]) for r in rows]  # fmt: skip
+    assert got == [("hopper", "tickets", "delete_ticket", 1, 0, 0, 1),
+                   ("hopper", "tickets", "flaky", 1, 0, 1, 0),
+                   ("hopper", "tickets", "get_ticket", 2, 2, 0, 0)]  # fmt: skip
+    assert rows[-1]["avg_ms"] == 2.0
+    assert run(duck, "mcp-tool-calls", "2001-01-01", "2001-01-31") == []
+
+
+def test_mcp_blocked_and_failed_calls_say_why(duck: DuckDBQuery) -> None:
+    rows = run(duck, "mcp-blocked-and-failed-calls", DAY, DAY)
+    assert [(r["tool"], r["outcome"]) for r in rows] == [("flaky", "is_error"),
+                                                        ("delete_ticket", "blocked")]  # fmt: skip
+    assert "tools.deny" in rows[1]["event"]  # the whole event: the reason it was blocked

@@ -69,19 +69,23 @@ def run_demo(data_dir: Path) -> int:
     import shutil
     import tempfile
 
-    from gateway_task.devtools import demo_more
+    from gateway_task.devtools import demo_mcp, demo_more
     from gateway_task.devtools.throwaway_pg import APP_PASSWORD, free_port, start_postgres
     from gateway_task.devtools.throwaway_sshd import start_sshd
 
     if data_dir.exists():
         shutil.rmtree(data_dir)
-    print("== tapegate demo: an agent's psql, ssh and API sessions through the gateway ==\n")
-    print("1. Starting a throwaway PostgreSQL, sshd and JSON API, and the gateway (dev OIDC")
-    print("   issuer, local archive)")
+    print("== tapegate demo: an agent's psql, ssh, API and MCP sessions through the gateway ==\n")
+    print("1. Starting a throwaway PostgreSQL, sshd, JSON API and MCP server, and the gateway")
+    print("   (dev OIDC issuer, local archive)")
     pg = start_postgres()
     sshd = start_sshd(Path(tempfile.mkdtemp(prefix="tapegate-demo-sshd-")))
     api, api_url = demo_more.start_api()
     listen, more_targets = demo_more.listen_and_targets(sshd, api_url)
+    tickets, tickets_url = demo_mcp.start_tickets()
+    mcp_listen, mcp_target = demo_mcp.listen_and_target(tickets_url)
+    listen.update(mcp_listen)
+    more_targets.append(mcp_target)
     try:
         os.environ["TAPEGATE_DEMO_APPDB_PASSWORD"] = APP_PASSWORD
         raw = {
@@ -113,6 +117,7 @@ def run_demo(data_dir: Path) -> int:
         sshd.stop()
         shutil.rmtree(sshd.folder, ignore_errors=True)
         api.shutdown()
+        tickets.terminate()
     return _audit(data_dir, config_file)
 
 
@@ -143,6 +148,9 @@ async def _agent_session(config: Config) -> None:
     from gateway_task.devtools.demo_more import agent_ssh_and_http
 
     await agent_ssh_and_http(gateway.addresses, config.data_dir, token)
+    from gateway_task.devtools.demo_mcp import agent_mcp
+
+    await agent_mcp(gateway.addresses["mcp"], config.data_dir, token)
     await gateway.stop(drain_s=1.0)
 
 
@@ -184,6 +192,9 @@ def _audit(data_dir: Path, config_file: Path) -> int:
     print("\n   The API call as HAR (the X-Api-Key the gateway added is redacted):")
     print(f"   $ tapegate replay {by_target['api']} --format har")
     cli_main(["replay", by_target["api"], "--format", "har", *cfg])
+    print("\n   The MCP session as a conversation: each call, its outcome; the denied one blocked:")
+    print(f"   $ tapegate replay {by_target['tickets']}")
+    cli_main(["replay", by_target["tickets"], *cfg])
 
     print("\n5. Verify it from the raw delivered records and the gateway's public key alone:")
     print(f"   $ tapegate verify {session_id}")

@@ -20,16 +20,19 @@ from typing import TYPE_CHECKING
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.server.admission import run_admission
 from gateway_task.server.driver import Handover, Pipe
+from gateway_task.server.mcp_tapes import McpTape
 from gateway_task.tls import upstream_https_context
 from tapegate.protocols.http.answers import HTTP_WORDS
 from tapegate.protocols.http.relay import HttpRelay
 from tapegate.protocols.http.target import HttpTarget
+from tapegate.protocols.mcp.exchange import Ledger
 from tapegate.proxy.admission import Admitted, Refusal, admit
 from tapegate.proxy.questions import (
     Admit,
     CloseSession,
     Connect,
     ConnectFailed,
+    NameSession,
     OpenSession,
     RecordRefusal,
 )
@@ -39,6 +42,7 @@ from tapegate.vocab import EndReason
 if TYPE_CHECKING:
     from gateway_task.server.admission import Slot
     from gateway_task.server.gateway import Gateway
+    from gateway_task.server.mcp_tapes import McpTapes
 
 log = logging.getLogger("tapegate.gateway")
 
@@ -76,9 +80,11 @@ class HttpConnection:
         tls: bool,
         slot: Slot,
         protocol: str = "http",  # or "mcp": the same relay, reading MCP targets' exchanges
+        tapes: McpTapes | None = None,  # MCP's: its tape sessions outlive connections
     ) -> None:
         self.gw = gw
         self.protocol = protocol
+        self.tapes = tapes
         self.slot = slot  # pre-auth until a request is admitted
         self.tls = tls
         peer = writer.get_extra_info("peername") or ("?", 0)
@@ -94,7 +100,7 @@ class HttpConnection:
             protocol=protocol,
         )
         self._streams = reader, writer
-        self.session: HttpSession | None = None
+        self.session: HttpSession | McpTape | None = None
         self._verified: tuple[str, Identity] | None = None
         self._admitted: tuple[str, str, Admitted, float] | None = None  # token, target, until
 
@@ -131,7 +137,11 @@ class HttpConnection:
         if isinstance(question, OpenSession):
             return self._open_session(question)
         if isinstance(question, CloseSession):
-            return self._close_session(question.reason)
+            return self._close_session(question.reason, question.final)
+        if isinstance(question, NameSession):
+            if self.tapes is not None and isinstance(self.session, McpTape):
+                self.tapes.name(self.session, question.boundary)
+            return None
         if isinstance(question, Connect):
             assert isinstance(question.target, HttpTarget)
             return self._connect(question.target)
@@ -177,21 +187,30 @@ class HttpConnection:
         self._verified = (token, identity)
         return identity
 
-    def _open_session(self, question: OpenSession) -> None:
+    def _open_session(self, question: OpenSession) -> Ledger | None:
         if self.gw.sink.failure is not None:
             raise RecordingUnavailable(self.gw.sink.failure)
         admitted = question.admitted
+        if self.tapes is not None:  # MCP: the session's tape, which other connections may carry
+            tape = self.tapes.join(self, admitted, question.started_ns, question.boundary)
+            self.session = tape
+            self.pipe.recorder = tape.recorder
+            return tape.ledger
         recorder = self.gw.open_recorder(admitted.identity, admitted.target.name, self.protocol,
                                          self.client_addr, question.started_ns)  # fmt: skip
         self.session = HttpSession(recorder, self)
         self.pipe.recorder = recorder
         self.gw.sessions.add(self.session)
         self.gw.metrics.inc("sessions_started")
+        return None
 
-    def _close_session(self, reason: str) -> None:
+    def _close_session(self, reason: str, final: bool = False) -> None:
         session, self.session = self.session, None
         self.pipe.recorder = None
         if session is None:
+            return
+        if isinstance(session, McpTape):
+            session.tapes.leave(session, self, reason, final)
             return
         self.gw.sessions.discard(session)
         session.recorder.close(session.end_reason or reason)

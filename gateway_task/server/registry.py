@@ -54,10 +54,13 @@ async def _postgres(gw: Gateway, listen: Address) -> Any:
 async def _http(gw: Gateway, listen: Address, protocol: str = "http") -> Any:
     from gateway_task.server.http import HttpConnection
     from gateway_task.server.listeners import SniffingListener
+    from gateway_task.server.mcp_tapes import McpTapes
     from gateway_task.tls import server_context
 
+    tapes = McpTapes(gw) if protocol == "mcp" else None  # MCP sessions outlive connections
+
     def accept(reader: Any, writer: Any, tls: bool, slot: Any) -> None:
-        connection = HttpConnection(gw, reader, writer, tls, slot, protocol)
+        connection = HttpConnection(gw, reader, writer, tls, slot, protocol, tapes)
         gw.track(gw.connection(connection.run(), writer))
 
     tls = server_context(gw.config.tls, gw.config.data_dir, alpn=["http/1.1"])

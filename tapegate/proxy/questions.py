@@ -31,13 +31,27 @@ class OpenSession:
 
     admitted: Admitted
     started_ns: int
+    # Where a protocol's session outlives connections (MCP): which one this is. The owner
+    # joins the open tape of the same subject, target and boundary, or opens one. Answer: that
+    # tape's protocol state (MCP's `Ledger`), or None.
+    boundary: str | None = None
+
+
+@dataclass(frozen=True)
+class NameSession:
+    """The open tape session has learnt its boundary (an MCP `initialize` answered with its
+    `Mcp-Session-Id`): later connections naming it join it. Answer: None."""
+
+    boundary: str
 
 
 @dataclass(frozen=True)
 class CloseSession:
-    """Seal the open tape session with this reason. Answer: None."""
+    """Leave the open tape session with this reason: it is sealed, unless it outlives the
+    connection (MCP) and `final` is not set (a DELETE ended the MCP session). Answer: None."""
 
     reason: EndReason
+    final: bool = False
 
 
 @dataclass(frozen=True)

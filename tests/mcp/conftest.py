@@ -80,7 +80,7 @@ def mcp_config(
              "tools": {"allow": ["search_*", "get_ticket", "run_*", "flaky", "broken",
                                  "echo_key", "store"], "deny": ["delete_*"]},
              "guardrails": {"deny_args": [{"tool": "run_*", "regex": "rm\\s+-rf"}]},
-             "max_body_bytes": max_body_bytes},
+             "max_body_bytes": max_body_bytes, "session_idle_s": 0.5},
         ],
     }  # fmt: skip
     raw.update(overrides)

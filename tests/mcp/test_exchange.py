@@ -165,3 +165,11 @@ def test_config_is_checked() -> None:
         _target(guardrails={"deny_args": [{"tool": "x", "regex": "("}]})
     with pytest.raises(ConfigError, match="unknown key"):
         _target(tools={"allowed": ["x"]})
+
+
+def test_an_empty_json_answer_is_no_error() -> None:
+    x = _x()
+    x.request(b"POST", JSON, b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+    x.response_head(202, JSON)
+    assert x.response_end(True) == b""
+    assert _types(x) == ["mcp_notification"]

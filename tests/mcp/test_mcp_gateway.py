@@ -159,8 +159,11 @@ def test_bad_bodies_and_oversized_ones_get_clear_errors(
     huge = _post(mgw, CALL.replace(b'"id":1', b'"id":1,"pad":"' + b"x" * 70_000 + b'"'))
     assert huge.status_code == 413 and "max_body_bytes" in huge.json()["message"]
     assert len(mcp_upstream.entries()) == before  # neither reached the server
-    errors = [e for evs in mgw.events().values() for e in evs if e["type"] == "protocol_error"]
-    assert len(errors) == 2
+    events = [e for evs in mgw.events().values() for e in evs]
+    errors = [e for e in events if e["type"] == "protocol_error"]
+    assert len(errors) == 1 and "not JSON" in errors[0]["attrs"]["message"]
+    too_large = [e for e in events if e["type"] == "auth" and e["attrs"].get("status") == 413]
+    assert len(too_large) == 1 and too_large[0]["attrs"]["refusal"] == "too_large"
 
 
 def test_refusals_are_http_ones_and_recorded(mgw: RunningGateway) -> None:

@@ -129,7 +129,9 @@ def test_pty_shell_with_resize_replays_as_asciicast(
             proc = await conn.create_process(term_type="xterm", term_size=(100, 30),
                                              encoding=None)  # fmt: skip
             proc.stdin.write(b"stty size\n")
-            await asyncio.sleep(0.5)
+            seen = b""  # the size it started with, answered before the resize (a login shell
+            while b"30 100" not in seen:  # may take longer than any fixed wait to start)
+                seen += await asyncio.wait_for(proc.stdout.read(4096), 30)
             proc.change_terminal_size(120, 40)
             await asyncio.sleep(0.2)
             proc.stdin.write(b"stty size; exit 0\n")

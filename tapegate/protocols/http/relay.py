@@ -41,6 +41,7 @@ from tapegate.proxy.questions import (
     CloseSession,
     Connect,
     ConnectFailed,
+    NameSession,
     OpenSession,
     RecordRefusal,
 )
@@ -108,6 +109,7 @@ class _Exchange:
     mcp: McpExchange | None = None  # an MCP target's: the request is read whole, then judged
     held: bytearray | None = None  # ... its body so far
     upstream_headers: x.Headers | None = None  # ... and its head, framed once the body is in
+    mcp_body: bytes = b""
 
 
 class HttpRelay:
@@ -135,7 +137,8 @@ class HttpRelay:
         self._client_eof = False  # ... and its EOF
         self._paused = False
         self._server_paused = False
-        self.session: tuple[str, str] | None = None  # (target, subject) of the open tape
+        # (target, subject, boundary) of the open tape; the boundary is MCP's (`Ledger`)
+        self.session: tuple[str, str, str | None] | None = None
         self.upstream: str | None = None  # the target the open connection goes to
         self.responses: wire.ResponseReader | None = None
         self.answering = False  # a request is in hand and its answer has not begun
@@ -237,7 +240,7 @@ class HttpRelay:
         if isinstance(question, Admit):
             self._admitted(answer, out)  # type: ignore[arg-type]
         elif isinstance(question, OpenSession):
-            self._session_opened(question.admitted, out)
+            self._session_opened(question, answer, out)
         elif isinstance(question, Connect):
             if isinstance(answer, ConnectFailed):
                 self._upstream_failed(answer.status, answer.message, out)
@@ -344,7 +347,10 @@ class HttpRelay:
             return
         self._preauth_until = None
         self._x.admitted = outcome
-        key = (outcome.target.name, outcome.identity.subject)
+        if isinstance(outcome.target, McpTarget):
+            self._mcp_read(out)  # its tape session is known once its body is
+            return
+        key = (outcome.target.name, outcome.identity.subject, None)
         if self.session == key:
             self._forward_or_connect(out)
             return
@@ -355,12 +361,16 @@ class HttpRelay:
             self._drop_upstream(out)
         out.append(Ask(OpenSession(outcome, self._now_ns())))
 
-    def _session_opened(self, admitted: Admitted, out: list[Command]) -> None:
-        self.session = (admitted.target.name, admitted.identity.subject)
-        self._ledger = Ledger()
+    def _session_opened(self, question: OpenSession, answer: object, out: list[Command]) -> None:
+        admitted = question.admitted
+        self.session = (admitted.target.name, admitted.identity.subject, question.boundary)
+        self._ledger = answer if isinstance(answer, Ledger) else Ledger()
         attrs = auth_attrs(admitted, "oidc", tls=self.tls)
         out.append(Record([Event(self._now_ns(), "auth", None, attrs)]))
-        self._forward_or_connect(out)
+        if self._x is not None and self._x.mcp is not None:
+            self._mcp_judge(out)
+        else:
+            self._forward_or_connect(out)
 
     def _forward_or_connect(self, out: list[Command]) -> None:
         assert self._x is not None and self._x.admitted is not None
@@ -385,27 +395,19 @@ class HttpRelay:
         the client framed it, but by the gateway: a length, or chunks it writes."""
         ex = self._x
         assert ex is not None and ex.admitted is not None and ex.inject is not None
+        if ex.mcp is not None:
+            self._mcp_send(out)
+            return
         target = ex.admitted.target
         assert isinstance(target, HttpTarget)
         request, inject = ex.request, ex.inject
         ex.websocket = x.wants_websocket(request.headers)
         headers = x.upstream_request_headers(request.headers, inject.host, inject.header,
                                              self.client_addr)  # fmt: skip
-        rest = x.strip_access_token(ex.rest)
-        if isinstance(target, McpTarget):
-            # One endpoint, the upstream URL itself; its answers are read, so not compressed.
-            rest = rest[1:] if rest.startswith("/") and rest[1:2] in ("", "?") else rest
-            headers = [(n, v) for n, v in headers if n != b"accept-encoding"]
-            ex.websocket = False
-            ex.mcp = McpExchange(target, self._ledger, self.body_cap, self._now_ns)
-            ex.held = bytearray()
-        ex.path = target.upstream_base_path + rest
-        if ex.mcp is None:
-            head = wire.request_head(request.method, ex.path.encode(), headers, request.body)
-            self._to_server = [head]
-            self._shown_head = head.replace(inject.header[1], x.REDACTED.encode())
-        else:
-            ex.upstream_headers = headers
+        ex.path = target.upstream_base_path + x.strip_access_token(ex.rest)
+        head = wire.request_head(request.method, ex.path.encode(), headers, request.body)
+        self._to_server = [head]
+        self._shown_head = head.replace(inject.header[1], x.REDACTED.encode())
         head_request = request.method == b"HEAD"
         self.responses = (self.responses.again(head_request) if self.responses is not None
                           else wire.ResponseReader(head_request))  # fmt: skip
@@ -443,25 +445,34 @@ class HttpRelay:
                 ex.body.add(event.data)
                 self._to_server.append(wire.chunk(event.data) if chunked else event.data)
             elif event is END:
-                if ex.held is None:
-                    if chunked:
-                        self._to_server.append(wire.LAST_CHUNK)
-                    self._flush_server(out)
+                if ex.held is not None:
+                    self._mcp_session(out)
+                    return
+                if chunked:
+                    self._to_server.append(wire.LAST_CHUNK)
+                self._flush_server(out)
                 break
             else:
                 raise wire.HttpError("the client closed in the middle of a request")
+        out.append(Record([self._request_event(ex)]))
+        self._await_answer(out)
+
+    def _request_event(self, ex: _Exchange) -> Event:
         request = ex.request
-        assert ex.inject is not None
-        out.append(Record([Event(ex.started_ns, "request", C2S, {
+        assert ex.inject is not None and ex.body is not None
+        return Event(ex.started_ns, "request", C2S, {
             "method": request.method.decode("latin-1"),
             "url": x.strip_access_token(request.target.decode("latin-1")),
             "upstream_path": ex.path,
             "http_version": x.http_version(request.version),
             "headers": x.recorded_headers(request.headers, ex.inject.header[0]),
             **ex.body.attrs(x.content_type(request.headers)),
-        })]))  # fmt: skip
-        if ex.mcp is not None and not self._mcp_forward(out):
-            return
+        })  # fmt: skip
+
+    def _await_answer(self, out: list[Command]) -> None:
+        """The request has gone out whole: its answer is awaited."""
+        ex = self._x
+        assert ex is not None
         ex.body = x.Body(self.body_cap)  # the response's, from here on
         self.state = State.RESPONSE
         if self._server_paused:
@@ -519,7 +530,10 @@ class HttpRelay:
         ex.maskable = x.identity_encoded(ex.headers)
         framing = event.body
         if ex.mcp is not None:
-            ex.mcp.response_head(event.status, ex.headers)
+            named = ex.mcp.response_head(event.status, ex.headers)
+            if named is not None and self.session is not None and self.session[2] != named:
+                out.append(Ask(NameSession(named)))  # an initialize's answer names the session
+                self.session = (self.session[0], self.session[1], named)
             if not framing.empty and request.method != b"HEAD" and event.status != 304:
                 framing = wire.Body(chunked=True)  # read and maybe rewritten: re-framed
         if framing.chunked or framing.until_close:
@@ -598,6 +612,10 @@ class HttpRelay:
         if not ex.maskable and ex.body.length:
             attrs["unmasked"] = "content-encoded body: not checked for the credential"
         out.append(Record([Event(self._now_ns(), "response", S2C, attrs)]))
+        if (ex.mcp is not None and complete and ex.request.method == b"DELETE"
+                and ex.response.status < 300 and self.session is not None):  # fmt: skip
+            out.append(Ask(CloseSession(EndReason.CLIENT_CLOSED, final=True)))  # the session's end
+            self.session = None
         if not complete or not responses.reusable:
             self._drop_upstream(out)
         if not complete:
@@ -660,26 +678,89 @@ class HttpRelay:
 
     # -- MCP: the request judged whole ----------------------------------------------------------
 
-    def _mcp_forward(self, out: list[Command]) -> bool:
-        """The whole request is in: forwarded (True), or answered by the gateway (False)."""
+    def _mcp_read(self, out: list[Command]) -> None:
+        """An admitted MCP request: its body is read whole before anything else is decided
+        (its tape session, the verdict, the target's connection)."""
+        ex = self._x
+        assert ex is not None and ex.admitted is not None
+        target = ex.admitted.target
+        assert isinstance(target, McpTarget)
+        request = ex.request
+        ex.inject = inject = self._injection(target, ex.admitted.credential)
+        if not wire.safe_value(inject.header[1]):
+            self._upstream_failed(502, f"target {target.name!r}: its credential holds a line "
+                                  "break or NUL, which would break the request", out)  # fmt: skip
+            return
+        headers = x.upstream_request_headers(request.headers, inject.host, inject.header,
+                                             self.client_addr)  # fmt: skip
+        # Its answers are read (and may be rewritten): asked for uncompressed.
+        ex.upstream_headers = [(n, v) for n, v in headers if n != b"accept-encoding"]
+        rest = x.strip_access_token(ex.rest)  # one endpoint: the upstream URL itself
+        rest = rest[1:] if rest.startswith("/") and rest[1:2] in ("", "?") else rest
+        ex.path = target.upstream_base_path + rest
+        ex.mcp = McpExchange(target, None, self.body_cap, self._now_ns)
+        ex.held = bytearray()
+        ex.masker = x.Masker(inject.echo)
+        ex.body = x.Body(self.body_cap)
+        self.state = State.BODY
+        self._feed(b"")  # what arrived while it was admitted
+        if self._paused:
+            self._paused = False
+            out.append(Resume(Side.CLIENT))
+        if request.expects_continue and not request.body.empty and not self.requests.pending:
+            self._send(CONTINUE, out)
+            self._flush_client(out)
+        self._advance(out)
+
+    def _mcp_session(self, out: list[Command]) -> None:
+        """The whole request is in: the tape session it belongs to, then its verdict."""
         ex = self._x
         assert ex is not None and ex.mcp is not None and ex.held is not None
-        assert ex.inject is not None and ex.upstream_headers is not None
-        body = bytes(ex.held)
-        ex.held = None
-        verdict = ex.mcp.request(ex.request.method, ex.request.headers, body)
+        assert ex.admitted is not None
+        ex.mcp_body, ex.held = bytes(ex.held), None
+        ex.mcp.read(ex.request.method, ex.request.headers, ex.mcp_body)
+        boundary = ex.mcp.boundary()
+        target, subject = ex.admitted.target.name, ex.admitted.identity.subject
+        if (
+            self.session is not None
+            and self.session[:2] == (target, subject)
+            and (boundary is None or self.session[2] == boundary)
+        ):  # the open tape (a request that names no session stays in the connection's)
+            self._mcp_judge(out)
+            return
+        if self.session is not None:
+            out.append(Ask(CloseSession(EndReason.TARGET_CHANGED)))
+            self.session = None
+        if self.upstream is not None and self.upstream != target:
+            self._drop_upstream(out)
+        out.append(Ask(OpenSession(ex.admitted, self._now_ns(), boundary=boundary)))
+
+    def _mcp_judge(self, out: list[Command]) -> None:
+        ex = self._x
+        assert ex is not None and ex.mcp is not None
+        ex.mcp.ledger = self._ledger
+        out.append(Record([self._request_event(ex)]))
+        verdict = ex.mcp.judge()
         self._mcp_events(out)
         if isinstance(verdict, Answer):
             self._mcp_answer(verdict, out)
-            return False
-        framing = (
-            wire.Body(length=len(body)) if body or ex.request.method == b"POST" else wire.NO_BODY
-        )
-        head = wire.request_head(ex.request.method, ex.path.encode(), ex.upstream_headers, framing)
+        else:
+            self._forward_or_connect(out)
+
+    def _mcp_send(self, out: list[Command]) -> None:
+        """Head and body in one write, framed with the body's length."""
+        ex = self._x
+        assert ex is not None and ex.inject is not None and ex.upstream_headers is not None
+        body, method = ex.mcp_body, ex.request.method
+        framing = wire.Body(length=len(body)) if body or method == b"POST" else wire.NO_BODY
+        head = wire.request_head(method, ex.path.encode(), ex.upstream_headers, framing)
         self._to_server = [head, body]
         self._shown_head = head.replace(ex.inject.header[1], x.REDACTED.encode())
         self._flush_server(out)
-        return True
+        head_request = method == b"HEAD"
+        self.responses = (self.responses.again(head_request) if self.responses is not None
+                          else wire.ResponseReader(head_request))  # fmt: skip
+        self._await_answer(out)
 
     def _mcp_answer(self, answer: Answer, out: list[Command]) -> None:
         """The gateway's own JSON-RPC answer (a blocked call, a bad body): recorded, sent, and
@@ -695,18 +776,29 @@ class HttpRelay:
             answer.status, reason, headers, wire.Body(length=len(answer.body))
         )
         self.answered = True
+        body = x.Body(self.body_cap)
+        body.add(answer.body)
         out.append(Record([Event(self._now_ns(), "response", S2C, {
             "status": answer.status, "reason": reason.decode(), "http_version": "HTTP/1.1",
             "headers": x.recorded_headers(headers), "gateway": True,
             "duration_ns": self._now_ns() - ex.started_ns,
-            **x.Body(self.body_cap).attrs("application/json")})]))  # fmt: skip
+            **body.attrs("application/json")})]))  # fmt: skip
         out.append(ToClient(head + answer.body))
         self._next_turn(keep_alive, out)
 
     def _too_large(self, limit: int, out: list[Command]) -> None:
         message = (f"the request body is over this target's max_body_bytes ({limit}): an MCP "
                    "request is read whole before it is forwarded")  # fmt: skip
-        out.append(Record([Event(self._now_ns(), "protocol_error", C2S, {"message": message})]))
+        if self.session is not None:
+            out.append(Record([Event(self._now_ns(), "protocol_error", C2S,
+                                     {"message": message})]))  # fmt: skip
+        else:  # its tape session is chosen once the body is in: recorded as refused instead
+            assert self._x is not None
+            out.append(Ask(RecordRefusal(
+                self._x.admitted.identity if self._x.admitted else None,
+                self._x.admitted.target.name if self._x.admitted else "(none)",
+                {"method": "oidc", "refusal": "too_large", "status": 413, "reason": message,
+                 "tls": self.tls}, started_ns=self._x.started_ns)))  # fmt: skip
         self._error(413, message, out)
         self.state = State.DONE
         out.append(End(EndReason.PROTOCOL_ERROR))

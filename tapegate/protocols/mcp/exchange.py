@@ -76,12 +76,19 @@ def tool_digest(tool: dict[str, Any]) -> str:
 
 
 class McpExchange:
+    """One exchange. The relay reads the request (`read`), picks its tape session by its
+    `boundary`, hands over that session's `ledger`, then asks for the verdict (`judge`)."""
+
     def __init__(
-        self, target: McpTarget, ledger: Ledger, cap: int, now_ns: Callable[[], int]
+        self, target: McpTarget, ledger: Ledger | None, cap: int, now_ns: Callable[[], int]
     ) -> None:
-        self.target, self.ledger, self.cap, self._now_ns = target, ledger, cap, now_ns
+        self.target, self.cap, self._now_ns = target, cap, now_ns
+        self.ledger = ledger if ledger is not None else Ledger()
         self.events: list[Event] = []  # what to record next; the relay takes them
         self._sent: list[str] = []  # ids of the requests this exchange forwarded
+        self._method, self._headers = b"", []  # type: tuple[bytes, Headers]
+        self._items: list[jr.Message] = []
+        self._bad: jr.McpError | None = None
         self._json: bytearray | None = None
         self._sse: SseReader | None = None
         self._passthrough = False
@@ -89,15 +96,52 @@ class McpExchange:
     # -- the request -------------------------------------------------------------------------
 
     def request(self, method: bytes, headers: Headers, body: bytes) -> Answer | None:
+        """`read` and `judge` in one (what a caller with one tape session does)."""
+        self.read(method, headers, body)
+        return self.judge()
+
+    def read(self, method: bytes, headers: Headers, body: bytes) -> None:
+        self._method, self._headers = method, headers
+        if method == b"POST":
+            try:
+                self._items = jr.parse(body)
+            except jr.McpError as exc:
+                self._bad = exc
+
+    def boundary(self) -> str | None:
+        """Which MCP session the request belongs to, as far as it says: its `Mcp-Session-Id`;
+        for the stateless era the run it names (`X-Tapegate-Run`, the trace id of its
+        `traceparent`) or else the client it says it is (`_meta` clientInfo). None: it does
+        not say (an `initialize`, whose answer names the session; a client that sends nothing)."""
+        session = _header(self._headers, b"mcp-session-id")
+        if session is not None:
+            return "session:" + session.decode("latin-1")[:128]
+        run = _header(self._headers, b"x-tapegate-run")
+        if run is not None:
+            return "run:" + run.decode("latin-1")[:128]
+        trace = (_header(self._headers, b"traceparent") or b"").split(b"-")
+        if len(trace) == 4 and len(trace[1]) == 32:
+            return "trace:" + trace[1].decode("latin-1")
+        for msg in self._items:
+            params = msg.get("params")
+            meta = params.get("_meta") if isinstance(params, dict) else None
+            client = (
+                meta.get("io.modelcontextprotocol/clientInfo") if isinstance(meta, dict) else None
+            )
+            if isinstance(client, dict):
+                return f"client:{str(client.get('name'))[:64]}/{str(client.get('version'))[:32]}"
+        return None
+
+    def judge(self) -> Answer | None:
         """None: forward it. Events for what it says are in `events` either way."""
+        method, headers, items = self._method, self._headers, self._items
         self._note_headers(headers)
         if method != b"POST":
             if method == b"DELETE":
                 self._event("mcp_notification", C2S, {"method": "(session end: DELETE)"})
             return None  # GET opens the server's stream; its events are read as they come
-        try:
-            items = jr.parse(body)
-        except jr.McpError as exc:
+        if self._bad is not None:
+            exc = self._bad
             self._event("protocol_error", C2S, {"message": f"MCP: {exc.message}"})
             return Answer(exc.status, jr.dumps(jr.error(None, exc.code, exc.message)))
         mismatch = self._header_mismatch(headers, items)
@@ -208,10 +252,13 @@ class McpExchange:
 
     # -- the answer --------------------------------------------------------------------------
 
-    def response_head(self, status: int, headers: Headers) -> None:
+    def response_head(self, status: int, headers: Headers) -> str | None:
+        """Reads the answer's head; the boundary its `Mcp-Session-Id` names, if it has one."""
+        named = None
         session = _header(headers, b"mcp-session-id")
         if session is not None:
             self.ledger.session_id = session.decode("latin-1")
+            named = "session:" + self.ledger.session_id[:128]
         ctype = (_header(headers, b"content-type") or b"").split(b";")[0].strip().lower()
         if ctype == b"application/json":
             self._json = bytearray()
@@ -225,6 +272,7 @@ class McpExchange:
                     if call is not None:
                         self._answered(None, call, "error", {"http_status": status}, sent)
                 self._sent = []
+        return named
 
     def response_data(self, data: bytes) -> bytes:
         """What of the answer the client gets now."""
@@ -262,6 +310,8 @@ class McpExchange:
         return out
 
     def _json_answer(self, raw: bytes) -> bytes:
+        if not raw.strip():
+            return raw  # a 202's empty body: nothing to read
         try:
             items = jr.parse(raw)
         except jr.McpError as exc:

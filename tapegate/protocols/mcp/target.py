@@ -17,7 +17,7 @@ from tapegate.protocols.http import target as http_target
 from tapegate.protocols.http.target import HttpTarget
 
 KEYS = frozenset({"inject_header", "upstream_ca_file", "tools", "guardrails", "max_body_bytes",
-                  "command", "env"})  # fmt: skip
+                  "session_idle_s", "command", "env"})  # fmt: skip
 MAX_BODY_BYTES = 1024 * 1024  # a JSON-RPC request is read whole before it is forwarded
 
 
@@ -35,6 +35,7 @@ class McpTarget(HttpTarget):
     tools_deny: tuple[str, ...] = ()
     deny_args: tuple[ArgRule, ...] = ()
     max_body_bytes: int = MAX_BODY_BYTES
+    session_idle_s: float = 300.0  # an MCP session's tape, with no connection carrying it
 
     def tool_denied(self, tool: str) -> str | None:
         """Why the tool may not be used here, or None."""
@@ -59,6 +60,9 @@ def build(m: dict[str, Any], key: str, base_dir: Path, common: dict[str, Any]) -
     size = m.get("max_body_bytes", MAX_BODY_BYTES)
     if not isinstance(size, int) or isinstance(size, bool) or not 1024 <= size <= 64 << 20:
         raise ConfigError(f"{key}.max_body_bytes", "an integer from 1024 to 67108864")
+    idle = m.get("session_idle_s", 300)
+    if not isinstance(idle, (int, float)) or isinstance(idle, bool) or not 0.1 <= idle <= 86_400:
+        raise ConfigError(f"{key}.session_idle_s", "seconds, from 0.1 to 86400")
     arg_rules = _list(rules.get("deny_args", []), f"{key}.guardrails.deny_args")
     fields = {f: getattr(http, f) for f in http.__dataclass_fields__}
     return McpTarget(
@@ -69,6 +73,7 @@ def build(m: dict[str, Any], key: str, base_dir: Path, common: dict[str, Any]) -
             _arg_rule(r, f"{key}.guardrails.deny_args[{i}]") for i, r in enumerate(arg_rules)
         ),
         max_body_bytes=size,
+        session_idle_s=float(idle),
     )
 
 

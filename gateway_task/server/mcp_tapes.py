@@ -1,0 +1,125 @@
+"""MCP's tape sessions: one per MCP session, across the connections that carry it.
+
+An HTTP tape session is one connection's requests. An MCP session outlives connections: its GET
+stream and its POSTs may each have one, and clients open a connection per request when they do
+not read an answer's stream to its end. The relay names each request's boundary (its
+`Mcp-Session-Id`; in the stateless era the run or client it names, see
+`McpExchange.boundary`), and the connection's owner asks this table for the open tape of that
+subject on that target with that boundary, or a new one. A tape nobody carries any more is
+sealed after the target's `session_idle_s`; an answered DELETE seals it at once; a failing
+archive, an expired token or a shutdown end it for every connection that carries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gateway_task.recording import Recorder
+from tapegate.protocols.mcp.exchange import Ledger
+from tapegate.protocols.mcp.target import McpTarget
+from tapegate.proxy.admission import Admitted
+from tapegate.vocab import EndReason
+
+if TYPE_CHECKING:
+    from gateway_task.server.gateway import Gateway
+    from gateway_task.server.http import HttpConnection
+
+Key = tuple[str, str, str]  # target, subject, boundary
+# How a connection may end while its MCP session goes on (on another connection, or the next);
+# any other end (a failing archive, an expired token, a shutdown, ...) is the tape's too.
+LEAVES_OPEN = frozenset({EndReason.CLIENT_CLOSED, EndReason.CONNECTION_LOST,
+                         EndReason.TARGET_CHANGED, EndReason.UPSTREAM_CLOSED,
+                         EndReason.UPSTREAM_UNAVAILABLE, EndReason.PROTOCOL_ERROR})  # fmt: skip
+
+
+@dataclass(eq=False)
+class McpTape:
+    """One MCP session's tape, as the gateway sees it (`LiveSession`)."""
+
+    recorder: Recorder
+    target: str
+    subject: str
+    key: Key | None  # None: named by nothing yet, so the connection's own
+    tapes: McpTapes
+    idle_s: float
+    ledger: Ledger = field(default_factory=Ledger)
+    connections: set[HttpConnection] = field(default_factory=set)
+    end_reason: str | None = None
+    sealed: bool = False
+    _timer: asyncio.TimerHandle | None = None
+
+    @property
+    def idle(self) -> bool:
+        return all(c.relay.idle for c in self.connections)
+
+    def end(self, reason: EndReason) -> None:
+        if reason == EndReason.TOKEN_EXPIRED and self.idle:
+            return  # between requests: the next request is checked, and gets its 401
+        self.end_reason = self.end_reason or reason
+        if not self.connections:
+            self.tapes.seal(self)
+        for connection in list(self.connections):
+            connection.pipe.end(reason)
+
+
+class McpTapes:
+    """The MCP listener's open tapes, by subject, target and boundary."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.open: dict[Key, McpTape] = {}
+
+    def join(
+        self, connection: HttpConnection, admitted: Admitted, started_ns: int, boundary: str | None
+    ) -> McpTape:
+        target = admitted.target
+        key = (target.name, admitted.identity.subject, boundary) if boundary else None
+        tape = self.open.get(key) if key is not None else None
+        if tape is None or tape.end_reason is not None or tape.sealed:
+            recorder = self.gw.open_recorder(admitted.identity, target.name, "mcp",
+                                             connection.client_addr, started_ns)  # fmt: skip
+            idle_s = target.session_idle_s if isinstance(target, McpTarget) else 300.0
+            tape = McpTape(recorder, target.name, admitted.identity.subject, key, self, idle_s)
+            if key is not None:
+                self.open[key] = tape
+            self.gw.sessions.add(tape)
+            self.gw.metrics.inc("sessions_started")
+        if tape._timer is not None:
+            tape._timer.cancel()
+            tape._timer = None
+        tape.connections.add(connection)
+        return tape
+
+    def name(self, tape: McpTape, boundary: str) -> None:
+        """The tape's MCP session has its id now: connections naming it find it."""
+        if tape.key is not None and self.open.get(tape.key) is tape:
+            del self.open[tape.key]
+        tape.key = (tape.target, tape.subject, boundary)
+        self.open.setdefault(tape.key, tape)
+
+    def leave(self, tape: McpTape, connection: HttpConnection, reason: str, final: bool) -> None:
+        tape.connections.discard(connection)
+        if final:
+            tape.end_reason = tape.end_reason or reason
+            for other in list(tape.connections):  # the session is over for its streams too
+                other.pipe.end(EndReason.CLIENT_CLOSED)
+        if tape.connections:
+            return
+        if tape.key is None or tape.end_reason is not None or reason not in LEAVES_OPEN:
+            self.seal(tape, reason)
+        else:  # the MCP session may go on on another connection
+            loop = asyncio.get_running_loop()
+            tape._timer = loop.call_later(tape.idle_s, self.seal, tape, EndReason.IDLE_TIMEOUT)
+
+    def seal(self, tape: McpTape, reason: str | None = None) -> None:
+        if tape.sealed:
+            return
+        tape.sealed = True
+        if tape._timer is not None:
+            tape._timer.cancel()
+        if tape.key is not None and self.open.get(tape.key) is tape:
+            del self.open[tape.key]
+        self.gw.sessions.discard(tape)
+        tape.recorder.close(tape.end_reason or reason or EndReason.CLIENT_CLOSED)
