@@ -253,7 +253,11 @@ class Gateway(Construct):
             resources=[ingest.stream.delivery_stream_arn],
         ))  # fmt: skip
         gateway_key.grant_sign(role)
-        target_secrets = sorted({t["secret_arn"] for t in settings.targets if t.get("secret_arn")})
+        # A login's secret, or the header an HTTP or MCP target's credential travels in.
+        target_secrets = sorted({arn for t in settings.targets
+                                 for arn in (t.get("secret_arn"),
+                                             (t.get("inject_header") or {}).get("secret_arn"))
+                                 if arn})  # fmt: skip
         if target_secrets:
             role.add_to_principal_policy(iam.PolicyStatement(
                 actions=["secretsmanager:GetSecretValue"], resources=target_secrets,

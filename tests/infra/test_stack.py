@@ -92,6 +92,25 @@ def test_target_secrets_are_readable_by_the_task_and_nothing_else(tmp_path) -> N
     assert arn not in flat(others)
 
 
+def test_an_mcp_listener_and_its_targets_header_secret(tmp_path) -> None:
+    arn = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:tickets-AbCdEf"
+    target = {"name": "tickets", "protocol": "mcp", "upstream": "https://mcp.internal/mcp",
+              "inject_header": {"name": "Authorization", "prefix": "Bearer ", "secret_arn": arn},
+              "allow_groups": ["agents"], "tools": {"deny": ["delete_*"]}}  # fmt: skip
+    template = synth(tmp_path, listeners='{"postgres": 5432, "mcp": 8443}', targets=[target])
+    ports = sorted(
+        ln["Properties"]["Port"]
+        for ln in resources(template, "AWS::ElasticLoadBalancingV2::Listener").values()
+    )
+    assert ports == [5432, 8443]
+    (task,) = resources(template, "AWS::ECS::TaskDefinition").values()
+    config = flat(task["Properties"]["ContainerDefinitions"][0]["Environment"])
+    assert "0.0.0.0:8443" in config and "delete_*" in config
+    task_policy = policy_of(template, "GatewayTaskTaskRoleDefaultPolicy")
+    (reads,) = [st for st in task_policy if st.get("Resource") == arn]
+    assert actions(reads) == ["secretsmanager:GetSecretValue"]
+
+
 def test_the_verifier_reads_evidence_writes_curated_and_touches_only_the_base_table(
     template,
 ) -> None:
