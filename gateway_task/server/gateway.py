@@ -291,7 +291,10 @@ class Gateway:
         """`identity.on_token_expiry: end`: the token's `exp` (+ leeway) has passed."""
         if self.config.identity.on_token_expiry != "end" or session.end_reason is not None:
             return False
-        expires_at = session.recorder.writer.header.identity.expires_at
+        # A session several tokens carried (MCP's, across connections) says its latest exp.
+        expires_at = getattr(session, "expires_at", None)
+        if expires_at is None:
+            expires_at = session.recorder.writer.header.identity.expires_at
         return expires_at is not None and expires_at < before
 
     async def _archive_forever(self) -> None:

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from gateway_task.server.http import HttpConnection
 
 Key = tuple[str, str, str]  # target, subject, boundary
+# Open tapes one subject may have on one target: each boundary a client names opens one, so a
+# client naming a new run per request must not hold recorders open without bound.
+MAX_OPEN_PER_SUBJECT = 64
 # How a connection may end while its MCP session goes on (on another connection, or the next);
 # any other end (a failing archive, an expired token, a shutdown, ...) is the tape's too.
 LEAVES_OPEN = frozenset({EndReason.CLIENT_CLOSED, EndReason.CONNECTION_LOST,
@@ -48,6 +51,9 @@ class McpTape:
     connections: set[HttpConnection] = field(default_factory=set)
     end_reason: str | None = None
     sealed: bool = False
+    # The latest `exp` among the tokens of the connections that joined (a client refreshes its
+    # token within one MCP session): `identity.on_token_expiry` ends the tape past it.
+    expires_at: int | None = None
     _timer: asyncio.TimerHandle | None = None
 
     @property
@@ -90,7 +96,19 @@ class McpTapes:
             tape._timer.cancel()
             tape._timer = None
         tape.connections.add(connection)
+        exp = admitted.identity.expires_at
+        if exp is not None and (tape.expires_at is None or exp > tape.expires_at):
+            tape.expires_at = exp
+        if key is not None:
+            self._bound(key[0], key[1])
         return tape
+
+    def _bound(self, target: str, subject: str) -> None:
+        """Over the bound, the tapes nobody carries are sealed, the oldest first."""
+        mine = [t for k, t in self.open.items() if k[:2] == (target, subject)]
+        idle = [t for t in mine if not t.connections]
+        for tape in idle[: max(0, len(mine) - MAX_OPEN_PER_SUBJECT)]:  # in the order opened
+            self.seal(tape, EndReason.IDLE_TIMEOUT)
 
     def name(self, tape: McpTape, boundary: str) -> None:
         """The tape's MCP session has its id now: connections naming it find it."""

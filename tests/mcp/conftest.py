@@ -62,7 +62,11 @@ def mcp_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpUpstre
 
 
 def mcp_config(
-    data_dir: Path, upstream_url: str, max_body_bytes: int = 65536, **overrides: Any
+    data_dir: Path,
+    upstream_url: str,
+    max_body_bytes: int = 65536,
+    session_idle_s: float = 0.5,
+    **overrides: Any,
 ) -> Any:
     os.environ[KEY_ENV] = MCP_KEY
     raw: dict[str, Any] = {
@@ -80,7 +84,7 @@ def mcp_config(
              "tools": {"allow": ["search_*", "get_ticket", "run_*", "flaky", "broken",
                                  "echo_key", "store"], "deny": ["delete_*"]},
              "guardrails": {"deny_args": [{"tool": "run_*", "regex": "rm\\s+-rf"}]},
-             "max_body_bytes": max_body_bytes, "session_idle_s": 0.5},
+             "max_body_bytes": max_body_bytes, "session_idle_s": session_idle_s},
         ],
     }  # fmt: skip
     raw.update(overrides)

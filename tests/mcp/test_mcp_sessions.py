@@ -104,3 +104,78 @@ def test_the_stateless_sdk_client_is_one_tape(
     mcp = [events for _, events in tapes.values() if _methods(events)]
     assert len(mcp) == 1  # its clientInfo names it
     assert _methods(mcp[0]).count("tools/call") == 3
+
+
+def test_a_refreshed_token_carries_the_session_on(mcp_upstream: McpUpstream, tmp_path: Any) -> None:
+    from tests.mcp.conftest import mcp_config
+    from tests.pg import free_port
+
+    identity = {"issuer": "dev", "dev_listen": f"127.0.0.1:{free_port()}", "leeway_s": 0}
+    gw = RunningGateway(mcp_config(tmp_path / "data", mcp_upstream.url, identity=identity))
+    host, port = gw.address("mcp")
+    try:
+
+        async def run() -> None:
+            headers = {"Authorization": f"Bearer {gw.token(ttl_s=3)}"}
+            async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+                transport = streamable_http_client(f"http://{host}:{port}/mcp/tickets",
+                                                   http_client=http)  # fmt: skip
+                async with Client(transport, mode="legacy", cache=None) as client:
+                    http.headers["Authorization"] = f"Bearer {gw.token(ttl_s=600)}"  # refreshed
+                    await client.call_tool("get_ticket", {"id": 1})
+                    await asyncio.sleep(4)  # past the first token's exp, its GET stream open
+                    await client.call_tool("get_ticket", {"id": 2})
+
+        asyncio.run(run())
+        tapes = {sid: t for sid, t in _tapes(gw).items() if _methods(t[1])}
+        assert [reason for reason, _ in tapes.values()] == ["client_closed"], tapes
+        (events,) = [events for _, events in tapes.values()]
+        assert _methods(events).count("tools/call") == 2
+    finally:
+        gw.stop()
+
+
+def test_a_client_naming_a_new_run_each_time_holds_a_bounded_number_of_tapes(
+    mcp_upstream: McpUpstream, tmp_path: Any
+) -> None:
+    from gateway_task.server.mcp_tapes import MAX_OPEN_PER_SUBJECT, McpTape
+    from tests.mcp.conftest import mcp_config
+
+    gw = RunningGateway(mcp_config(tmp_path / "data", mcp_upstream.url, session_idle_s=600))
+    host, port = gw.address("mcp")
+    body = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+    headers = {
+        "Authorization": f"Bearer {gw.token()}",
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "notifications/initialized",
+    }
+    try:
+        with httpx.Client(timeout=30) as client:
+            for i in range(MAX_OPEN_PER_SUBJECT + 20):
+                answer = client.post(
+                    f"http://{host}:{port}/mcp/tickets",
+                    content=body,
+                    headers={**headers, "X-Tapegate-Run": f"run-{i}"},
+                )
+                assert answer.status_code in (200, 202), answer.text
+        open_now = [s for s in gw.gateway.sessions if isinstance(s, McpTape)]
+        assert len(open_now) == MAX_OPEN_PER_SUBJECT  # the oldest were sealed, not dropped
+        sealed = [reason for reason, _ in _tapes_now(gw).values() if reason != "(open)"]
+        assert len(sealed) == 20 and set(sealed) == {"idle_timeout"}
+    finally:
+        gw.stop()
+
+
+def _tapes_now(gw: RunningGateway) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """As `_tapes`, while tapes are still open (not waiting for them to close)."""
+    by_session: dict[str, list[Any]] = {}
+    for raw in gw.delivered_records(wait=False):
+        record = decode_record(raw)
+        by_session.setdefault(str(record.session_id), []).append(record)
+    out = {}
+    for sid, recs in by_session.items():
+        final = [r for r in recs if r.final]
+        out[sid] = (final[0].meta["end"]["reason"] if final else "(open)", [])
+    return out
