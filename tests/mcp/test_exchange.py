@@ -173,3 +173,47 @@ def test_an_empty_json_answer_is_no_error() -> None:
     x.response_head(202, JSON)
     assert x.response_end(True) == b""
     assert _types(x) == ["mcp_notification"]
+
+
+@pytest.mark.parametrize("arguments", [
+    {"cmd": "rm\t-rf /"},  # a JSON escape the server decodes: a tab, which a shell splits on
+    {"nested": [{"cmd": "rm \n -rf /"}]},
+    {"rm -rf /": "as a key"},
+])  # fmt: skip
+def test_argument_rules_see_what_the_server_decodes(arguments: dict[str, Any]) -> None:
+    answer = _x().request(b"POST", JSON, _call("run_job", arguments))
+    assert isinstance(answer, Answer) and "guardrail" in json.loads(answer.body)["error"]["message"]
+
+
+def test_anchored_rules_match_a_whole_value() -> None:
+    target = _target(guardrails={"deny_args": [{"tool": "*", "regex": "^reboot$"}]})
+    x = McpExchange(target, Ledger(), 64, lambda: 5)
+    assert isinstance(x.request(b"POST", JSON, _call("get_x", {"cmd": "reboot"})), Answer)
+
+
+def test_only_post_carries_messages_and_a_call_needs_an_id() -> None:
+    for method in (b"PUT", b"PATCH"):
+        answer = _x().request(method, JSON, _call("get_secret", {}))
+        assert isinstance(answer, Answer) and answer.status == 405
+    answer = _x().request(b"GET", JSON, _call("get_secret", {}))  # a body the server would skip
+    assert isinstance(answer, Answer) and answer.status == 405
+    assert _x().request(b"GET", JSON, b"") is None  # the server's stream
+    no_id = b'{"jsonrpc":"2.0","method":"tools/call","params":{"name":"get_secret"}}'
+    answer = _x().request(b"POST", JSON, no_id)
+    assert isinstance(answer, Answer) and answer.status == 400 and b"needs an id" in answer.body
+
+
+def test_listings_are_filtered_however_the_server_frames_them() -> None:
+    x = _x()
+    x.request(b"POST", JSON, b'{"jsonrpc":"2.0","id":3,"method":"tools/list"}')
+    x.response_head(200, [(b"content-type", b"text/event-stream")])
+    listing = json.dumps({"jsonrpc": "2.0", "id": 3, "result": {"tools": TOOLS}}).encode()
+    out = x.response_data(b"data: " + listing + b"\n\r\n" + b": a comment\n\n") + x.response_end(
+        True
+    )
+    assert b"get_secret" not in out and b"get_a" in out
+    y = _x()
+    y.request(b"POST", JSON, b'{"jsonrpc":"2.0","id":3,"method":"tools/list"}')
+    y.response_head(200, [(b"content-type", b"application/json-rpc; charset=utf-8")])
+    y.response_data(listing)
+    assert b"get_secret" not in y.response_end(True)

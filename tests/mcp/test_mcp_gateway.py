@@ -180,3 +180,16 @@ def test_refusals_are_http_ones_and_recorded(mgw: RunningGateway) -> None:
     refusals = [e["attrs"] for evs in mgw.events().values() for e in evs
                 if e["type"] == "auth" and e["attrs"].get("result") != "ok"]  # fmt: skip
     assert len(refusals) >= 3
+
+
+def test_the_target_is_one_endpoint_not_its_hosts_other_paths(
+    mgw: RunningGateway, mcp_upstream: McpUpstream
+) -> None:
+    before = len(mcp_upstream.entries())
+    h = {"Authorization": f"Bearer {mgw.token()}", "Content-Type": "application/json"}
+    other = httpx.post(f"{mgw.base}/mcp/tickets/admin/delete", content=CALL, headers=h,  # type: ignore[attr-defined]
+                       timeout=30)  # fmt: skip
+    assert other.status_code == 404 and "one MCP endpoint" in other.json()["message"]
+    put = httpx.put(f"{mgw.base}/mcp/tickets", content=CALL, headers=h, timeout=30)  # type: ignore[attr-defined]
+    assert put.status_code == 405
+    assert len(mcp_upstream.entries()) == before  # neither reached the server

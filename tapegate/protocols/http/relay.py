@@ -568,8 +568,8 @@ class HttpRelay:
                 return
             if isinstance(part, wire.Data):
                 data = ex.masker.feed(part.data) if ex.maskable else part.data
-                if ex.mcp is not None:
-                    data = ex.mcp.response_data(data)
+                if ex.mcp is not None:  # masked again: a rewrite writes escapes out plainly
+                    data = ex.masker.header(ex.mcp.response_data(data))
                     self._mcp_events(out)
                 if data:
                     ex.body.add(data)
@@ -578,7 +578,7 @@ class HttpRelay:
             tail = ex.masker.flush()
             complete = part is END
             if ex.mcp is not None:
-                tail = ex.mcp.response_data(tail) + ex.mcp.response_end(complete)
+                tail = ex.masker.header(ex.mcp.response_data(tail) + ex.mcp.response_end(complete))
                 self._mcp_events(out)
             if tail:
                 ex.body.add(tail)
@@ -697,6 +697,17 @@ class HttpRelay:
         ex.upstream_headers = [(n, v) for n, v in headers if n != b"accept-encoding"]
         rest = x.strip_access_token(ex.rest)  # one endpoint: the upstream URL itself
         rest = rest[1:] if rest.startswith("/") and rest[1:2] in ("", "?") else rest
+        if rest and not rest.startswith("?"):  # not a way to the rest of the upstream's host
+            self._refuse(
+                answers.Refused(
+                    404,
+                    f"target {target.name!r} is one MCP endpoint: /mcp/{target.name}",
+                    kind="unknown_path",
+                ),
+                None,
+                out,
+            )
+            return
         ex.path = target.upstream_base_path + rest
         ex.mcp = McpExchange(target, None, self.body_cap, self._now_ns)
         ex.held = bytearray()

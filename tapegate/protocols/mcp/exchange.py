@@ -89,6 +89,7 @@ class McpExchange:
         self._method, self._headers = b"", []  # type: tuple[bytes, Headers]
         self._items: list[jr.Message] = []
         self._bad: jr.McpError | None = None
+        self._body_len = 0
         self._json: bytearray | None = None
         self._sse: SseReader | None = None
         self._passthrough = False
@@ -101,7 +102,7 @@ class McpExchange:
         return self.judge()
 
     def read(self, method: bytes, headers: Headers, body: bytes) -> None:
-        self._method, self._headers = method, headers
+        self._method, self._headers, self._body_len = method, headers, len(body)
         if method == b"POST":
             try:
                 self._items = jr.parse(body)
@@ -136,6 +137,12 @@ class McpExchange:
         """None: forward it. Events for what it says are in `events` either way."""
         method, headers, items = self._method, self._headers, self._items
         self._note_headers(headers)
+        if method not in (b"POST", b"GET", b"DELETE") or (method != b"POST" and self._body_len):
+            # Streamable HTTP has these three, and only POST carries messages: a body on
+            # another method would reach the server unjudged.
+            message = "MCP over HTTP is POST (messages), GET (the server's stream), DELETE"
+            self._event("protocol_error", C2S, {"message": f"MCP: {message}"})
+            return Answer(405, jr.dumps(jr.error(None, jr.INVALID_REQUEST, message)))
         if method != b"POST":
             if method == b"DELETE":
                 self._event("mcp_notification", C2S, {"method": "(session end: DELETE)"})
@@ -148,23 +155,25 @@ class McpExchange:
         if mismatch is not None:
             self._event("protocol_error", C2S, {"message": f"MCP: {mismatch[1]}"})
             return Answer(400, jr.dumps(jr.error(mismatch[0], jr.HEADER_MISMATCH, mismatch[1])))
-        blocked: dict[str, str] = {}
-        for msg in items:
+        blocked: dict[int, str] = {}  # by position: ids may repeat
+        for i, msg in enumerate(items):
             why = self._client_message(msg)
             if why is not None:
-                blocked[jr.key(msg["id"])] = why
+                blocked[i] = why
         if not blocked:
             self._sent = [jr.key(m["id"]) for m in items if jr.kind(m) == "request"]
             return None
         answers = []
-        for msg in items:
+        for i, msg in enumerate(items):
             if jr.kind(msg) != "request":
                 continue
             call = self.ledger.pending.pop(jr.key(msg["id"]), None)
-            why = blocked.get(jr.key(msg["id"]))
-            text = why or "not sent: another call in the same batch was blocked"
+            text = blocked.get(i) or "not sent: another call in the same batch was blocked"
             answers.append(jr.error(msg["id"], jr.BLOCKED, text))
             self._answered(msg["id"], call, "blocked", {"error_code": jr.BLOCKED, "reason": text})
+        if not answers:  # a call sent as a notification: nothing to answer it by id
+            why = next(iter(blocked.values()))
+            return Answer(400, jr.dumps(jr.error(None, jr.INVALID_REQUEST, why)))
         return Answer(200, jr.dumps(answers if len(items) > 1 else answers[0]))
 
     def _note_headers(self, headers: Headers) -> None:
@@ -208,6 +217,8 @@ class McpExchange:
                 attrs["params"], _ = jr.capped(params, self.cap)
             self._event("mcp_cancel" if method == "notifications/cancelled" else
                         "mcp_notification", C2S, attrs)  # fmt: skip
+            if method in jr.NAME_BEARING:  # a call without an id would go unjudged
+                return f"tapegate: {method} is a request: it needs an id"
             return None
         tool = None
         attrs = {"id": msg["id"], "method": method}
@@ -243,9 +254,11 @@ class McpExchange:
         why = self.target.tool_denied(tool)
         if why is not None:
             return f"tapegate: tool {tool!r} is not allowed on target {self.target.name!r} ({why})"
-        text = jr.dumps(arguments).decode()
+        # Each key and value as the server decodes it (a rule must not be dodged by a JSON
+        # escape: "rm\t-rf" is a tab to the server), and the whole as compact JSON text.
+        texts = [jr.dumps(arguments).decode(), *_strings(arguments)]
         for rule in self.target.deny_args:
-            if fnmatch.fnmatchcase(tool, rule.tool) and rule.regex.search(text):
+            if fnmatch.fnmatchcase(tool, rule.tool) and any(rule.regex.search(t) for t in texts):
                 return (f"tapegate: the arguments of {tool!r} match the guardrail "
                         f"{rule.regex.pattern!r} of target {self.target.name!r}")  # fmt: skip
         return None
@@ -260,7 +273,7 @@ class McpExchange:
             self.ledger.session_id = session.decode("latin-1")
             named = "session:" + self.ledger.session_id[:128]
         ctype = (_header(headers, b"content-type") or b"").split(b";")[0].strip().lower()
-        if ctype == b"application/json":
+        if ctype.startswith(b"application/json") or ctype.endswith(b"+json"):  # as clients read it
             self._json = bytearray()
         elif ctype == b"text/event-stream":
             self._sse = SseReader()
@@ -426,6 +439,22 @@ class McpExchange:
 
     def _event(self, kind: str, direction: Direction | None, attrs: dict[str, Any]) -> None:
         self.events.append(Event(self._now_ns(), kind, direction, attrs))
+
+
+def _strings(value: Any) -> list[str]:
+    """Every key and scalar in a JSON value, as text."""
+    out: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            out.extend(str(k) for k in item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif item is not None:
+            out.append(item if isinstance(item, str) else jr.dumps(item).decode())
+    return out
 
 
 def _outcome(msg: jr.Message) -> str:

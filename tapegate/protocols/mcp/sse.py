@@ -4,6 +4,7 @@ read event by event, so each JSON-RPC message can be recorded and, where policy 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 MAX_EVENT_BYTES = 8 * 1024 * 1024  # one event; a larger one is passed on unread
@@ -48,14 +49,23 @@ class SseReader:
         return rest
 
 
+# A blank line: a line's end, then an empty line's (each CRLF, CR or LF; atomic, so that one
+# CRLF is never read as a CR and an LF).
+_BLANK = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
+
+
 def _event_end(buf: bytearray) -> int:
     """The end of the first event (after its blank line), or -1."""
-    best = -1
-    for sep in (b"\r\n\r\n", b"\n\n", b"\r\r"):
-        at = buf.find(sep)
-        if at >= 0 and (best < 0 or at + len(sep) < best):
-            best = at + len(sep)
-    return best
+    if buf[:1] in (b"\r", b"\n"):  # an empty line first: an event of its own
+        end = 2 if buf[:2] == b"\r\n" else 1
+    else:
+        m = _BLANK.search(buf)
+        if m is None:
+            return -1
+        end = m.end()
+    if end == len(buf) and buf.endswith(b"\r"):
+        return -1  # a CR last may be the start of a CRLF: wait for the next byte
+    return end
 
 
 def _data(raw: bytes) -> str | None:
