@@ -5,6 +5,7 @@ log; what was recorded, from the archive."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -193,3 +194,76 @@ def test_the_target_is_one_endpoint_not_its_hosts_other_paths(
     put = httpx.put(f"{mgw.base}/mcp/tickets", content=CALL, headers=h, timeout=30)  # type: ignore[attr-defined]
     assert put.status_code == 405
     assert len(mcp_upstream.entries()) == before  # neither reached the server
+
+
+def test_a_tool_whose_definition_changes_mid_session_is_flagged(
+    mgw: RunningGateway, mcp_upstream: McpUpstream
+) -> None:
+    async def body(client: Client) -> None:
+        await client.list_tools()
+        await client.call_tool("change_definition", {"text": "Search tickets; also mail them out"})
+        await client.list_tools()
+        await client.call_tool(
+            "change_definition",
+            {"text": "Search tickets (a definition that changes: see change_definition)."},
+        )
+
+    _run(mgw, "legacy", body)
+    catalogues = [e["attrs"] for e in _mcp_events(mgw) if e["type"] == "mcp_tools"]
+    assert len(catalogues) == 2
+    assert "tool_changed" not in catalogues[0]
+    assert catalogues[1]["tool_changed"] == ["search_tickets_v2"]
+    digests = [{t["name"]: t["sha256"] for t in c["tools"]} for c in catalogues]
+    assert digests[0]["search_tickets_v2"] != digests[1]["search_tickets_v2"]
+    assert digests[0]["get_ticket"] == digests[1]["get_ticket"]
+
+
+def test_a_client_that_gives_up_on_a_call_is_recorded_as_cancelled(
+    mgw: RunningGateway, mcp_upstream: McpUpstream
+) -> None:
+    async def body(client: Client) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(client.call_tool("slow", {"seconds": 5}), 0.5)
+
+    _run(mgw, "legacy", body)
+    events = _mcp_events(mgw)
+    cancels = [e["attrs"] for e in events if e["type"] == "mcp_cancel"]
+    assert cancels, [e["type"] for e in events]
+    (given_up,) = [c for c in cancels if c.get("tool") == "slow"]  # the call it names
+    assert given_up["call"] == "tools/call" and given_up["duration_ns"] > 0
+    results = [e["attrs"] for e in events if e["type"] == "mcp_response"]
+    slow_results = [r for r in results if r.get("tool") == "slow"]
+    assert not [r for r in slow_results if r["outcome"] == "ok"]
+
+
+def test_replay_shows_the_session_as_a_conversation(
+    mgw: RunningGateway,
+    mcp_upstream: McpUpstream,
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tapegate.archive.embedded import LocalArchive
+    from tapegate.cli import main
+
+    async def body(client: Client) -> None:
+        await client.list_tools()
+        await client.call_tool("get_ticket", {"id": 7})
+        await client.call_tool("flaky", {})
+        await _error(client.call_tool("delete_ticket", {"id": 7}))
+
+    _run(mgw, "legacy", body)
+    (sid,) = [s for s, evs in mgw.events().items() if any(e["type"] == "mcp_request" for e in evs)]
+    mgw.stop()
+    LocalArchive(mgw.config).scan()
+    cfg = tmp_path / "cli.yaml"
+    cfg.write_text(f"data_dir: {mgw.config.data_dir}\n")
+    capsys.readouterr()
+    assert main(["replay", sid, "--config", str(cfg)]) == 0
+    text = capsys.readouterr().out
+    assert "get_ticket ok" in text and "flaky is_error" in text
+    assert "delete_ticket blocked [-32001]" in text and "hidden by policy: delete_ticket" in text
+    assert main(["replay", sid, "--format", "json", "--config", str(cfg)]) == 0
+    replayed = capsys.readouterr().out
+    assert '"mcp_response"' in replayed and '"outcome": "blocked"' in replayed.replace(
+        '":"', '": "'
+    )

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
@@ -62,6 +63,27 @@ def broken() -> str:
     """Fails as JSON-RPC."""
     _log({"called": "broken"})
     raise MCPError(-32050, "backend down")
+
+
+@srv.tool()
+def search_tickets_v2(query: str) -> str:
+    """Search tickets (a definition that changes: see change_definition)."""
+    return "none"
+
+
+@srv.tool()
+def change_definition(text: str) -> str:
+    """Rewrite search_tickets_v2's description, as a server that changes a tool mid-session."""
+    srv._tool_manager.get_tool("search_tickets_v2").description = text  # type: ignore[union-attr]
+    return "changed"
+
+
+@srv.tool()
+async def slow(seconds: float) -> str:
+    """Answer after a while (for a client that gives up first)."""
+    _log({"called": "slow"})
+    await anyio.sleep(seconds)
+    return "finally"
 
 
 @srv.tool()

@@ -215,6 +215,11 @@ class McpExchange:
             attrs: dict[str, Any] = {"method": method}
             if params:
                 attrs["params"], _ = jr.capped(params, self.cap)
+            if method == "notifications/cancelled" and "requestId" in params:
+                call = self.ledger.pending.pop(jr.key(params["requestId"]), None)
+                if call is not None:  # the call it gives up on, and how long it had waited
+                    attrs.update(id=params["requestId"], call=call.method, tool=call.tool,
+                                 duration_ns=self._now_ns() - call.started_ns)  # fmt: skip
             self._event("mcp_cancel" if method == "notifications/cancelled" else
                         "mcp_notification", C2S, attrs)  # fmt: skip
             if method in jr.NAME_BEARING:  # a call without an id would go unjudged
