@@ -411,6 +411,13 @@ class HttpRelay:
         head_request = request.method == b"HEAD"
         self.responses = (self.responses.again(head_request) if self.responses is not None
                           else wire.ResponseReader(head_request))  # fmt: skip
+        self._read_body(inject, out)
+
+    def _read_body(self, inject: Injection, out: list[Command]) -> None:
+        """The request's body is read from here on (forwarded as it comes, or held: MCP)."""
+        ex = self._x
+        assert ex is not None
+        request = ex.request
         ex.masker = x.Masker(inject.echo)
         ex.body = x.Body(self.body_cap)
         self.state = State.BODY
@@ -419,7 +426,7 @@ class HttpRelay:
             self._paused = False
             out.append(Resume(Side.CLIENT))
         if request.expects_continue and not request.body.empty and not self.requests.pending:
-            self._flush_server(out)
+            self._flush_server(out)  # the head, unless it is held with the body
             self._send(CONTINUE, out)
             self._flush_client(out)
         self._advance(out)
@@ -711,17 +718,7 @@ class HttpRelay:
         ex.path = target.upstream_base_path + rest
         ex.mcp = McpExchange(target, None, self.body_cap, self._now_ns)
         ex.held = bytearray()
-        ex.masker = x.Masker(inject.echo)
-        ex.body = x.Body(self.body_cap)
-        self.state = State.BODY
-        self._feed(b"")  # what arrived while it was admitted
-        if self._paused:
-            self._paused = False
-            out.append(Resume(Side.CLIENT))
-        if request.expects_continue and not request.body.empty and not self.requests.pending:
-            self._send(CONTINUE, out)
-            self._flush_client(out)
-        self._advance(out)
+        self._read_body(inject, out)
 
     def _mcp_session(self, out: list[Command]) -> None:
         """The whole request is in: the tape session it belongs to, then its verdict."""
