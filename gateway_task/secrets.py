@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from tapegate.config import Target
 from tapegate.protocols.http.target import HttpTarget, InjectHeader
+from tapegate.protocols.mcp.target import McpTarget
 from tapegate.protocols.postgres.target import PostgresTarget
 from tapegate.protocols.ssh.target import SshTarget
 
@@ -46,6 +47,9 @@ class Credentials:
         inject = target.inject_header
         assert inject is not None
         return await self._get(("header", target.name), lambda: header_value(inject))
+
+    async def env(self, target: McpTarget) -> dict[str, str]:
+        return await self._get(("env", target.name), lambda: stdio_env(target))
 
     def forget(self, target: Target) -> None:
         """Drop a target's cached credentials (the target refused one: it may have rotated)."""
@@ -118,6 +122,19 @@ def header_value(inject: InjectHeader) -> str:
     if "\r" in value or "\n" in value:
         raise CredentialError(f"the value for header {inject.name} holds a line break")
     return inject.prefix + value
+
+
+def stdio_env(target: McpTarget) -> dict[str, str]:
+    """A stdio MCP server's `env`: plain values, and credentials fetched from their sources."""
+    out = {}
+    for var in target.env:
+        value = var.value
+        if value is None:
+            value = _fetch(var.value_env, var.value_file, var.secret_arn, "value")
+        if value is None or "\0" in value:
+            raise CredentialError(f"env {var.name} of target {target.name} has no usable value")
+        out[var.name] = value
+    return out
 
 
 def _fetch(env: str | None, file: Path | None, arn: str | None, field: str) -> str | None:

@@ -24,4 +24,5 @@ class EndReason(StrEnum):
     TOKEN_EXPIRED = "token_expired"  # identity.on_token_expiry: end, and the token's exp passed
     IDLE_TIMEOUT = "idle_timeout"  # limits.idle_timeout_s passed without a byte either way
     PROTOCOL_ERROR = "protocol_error"  # the client broke its protocol
+    PROCESS_LIFETIME = "process_lifetime"  # MCP stdio: its server's process_lifetime_s passed
     ERROR = "error"  # anything else (a bug): logged with its traceback

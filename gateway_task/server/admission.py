@@ -25,6 +25,7 @@ from gateway_task.metrics import GatewayMetrics
 from gateway_task.secrets import CredentialError
 from gateway_task.server.refusals import source_key
 from tapegate.config import LimitsConfig, Target
+from tapegate.protocols.mcp.target import McpTarget
 from tapegate.proxy.admission import (
     Admitted,
     CheckArchive,
@@ -142,6 +143,8 @@ async def _credential(gw: Gateway, target: Target) -> object:
             return await gw.credentials.password(target)
         if target.protocol == "ssh":
             return await gw.credentials.ssh(target)
+        if isinstance(target, McpTarget) and target.stdio:
+            return await gw.credentials.env(target)  # its server's environment
         return await gw.credentials.header(target)
     except CredentialError as exc:
         log.error("target %s: %s", target.name, exc)  # names the source, never the value

@@ -26,6 +26,7 @@ from tapegate.protocols.http.answers import HTTP_WORDS
 from tapegate.protocols.http.relay import HttpRelay
 from tapegate.protocols.http.target import HttpTarget
 from tapegate.protocols.mcp.exchange import Ledger
+from tapegate.protocols.mcp.target import McpTarget
 from tapegate.proxy.admission import Admitted, Refusal, admit
 from tapegate.proxy.questions import (
     Admit,
@@ -215,7 +216,22 @@ class HttpConnection:
         self.gw.sessions.discard(session)
         session.recorder.close(session.end_reason or reason)
 
+    async def _connect_stdio(self, target: McpTarget) -> ConnectFailed | None:
+        """A `command:` target: a connection to its server's bridge, the server this tape's."""
+        tape, admitted = self.session, self._admitted
+        assert isinstance(tape, McpTape) and self.tapes is not None and admitted is not None
+        env = admitted[2].credential if admitted[1] == target.name else None
+        if not isinstance(env, dict):
+            return ConnectFailed(502, f"target {target.name!r}: no environment for its server")
+        server = self.tapes.server(tape, target, env)
+        if isinstance(server, str):
+            return ConnectFailed(503, f"target {target.name!r}: {server}")
+        await server.connect(self.pipe.attach_server)
+        return None
+
     async def _connect(self, target: HttpTarget) -> ConnectFailed | None:
+        if isinstance(target, McpTarget) and target.stdio:
+            return await self._connect_stdio(target)
         ctx = upstream_https_context(target.upstream_ca_file) if target.upstream_https else None
         host, port = target.upstream.host, target.upstream.port
         loop = asyncio.get_running_loop()

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway_task.recording import Recorder
+from gateway_task.server.mcp_stdio import StdioServer
 from tapegate.protocols.mcp.exchange import Ledger
 from tapegate.protocols.mcp.target import McpTarget
 from tapegate.proxy.admission import Admitted
+from tapegate.tape import Event
 from tapegate.vocab import EndReason
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ class McpTape:
     # The latest `exp` among the tokens of the connections that joined (a client refreshes its
     # token within one MCP session): `identity.on_token_expiry` ends the tape past it.
     expires_at: int | None = None
+    stdio: StdioServer | None = None  # a `command:` target's server, run for this tape
     _timer: asyncio.TimerHandle | None = None
 
     @property
@@ -76,6 +79,45 @@ class McpTapes:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.open: dict[Key, McpTape] = {}
+        self.live: set[McpTape] = set()  # every unsealed tape, named or not
+
+    def server(self, tape: McpTape, target: McpTarget, env: dict[str, str]) -> StdioServer | str:
+        """The tape's stdio server (started with its first message); why not, if it cannot."""
+        if tape.stdio is not None:
+            if tape.stdio.bridge.gone is not None:
+                return f"its MCP server process is gone ({tape.stdio.bridge.gone})"
+            return tape.stdio
+        running = sum(1 for t in self.live if t.target == target.name and t.stdio is not None
+                      and t.stdio.running)  # fmt: skip
+        if running >= target.max_processes:
+            return (f"it runs max_processes ({target.max_processes}) MCP servers already: try "
+                    "again when a session ends")  # fmt: skip
+
+        def record(events: list[Event]) -> None:
+            if not tape.sealed:
+                tape.recorder.events(events)
+
+        tape.stdio = StdioServer(self.gw, target, env, record, lambda why: self.gone(tape, why))
+        return tape.stdio
+
+    def gone(self, tape: McpTape, reason: EndReason) -> None:
+        """Its server ended on its own: no request joins the tape any more, and the
+        connections carrying it end once each has given its answer."""
+        tape.end_reason = tape.end_reason or reason
+        if tape.key is not None and self.open.get(tape.key) is tape:
+            del self.open[tape.key]
+        self._sweep(tape)
+
+    def _sweep(self, tape: McpTape) -> None:
+        if tape.sealed:
+            return
+        if not tape.connections:
+            self.seal(tape)
+            return
+        for connection in list(tape.connections):
+            if connection.relay.idle:
+                connection.pipe.end(EndReason(tape.end_reason or EndReason.UPSTREAM_CLOSED))
+        asyncio.get_running_loop().call_later(0.5, self._sweep, tape)
 
     def join(
         self, connection: HttpConnection, admitted: Admitted, started_ns: int, boundary: str | None
@@ -90,6 +132,7 @@ class McpTapes:
             tape = McpTape(recorder, target.name, admitted.identity.subject, key, self, idle_s)
             if key is not None:
                 self.open[key] = tape
+            self.live.add(tape)
             self.gw.sessions.add(tape)
             self.gw.metrics.inc("sessions_started")
         if tape._timer is not None:
@@ -134,7 +177,10 @@ class McpTapes:
     def seal(self, tape: McpTape, reason: str | None = None) -> None:
         if tape.sealed:
             return
+        if tape.stdio is not None:
+            tape.stdio.stop()  # its last event goes on the tape
         tape.sealed = True
+        self.live.discard(tape)
         if tape._timer is not None:
             tape._timer.cancel()
         if tape.key is not None and self.open.get(tape.key) is tape:

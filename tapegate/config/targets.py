@@ -58,7 +58,7 @@ def parse_target(raw: Any, key: str, base_dir: Path) -> Target:
     from tapegate.protocols.registry import PROTOCOLS
 
     m = as_mapping(raw, key)
-    for required in ("name", "protocol", "upstream"):
+    for required in ("name", "protocol"):
         if required not in m:
             raise ConfigError(f"{key}.{required}", "is required")
     name = as_str(m["name"], f"{key}.name")
@@ -69,6 +69,8 @@ def parse_target(raw: Any, key: str, base_dir: Path) -> Target:
         raise ConfigError(f"{key}.protocol", f"must be one of {', '.join(PROTOCOLS)}")
     schema = PROTOCOLS[protocol].target
     check_only(m, key, COMMON_KEYS | schema.keys)
+    if "upstream" not in m and not schema.upstream_optional:  # else its model says what instead
+        raise ConfigError(f"{key}.upstream", "is required")
     groups = m.get("allow_groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups) or not groups:
         raise ConfigError(f"{key}.allow_groups", "must be a non-empty list of group names")

@@ -33,6 +33,7 @@ View = Callable[[dict[str, Any]], tuple[str, str]]  # an event's attrs → (styl
 class TargetSchema:
     keys: frozenset[str]  # what its targets may say besides name, protocol, upstream, groups
     build: Callable[[dict[str, Any], str, Path, dict[str, Any]], Target]  # checked, as its model
+    upstream_optional: bool = False  # MCP: a `command:` (stdio) server has no upstream address
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ PROTOCOLS: dict[str, Protocol] = {
         Protocol(
             "mcp",
             "MCP",
-            TargetSchema(mcp_target.KEYS, mcp_target.build),
+            TargetSchema(mcp_target.KEYS, mcp_target.build, upstream_optional=True),
             mcp_replay.VIEWS,
         ),
     )

@@ -18,6 +18,12 @@ from mcp.shared.exceptions import MCPError
 
 from tests.gateway_harness import RunningGateway
 from tests.mcp.conftest import MCP_KEY, McpUpstream
+from tests.mcp.flows import (
+    check_listened,
+    check_recorded,
+    erase_with_confirmation,
+    listen_for_a_change,
+)
 
 pytestmark = pytest.mark.slow
 ERAS = ["legacy", "auto"]  # 2025-11-25 (initialize, Mcp-Session-Id, SSE) and 2026-07-28
@@ -234,6 +240,26 @@ def test_a_client_that_gives_up_on_a_call_is_recorded_as_cancelled(
     results = [e["attrs"] for e in events if e["type"] == "mcp_response"]
     slow_results = [r for r in results if r.get("tool") == "slow"]
     assert not [r for r in slow_results if r["outcome"] == "ok"]
+
+
+@pytest.mark.parametrize("mode", ERAS)
+def test_a_tool_that_asks_the_user_first(
+    mgw: RunningGateway, mcp_upstream: McpUpstream, mode: str
+) -> None:
+    answer, asked = erase_with_confirmation(f"{mgw.base}/mcp/tickets", mgw.token(), mode)  # type: ignore[attr-defined]
+    assert answer == "erased" and asked == ["Really erase draft?"]
+    assert [c for c in mcp_upstream.calls() if c["called"] == "erase"][-1]["confirmed"] is True
+    check_recorded(_all_events(mgw), mode)
+
+
+def test_a_listen_stream_hears_of_a_change(mgw: RunningGateway) -> None:
+    assert listen_for_a_change(f"{mgw.base}/mcp/tickets", mgw.token()) == "ToolsListChanged"  # type: ignore[attr-defined]
+    check_listened(_all_events(mgw))
+
+
+def _all_events(gw: RunningGateway) -> list[dict[str, Any]]:
+    gw.wait_closed()
+    return [e for evs in gw.events().values() for e in evs]
 
 
 def test_replay_shows_the_session_as_a_conversation(

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
 from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel
 
 LOG = Path(sys.argv[2])
 srv = MCPServer("tickets")
@@ -113,6 +114,29 @@ def app_with_log(app: Any) -> Any:
         await app(scope, receive, send)
 
     return wrapped
+
+
+class Confirm(BaseModel):
+    ok: bool
+
+
+def _ask(name: str) -> Elicit[Confirm]:
+    return Elicit(f"Really erase {name}?", Confirm)
+
+
+@srv.tool()
+def erase(name: str, confirm: Annotated[Confirm, Resolve(_ask)]) -> str:
+    """Erase something once the user confirms (an elicitation: mid-call in the handshake era,
+    an input_required round trip in 2026-07-28)."""
+    _log({"called": "erase", "name": name, "confirmed": confirm.ok})
+    return "erased" if confirm.ok else "kept"
+
+
+@srv.tool()
+async def announce(ctx: Context) -> str:  # type: ignore[type-arg]
+    """Tell listeners that the tool list changed (for `subscriptions/listen`)."""
+    await ctx.notify_tools_changed()
+    return "announced"
 
 
 if __name__ == "__main__":

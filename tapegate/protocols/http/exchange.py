@@ -38,27 +38,52 @@ def strip_access_token(path: str) -> str:
 
 
 class Masker:
-    """The credential, replaced by as many `*` in what the target sends back (an upstream that
-    echoes its key would show it to the agent and to the recording). Holds back only a tail
-    that could be the start of the credential, so a stream is not delayed otherwise."""
+    """The credentials, each replaced by as many `*` in what the target sends back (an upstream
+    that echoes its key would show it to the agent and to the recording). Holds back only a
+    tail that could be the start of one, so a stream is not delayed otherwise. One credential
+    for an HTTP target; a stdio MCP server's may be several (its `env`)."""
 
     MIN_BYTES = 8  # a shorter credential would mask ordinary text (and guesses fast anyway)
 
+    def __init__(self, *secrets: bytes) -> None:
+        self._masks = [_Mask(s) for s in dict.fromkeys(secrets) if len(s) >= self.MIN_BYTES]
+
+    @property
+    def masked(self) -> int:
+        """Occurrences replaced."""
+        return sum(m.masked for m in self._masks)
+
+    def header(self, value: bytes) -> bytes:
+        for mask in self._masks:
+            value = mask.header(value)
+        return value
+
+    def feed(self, data: bytes) -> bytes:
+        for mask in self._masks:
+            data = mask.feed(data)
+        return data
+
+    def flush(self) -> bytes:
+        data = b""
+        for mask in self._masks:  # what one held back, the next still reads
+            data = mask.feed(data) + mask.flush()
+        return data
+
+
+class _Mask:
     def __init__(self, secret: bytes) -> None:
-        self.secret = secret if len(secret) >= self.MIN_BYTES else b""
-        self.stars = b"*" * len(self.secret)
-        self.masked = 0  # occurrences replaced
+        self.secret = secret
+        self.stars = b"*" * len(secret)
+        self.masked = 0
         self._held = b""
 
     def header(self, value: bytes) -> bytes:
-        if not self.secret or self.secret not in value:
+        if self.secret not in value:
             return value
         self.masked += value.count(self.secret)
         return value.replace(self.secret, self.stars)
 
     def feed(self, data: bytes) -> bytes:
-        if not self.secret:
-            return data
         buf = self._held + data
         if self.secret in buf:
             self.masked += buf.count(self.secret)
@@ -126,7 +151,8 @@ def upstream_request_headers(
             continue
         out.append((name, value))
     out.append((b"x-forwarded-for", forwarded_for))
-    out.append(credential)
+    if credential[0]:  # an MCP stdio server has none: its credentials are its environment
+        out.append(credential)
     return out
 
 

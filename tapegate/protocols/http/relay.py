@@ -83,7 +83,7 @@ class State(Enum):
 @dataclass(frozen=True, slots=True)
 class Injection:
     header: tuple[bytes, bytes]  # (lowercase name, value) as sent upstream
-    echo: bytes  # what an upstream echoing it would show: the value without its prefix
+    echo: tuple[bytes, ...]  # what an upstream echoing it would show: the value without prefix
     host: bytes  # the upstream's Host header
 
 
@@ -418,7 +418,7 @@ class HttpRelay:
         ex = self._x
         assert ex is not None
         request = ex.request
-        ex.masker = x.Masker(inject.echo)
+        ex.masker = x.Masker(*inject.echo)
         ex.body = x.Body(self.body_cap)
         self.state = State.BODY
         self._feed(b"")  # what arrived while it was admitted
@@ -739,8 +739,9 @@ class HttpRelay:
         if self.session is not None:
             out.append(Ask(CloseSession(EndReason.TARGET_CHANGED)))
             self.session = None
-        if self.upstream is not None and self.upstream != target:
-            self._drop_upstream(out)
+        stdio = isinstance(ex.admitted.target, McpTarget) and ex.admitted.target.stdio
+        if self.upstream is not None and (self.upstream != target or stdio):
+            self._drop_upstream(out)  # a stdio server's connection is its tape's
         out.append(Ask(OpenSession(ex.admitted, self._now_ns(), boundary=boundary)))
 
     def _mcp_judge(self, out: list[Command]) -> None:
@@ -763,7 +764,8 @@ class HttpRelay:
         framing = wire.Body(length=len(body)) if body or method == b"POST" else wire.NO_BODY
         head = wire.request_head(method, ex.path.encode(), ex.upstream_headers, framing)
         self._to_server = [head, body]
-        self._shown_head = head.replace(ex.inject.header[1], x.REDACTED.encode())
+        if ex.inject.header[1]:
+            self._shown_head = head.replace(ex.inject.header[1], x.REDACTED.encode())
         self._flush_server(out)
         head_request = method == b"HEAD"
         self.responses = (self.responses.again(head_request) if self.responses is not None
@@ -926,16 +928,21 @@ class HttpRelay:
             self._armed = at
             out.append(Timer(at))
 
-    def _injection(self, target: HttpTarget, credential: str) -> Injection:
+    def _injection(self, target: HttpTarget, credential: object) -> Injection:
         """What the target's credential looks like on the wire, worked out once per connection
         (the credential changes only when the owner's cache refetches it)."""
+        if isinstance(target, McpTarget) and target.stdio:  # its credentials are its env
+            env = credential if isinstance(credential, dict) else {}
+            secrets = tuple(env[v.name].encode() for v in target.env if v.secret and v.name in env)
+            return Injection((b"", b""), secrets, b"stdio")
+        assert isinstance(credential, str)
         cached = self._injected
         if cached is not None and cached[0] == (target.name, credential):
             return cached[1]
         prefix = target.inject_header.prefix
         value = credential.encode("latin-1")
         echo = value[len(prefix) :] if prefix and credential.startswith(prefix) else value
-        inject = Injection((target.inject_header.name.lower().encode(), value), echo,
+        inject = Injection((target.inject_header.name.lower().encode(), value), (echo,),
                            _host_header(target))  # fmt: skip
         self._injected = ((target.name, credential), inject)
         return inject

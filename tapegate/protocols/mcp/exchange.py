@@ -47,6 +47,7 @@ class Ledger:
 
     pending: dict[str, Call] = field(default_factory=dict)
     catalogue: dict[str, str] = field(default_factory=dict)  # tool name → digest
+    asked: dict[str, Call] = field(default_factory=dict)  # the server's requests to the agent
     session_id: str | None = None  # Mcp-Session-Id, where the era has one
     protocol_version: str | None = None
 
@@ -92,7 +93,6 @@ class McpExchange:
         self._body_len = 0
         self._json: bytearray | None = None
         self._sse: SseReader | None = None
-        self._passthrough = False
 
     # -- the request -------------------------------------------------------------------------
 
@@ -237,6 +237,8 @@ class McpExchange:
         elif params:
             attrs["params"], _ = jr.capped({k: v for k, v in params.items() if k != "_meta"},
                                            self.cap)  # fmt: skip
+        if "inputResponses" in params:  # 2026-07-28: a retry with what the server asked for
+            attrs["input_responses"], _ = jr.capped(params["inputResponses"], self.cap)
         meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
         if "traceparent" in meta:
             attrs["traceparent"] = str(meta["traceparent"])[:128]
@@ -282,14 +284,12 @@ class McpExchange:
             self._json = bytearray()
         elif ctype == b"text/event-stream":
             self._sse = SseReader()
-        else:
-            self._passthrough = True
-            if status >= 400:
-                for sent in self._sent:  # an HTTP error answers the exchange's calls
-                    call = self.ledger.pending.pop(sent, None)
-                    if call is not None:
-                        self._answered(None, call, "error", {"http_status": status}, sent)
-                self._sent = []
+        elif status >= 400:
+            for sent in self._sent:  # an HTTP error answers the exchange's calls
+                call = self.ledger.pending.pop(sent, None)
+                if call is not None:
+                    self._answered(None, call, "error", {"http_status": status}, sent)
+            self._sent = []
         return named
 
     def response_data(self, data: bytes) -> bytes:
@@ -303,7 +303,6 @@ class McpExchange:
             self._json += data
             if len(self._json) > MAX_JSON_ANSWER_BYTES:
                 held, self._json = bytes(self._json), None
-                self._passthrough = True
                 self._event("mcp_response", S2C, {"unread": "a JSON answer over 8 MiB"})
                 return held
             return b""
@@ -361,18 +360,28 @@ class McpExchange:
             return self._response(msg, S2C)
         method = str(msg.get("method"))
         attrs: dict[str, Any] = {"method": method}
-        if kind == "request":
-            attrs["id"] = msg["id"]  # sampling, elicitation, roots: the server asks the agent
+        if kind == "request":  # sampling, elicitation, roots: the server asks the agent
+            attrs["id"] = msg["id"]
+            self.ledger.asked[jr.key(msg["id"])] = Call(method, None, self._now_ns())
         params = msg.get("params")
         if params:
             attrs["params"], _ = jr.capped(params, self.cap)
-        self._event("mcp_notification", S2C, attrs)
+        self._event("mcp_request" if kind == "request" else "mcp_notification", S2C, attrs)
         return None
 
     def _response(self, msg: jr.Message, direction: Direction) -> jr.Message | None:
         msg_id = msg.get("id")
         if direction is C2S:  # the agent answers a request of the server's
-            self._event("mcp_response", C2S, {"id": msg_id, "outcome": _outcome(msg)})
+            attrs: dict[str, Any] = {"id": msg_id, "outcome": _outcome(msg)}
+            asked = self.ledger.asked.pop(jr.key(msg_id), None)
+            if asked is not None:
+                attrs.update(method=asked.method, duration_ns=self._now_ns() - asked.started_ns)
+            answer = msg.get("result") if isinstance(msg.get("result"), dict) else None
+            if answer is not None:
+                if "action" in answer:  # an elicitation: accepted, declined or cancelled
+                    attrs["action"] = str(answer["action"])
+                attrs["result"], _ = jr.capped(answer, self.cap)
+            self._event("mcp_response", C2S, attrs)
             return None
         sent = jr.key(msg_id)
         call = self.ledger.pending.pop(sent, None)
@@ -387,6 +396,10 @@ class McpExchange:
         if "error" in msg and isinstance(msg["error"], dict):
             extra["error_code"] = msg["error"].get("code")
             extra["error"], _ = jr.capped(msg["error"].get("message", ""), self.cap)
+        elif outcome == "input_required" and result is not None:
+            extra["input_requests"], _ = jr.capped(result.get("inputRequests"), self.cap)
+            if "requestState" in result:  # opaque to all but the server: its size only
+                extra["request_state_bytes"] = len(str(result["requestState"]))
         elif result is not None:
             if "structuredContent" in result:
                 extra["structured"], _ = jr.capped(result["structuredContent"], self.cap)
@@ -468,4 +481,6 @@ def _outcome(msg: jr.Message) -> str:
     result = msg.get("result")
     if isinstance(result, dict) and result.get("isError") is True:
         return "is_error"
+    if isinstance(result, dict) and result.get("resultType") == "input_required":
+        return "input_required"  # 2026-07-28: the call is retried with what the server asks
     return "ok"

@@ -1,0 +1,148 @@
+"""The stdio bridge, sans-IO: HTTP requests in, stdin lines and HTTP answers out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tapegate.protocols.http import wire
+from tapegate.protocols.mcp.stdio import Note, StdioBridge, ToProcess, ToStream
+
+SSE = [(b"accept", b"application/json, text/event-stream")]
+JSON = [(b"accept", b"application/json")]
+
+
+def _bridge() -> StdioBridge:
+    return StdioBridge(mint=lambda: "sess-1")
+
+
+def _lines(out: list[Any]) -> list[dict[str, Any]]:
+    return [json.loads(o.line) for o in out if isinstance(o, ToProcess)]
+
+
+def _answer(out: list[Any], stream: int) -> bytes:
+    return b"".join(o.data for o in out if isinstance(o, ToStream) and o.stream == stream)
+
+
+def _body(raw: bytes) -> Any:
+    """A complete answer's JSON body (or its SSE events' data)."""
+    reader = wire.ResponseReader()
+    reader.receive(raw)
+    head = reader.next_event()
+    assert isinstance(head, wire.Response)
+    data = b""
+    while (event := reader.next_event()) is not wire.END:
+        assert isinstance(event, wire.Data), event
+        data += event.data
+    if (b"content-type", b"text/event-stream") in head.headers:
+        return [json.loads(line[6:]) for line in data.split(b"\n") if line.startswith(b"data: ")]
+    return head.status, json.loads(data) if data else None
+
+
+def _post(b: StdioBridge, stream: int, msg: Any, headers: list[Any] = SSE) -> list[Any]:
+    return b.request(stream, b"POST", headers, json.dumps(msg).encode())
+
+
+def test_ids_are_the_bridges_on_stdin_and_the_clients_in_answers() -> None:
+    b = _bridge()
+    first = _post(b, 1, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    second = _post(b, 2, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})  # the same id
+    sent = _lines(first) + _lines(second)
+    assert [m["id"] for m in sent] == [0, 1]
+    out = b.line(b'{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}\n')
+    out += b.line(b'{"jsonrpc":"2.0","id":0,"result":{"tools":[{"name":"x"}]}}\n')
+    assert _body(_answer(first + out, 1)) == [{"jsonrpc": "2.0", "id": 1,
+                                               "result": {"tools": [{"name": "x"}]}}]  # fmt: skip
+    assert _body(_answer(second + out, 2)) == [{"jsonrpc": "2.0", "id": 1,
+                                                "result": {"tools": []}}]  # fmt: skip
+    assert [o.end for o in out if isinstance(o, ToStream)] == [False, True, False, True]
+
+
+def test_json_answers_wait_for_every_call_of_a_batch() -> None:
+    b = _bridge()
+    batch = [{"jsonrpc": "2.0", "id": "a", "method": "ping"},
+             {"jsonrpc": "2.0", "id": "b", "method": "ping"}]  # fmt: skip
+    out = _post(b, 1, batch, JSON)
+    assert not any(isinstance(o, ToStream) for o in out)
+    out = b.line(b'{"jsonrpc":"2.0","id":1,"result":{}}')
+    assert not any(isinstance(o, ToStream) for o in out)  # one of two
+    out = b.line(b'{"jsonrpc":"2.0","id":0,"result":{}}')
+    status, body = _body(_answer(out, 1))
+    assert status == 200 and [m["id"] for m in body] == ["b", "a"]
+
+
+def test_notifications_and_responses_alone_are_202() -> None:
+    b = _bridge()
+    out = _post(b, 1, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+    assert _lines(out) == [{"jsonrpc": "2.0", "method": "notifications/initialized"}]
+    assert _body(_answer(out, 1)) == (202, None)
+
+
+def test_the_session_id_is_minted_at_initialize_and_checked_after() -> None:
+    b = _bridge()
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+    out = _post(b, 1, init)
+    assert b"mcp-session-id: sess-1" in _answer(out, 1)
+    call = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "ping"}).encode()
+    missing = b.request(2, b"POST", SSE, call)
+    assert _body(_answer(missing, 2))[0] == 400
+    wrong = b.request(3, b"POST", [*SSE, (b"mcp-session-id", b"other")], call)
+    assert _body(_answer(wrong, 3))[0] == 404
+    right = b.request(4, b"POST", [*SSE, (b"mcp-session-id", b"sess-1")], call)
+    assert _lines(right)[0]["method"] == "ping"
+
+
+def test_a_session_id_it_never_minted_is_404_and_nothing_is_written() -> None:
+    b = _bridge()
+    call = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "ping"}).encode()
+    out = b.request(1, b"POST", [*SSE, (b"mcp-session-id", b"guess")], call)
+    assert not _lines(out) and _body(_answer(out, 1))[0] == 404
+
+
+def test_unasked_messages_go_to_the_progress_stream_else_a_waiting_one_else_get() -> None:
+    b = _bridge()
+    _post(b, 1, {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                 "params": {"name": "a", "_meta": {"progressToken": 7}}})  # fmt: skip
+    _post(b, 2, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "b"}})
+    progress = b.line(b'{"jsonrpc":"2.0","method":"notifications/progress",'
+                      b'"params":{"progressToken":7,"progress":1}}')  # fmt: skip
+    assert [o.stream for o in progress] == [1]
+    log = b.line(b'{"jsonrpc":"2.0","method":"notifications/message","params":{}}')
+    assert [o.stream for o in log] == [1]  # the oldest still awaiting an answer
+    b.line(b'{"jsonrpc":"2.0","id":0,"result":{}}')
+    b.line(b'{"jsonrpc":"2.0","id":1,"result":{}}')
+    held = b.line(b'{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}')
+    assert held == []  # no stream: it waits for the GET stream
+    get = b.request(3, b"GET", SSE, b"")
+    assert _answer(get, 3).count(b"list_changed") == 1
+    second = b.request(4, b"GET", SSE, b"")
+    assert _body(_answer(second, 4))[0] == 409
+
+
+def test_a_cancelled_call_ends_its_stream_and_its_late_answer_is_dropped() -> None:
+    b = _bridge()
+    _post(b, 1, {"jsonrpc": "2.0", "id": "c", "method": "tools/call", "params": {"name": "s"}})
+    out = _post(b, 2, {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                       "params": {"requestId": "c"}})  # fmt: skip
+    assert _lines(out)[0]["params"]["requestId"] == 0  # the server hears of it by its id
+    assert any(isinstance(o, ToStream) and o.stream == 1 and o.end for o in out)
+    assert b.line(b'{"jsonrpc":"2.0","id":0,"result":{}}') == []
+
+
+def test_the_process_gone_every_waiting_call_is_answered() -> None:
+    b = _bridge()
+    _post(b, 1, {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "s"}})
+    out = b.exited("exit status 3")
+    (answer,) = [json.loads(o.data.split(b"data: ")[1].split(b"\n")[0]) for o in out
+                 if isinstance(o, ToStream) and b"data: " in o.data]  # fmt: skip
+    assert answer["id"] == 5 and "exit status 3" in answer["error"]["message"]
+    after = _post(b, 2, {"jsonrpc": "2.0", "id": 6, "method": "ping"})
+    assert _body(_answer(after, 2))[0] == 502 and not _lines(after)
+
+
+def test_what_is_not_json_rpc_on_stdout_is_noted_not_passed_on() -> None:
+    b = _bridge()
+    out = b.line(b"Server listening on stdio\n")
+    assert len(out) == 1 and isinstance(out[0], Note) and "not JSON" in out[0].attrs["message"]
+    stray = b.line(b'{"jsonrpc":"2.0","id":99,"result":{}}')
+    assert isinstance(stray[0], Note) and "which no request had" in stray[0].attrs["message"]
