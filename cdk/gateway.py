@@ -125,7 +125,11 @@ class Gateway(Construct):
         ports = sorted(settings.listeners.values())
         container = task.add_container(
             CONTAINER,
-            image=ecs.ContainerImage.from_asset(str(ROOT), file="gateway_task/Dockerfile"),
+            image=ecs.ContainerImage.from_asset(
+                str(ROOT),
+                file="gateway_task/Dockerfile",
+                build_args={"IMAGE_PACKAGES": " ".join(settings.image_packages)},
+            ),
             logging=ecs.LogDrivers.aws_logs(stream_prefix="gateway", log_group=self.logs),
             environment={"TAPEGATE_CONFIG_YAML": stack.to_json_string(config)},
             secrets=secrets or None,
@@ -253,11 +257,9 @@ class Gateway(Construct):
             resources=[ingest.stream.delivery_stream_arn],
         ))  # fmt: skip
         gateway_key.grant_sign(role)
-        # A login's secret, or the header an HTTP or MCP target's credential travels in.
-        target_secrets = sorted({arn for t in settings.targets
-                                 for arn in (t.get("secret_arn"),
-                                             (t.get("inject_header") or {}).get("secret_arn"))
-                                 if arn})  # fmt: skip
+        # A login's secret, the header an HTTP or MCP target's credential travels in, or a
+        # stdio MCP server's environment.
+        target_secrets = sorted({arn for t in settings.targets for arn in _secret_arns(t)})
         if target_secrets:
             role.add_to_principal_policy(iam.PolicyStatement(
                 actions=["secretsmanager:GetSecretValue"], resources=target_secrets,
@@ -297,3 +299,10 @@ class Gateway(Construct):
             statistic="Average",
             period=Duration.minutes(1),
         )
+
+
+def _secret_arns(target: dict[str, Any]) -> list[str]:
+    found = [target.get("secret_arn"), (target.get("inject_header") or {}).get("secret_arn")]
+    env = target.get("env") if isinstance(target.get("env"), dict) else {}
+    found += [v.get("secret_arn") for v in env.values() if isinstance(v, dict)]
+    return [arn for arn in found if isinstance(arn, str) and arn]

@@ -62,6 +62,9 @@ class Settings:
     # Identity Center role of a permission set the auditor policy is attached to.
     auditor_principals: tuple[str, ...] = ()
     alarm_email: str | None = None
+    # Debian packages added to the gateway's image: what stdio MCP targets' commands need
+    # (they run inside the task), e.g. ["nodejs", "npm"] for `npx` servers.
+    image_packages: tuple[str, ...] = ()
     # Bump to rotate: a new key pair, with the old public keys still trusted (cdk/keys.py).
     gateway_key_generation: int = 1
     export_key_generation: int = 1
@@ -141,6 +144,7 @@ class Settings:
             or None,
             alarm_email=_str(get("alarm_email"), "alarm_email", "") or None,
             auditor_principals=tuple(_list(get("auditor_principals"), "auditor_principals")),
+            image_packages=_packages(get("image_packages")),
             gateway_key_generation=_int(
                 get("gateway_key_generation"), "gateway_key_generation", 1, 1, 10**6
             ),
@@ -206,6 +210,14 @@ def _list(raw: Any, key: str) -> list[str]:
     return raw
 
 
+def _packages(raw: Any) -> tuple[str, ...]:
+    names = _list(raw, "image_packages")
+    for name in names:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", name):
+            raise SettingsError("image_packages", f"{name!r} is not a Debian package name")
+    return tuple(names)
+
+
 def _cidr(raw: Any, default: str) -> str:
     value = _str(raw, "vpc_cidr", default)
     try:
@@ -242,6 +254,10 @@ def _targets(raw: Any) -> list[dict[str, Any]]:
                 raise SettingsError(f"targets[{i}].{local}", "use secret_arn on AWS")
             if isinstance(target.get("inject_header"), dict) and local in target["inject_header"]:
                 raise SettingsError(f"targets[{i}].inject_header.{local}", "use secret_arn on AWS")
+        env = target.get("env")  # an MCP stdio server's: plain values, or secret_arn sources
+        for var, source in env.items() if isinstance(env, dict) else ():
+            if isinstance(source, dict) and {"value_env", "value_file"} & source.keys():
+                raise SettingsError(f"targets[{i}].env.{var}", "use secret_arn on AWS")
         known = target.get("known_hosts")
         if isinstance(known, str) and not is_known_hosts_lines(known):
             raise SettingsError(f"targets[{i}].known_hosts", "give the known_hosts lines "

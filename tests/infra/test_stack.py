@@ -111,6 +111,26 @@ def test_an_mcp_listener_and_its_targets_header_secret(tmp_path) -> None:
     assert actions(reads) == ["secretsmanager:GetSecretValue"]
 
 
+def test_a_stdio_mcp_target_runs_in_the_task_with_its_env_secret_and_packages(tmp_path) -> None:
+    arn = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:gh-token-AbCdEf"
+    target = {"name": "files", "protocol": "mcp", "allow_groups": ["agents"],
+              "command": ["npx", "-y", "@modelcontextprotocol/server-filesystem", "/srv"],
+              "env": {"GITHUB_TOKEN": {"secret_arn": arn}, "LOG_LEVEL": "info"}}  # fmt: skip
+    template = synth(tmp_path, listeners='{"mcp": 8443}', targets=[target],
+                     image_packages='["nodejs", "npm"]')  # fmt: skip
+    task_policy = policy_of(template, "GatewayTaskTaskRoleDefaultPolicy")
+    (reads,) = [st for st in task_policy if st.get("Resource") == arn]
+    assert actions(reads) == ["secretsmanager:GetSecretValue"]
+    (task,) = resources(template, "AWS::ECS::TaskDefinition").values()
+    config = flat(task["Properties"]["ContainerDefinitions"][0]["Environment"])
+    assert "server-filesystem" in config and arn in config  # the ARN, never a value
+    (assets,) = tmp_path.glob("*.assets.json")
+    images = json.loads(assets.read_text())["dockerImages"].values()
+    assert [i["source"].get("dockerBuildArgs") for i in images] == [
+        {"IMAGE_PACKAGES": "nodejs npm"}
+    ]
+
+
 def test_the_verifier_reads_evidence_writes_curated_and_touches_only_the_base_table(
     template,
 ) -> None:
@@ -397,6 +417,9 @@ def test_alarms_page_on_tampering_failures_and_unhealthy_tasks(template) -> None
         ({"targets": [{"name": "web", "protocol": "ssh", "known_hosts": "/etc/kh"}],
           "listeners": {"ssh": 22}}, "targets[0].known_hosts: give the known_hosts lines"),
         ({"vpc_cidr": "10.0.0.0/8"}, "vpc_cidr: a prefix length between /16 and /24"),
+        ({"targets": [{"name": "f", "protocol": "mcp", "command": ["x"],
+                       "env": {"T": {"value_env": "T"}}}]}, "targets[0].env.T: use secret_arn"),
+        ({"image_packages": ["nodejs; rm -rf /"]}, "image_packages: 'nodejs; rm -rf /' is not"),
     ],
 )  # fmt: skip
 def test_bad_settings_stop_synth_with_the_key_named(context, message) -> None:
