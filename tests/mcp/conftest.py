@@ -23,11 +23,12 @@ MCP_KEY = "mcp-upstream-secret-5f2c9a"  # generated for the tests: the target's 
 class McpUpstream:
     """The SDK's server in its own process, and what it logged."""
 
-    def __init__(self, tmp: Path, json_response: bool = False) -> None:
+    def __init__(self, tmp: Path, json_response: bool = False, resumable: bool = False) -> None:
         self.port = free_port()
         self.log = tmp / f"upstream-{self.port}.jsonl"
         args = [sys.executable, str(Path(__file__).with_name("upstream.py")), str(self.port),
-                str(self.log)] + (["--json"] if json_response else [])  # fmt: skip
+                str(self.log)] + (["--json"] if json_response else []) + (
+                ["--resumable"] if resumable else [])  # fmt: skip
         self.proc = subprocess.Popen(args, cwd=Path(__file__).parents[2])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -217,3 +217,39 @@ def test_listings_are_filtered_however_the_server_frames_them() -> None:
     y.response_head(200, [(b"content-type", b"application/json-rpc; charset=utf-8")])
     y.response_data(listing)
     assert b"get_secret" not in y.response_end(True)
+
+
+SSE = [(b"content-type", b"text/event-stream")]
+
+
+def test_an_answer_on_a_resumed_stream_is_named_and_said_to_be_one() -> None:
+    ledger = Ledger()
+    first = McpExchange(TARGET, ledger, 64, lambda: 5)
+    assert first.request(b"POST", JSON, _call("get_ticket", {"id": 1}, msg_id=9)) is None
+    first.response_head(200, SSE)
+    first.response_data(b"id: 1\ndata: \n\n")
+    first.response_end(False)  # the stream closed before the answer
+    (cancel,) = [e.attrs for e in first.events if e.type == "mcp_cancel"]
+    assert cancel["tool"] == "get_ticket"
+    answer = b'id: 2\ndata: {"jsonrpc":"2.0","id":9,"result":{"content":[]}}\n\n'
+    again = McpExchange(TARGET, ledger, 64, lambda: 5)
+    again.request(b"GET", [(b"last-event-id", b"1")], b"")
+    again.response_head(200, SSE)
+    again.response_data(answer)
+    (resumed,) = [e.attrs for e in again.events if e.type == "mcp_response"]
+    assert resumed["tool"] == "get_ticket" and resumed["resumed"] is True
+    replay = McpExchange(TARGET, ledger, 64, lambda: 5)  # the same answer replayed once more
+    replay.request(b"GET", [(b"last-event-id", b"1")], b"")
+    replay.response_head(200, SSE)
+    replay.response_data(answer)
+    (replayed,) = [e.attrs for e in replay.events if e.type == "mcp_response"]
+    assert replayed["tool"] == "get_ticket" and replayed["replayed"] is True
+
+
+def test_pending_calls_are_bounded() -> None:
+    from tapegate.protocols.mcp.exchange import MAX_PENDING
+
+    ledger = Ledger()
+    for i in range(MAX_PENDING + 10):  # calls whose answers never come
+        McpExchange(TARGET, ledger, 64, lambda: 5).request(b"POST", JSON, _call("get_a", {}, i))
+    assert len(ledger.pending) == MAX_PENDING and jr.key(0) not in ledger.pending

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +19,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.gateway_harness import RunningGateway
-from tests.mcp.conftest import MCP_KEY, McpUpstream
+from tests.mcp.conftest import MCP_KEY, McpUpstream, mcp_config
 from tests.mcp.flows import (
     check_listened,
     check_recorded,
@@ -255,6 +257,84 @@ def test_a_tool_that_asks_the_user_first(
 def test_a_listen_stream_hears_of_a_change(mgw: RunningGateway) -> None:
     assert listen_for_a_change(f"{mgw.base}/mcp/tickets", mgw.token()) == "ToolsListChanged"  # type: ignore[attr-defined]
     check_listened(_all_events(mgw))
+
+
+def test_a_stream_resumed_with_last_event_id_brings_the_answer(tmp_path: Path) -> None:
+    upstream = McpUpstream(tmp_path, resumable=True)  # its SSE events have ids, and are kept
+    gw = RunningGateway(mcp_config(tmp_path / "data", upstream.url))
+    host, port = gw.address("mcp")
+    url = f"http://{host}:{port}/mcp/tickets"
+    headers = {"Authorization": f"Bearer {gw.token()}", "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": "2025-11-25"}  # fmt: skip
+    init = (
+        b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":'
+        b'"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}'
+    )
+    call = (b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow",'
+            b'"arguments":{"seconds":1}}}')  # fmt: skip
+    try:
+        with httpx.Client(timeout=30) as http:
+            session = http.post(url, headers=headers, content=init).headers["mcp-session-id"]
+            headers["Mcp-Session-Id"] = session
+            http.post(
+                url,
+                headers=headers,
+                content=b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
+            )
+            seen = None
+            with http.stream("POST", url, headers=headers, content=call) as answer:
+                for line in answer.iter_lines():  # the first event's id, then the client goes
+                    if line.startswith("id:"):
+                        seen = line[3:].strip()
+                        break
+            assert seen is not None
+            resumed, deadline = "", time.monotonic() + 30
+            while not resumed and time.monotonic() < deadline:  # as a client follows `retry:`
+                with http.stream("GET", url, headers={**headers, "Last-Event-ID": seen}) as again:
+                    resumed = next((x for x in again.iter_lines() if '"result"' in x), "")
+    finally:
+        events = _all_events(gw)
+        gw.stop()
+        upstream.close()
+    assert "finally" in resumed  # the answer, on the resumed stream
+    gets = [e for e in upstream.entries() if e.get("http") == "GET"]
+    assert gets and {g["last_event_id"] for g in gets} == {seen}  # it reached the server
+    (cancel,) = [e["attrs"] for e in events if e["type"] == "mcp_cancel"]
+    assert cancel["tool"] == "slow"  # the first stream closed before the answer
+    (result,) = [e["attrs"] for e in events if e["type"] == "mcp_response"
+                 and e["attrs"].get("tool") == "slow"]  # fmt: skip
+    assert result["outcome"] == "ok" and result["resumed"] is True  # named, on the new stream
+
+
+def test_a_stream_the_client_closes_is_closed_to_the_server(mgw: RunningGateway) -> None:
+    """A GET stream (or a listen) has no end of its own: once its client has gone, the gateway
+    stops reading it, so the connection and the tape do not outlive the client."""
+    url = f"{mgw.base}/mcp/tickets"  # type: ignore[attr-defined]
+    headers = {"Authorization": f"Bearer {mgw.token()}", "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": "2025-11-25"}  # fmt: skip
+    init = (
+        b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":'
+        b'"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}'
+    )
+    with httpx.Client(timeout=30) as http:
+        headers["Mcp-Session-Id"] = http.post(url, headers=headers, content=init).headers[
+            "mcp-session-id"
+        ]
+        with http.stream("GET", url, headers=headers) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+        # closed by the client, with the stream open and the server silent
+    deadline = time.monotonic() + 20
+    while mgw.gateway.sessions and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not mgw.gateway.sessions  # the tape was sealed (session_idle_s after its last use)
+    events = _all_events(mgw)
+    (get,) = [e["attrs"] for e in events if e["type"] == "response"
+              and "text/event-stream" in str(e["attrs"]["headers"])
+              and e["attrs"].get("client_closed")]  # fmt: skip
+    assert get["incomplete"] is True
+    assert not [e for e in events if e["type"] == "upstream_error"]  # not the server's doing
 
 
 def _all_events(gw: RunningGateway) -> list[dict[str, Any]]:

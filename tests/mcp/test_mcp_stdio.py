@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
+import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -356,3 +358,40 @@ def test_a_tool_that_asks_the_user_first(sgw: Stdio, mode: str) -> None:
 def test_a_listen_stream_hears_of_a_change(sgw: Stdio) -> None:
     assert listen_for_a_change(f"{sgw.base}/mcp/notes", sgw.token()) == "ToolsListChanged"
     check_listened([e for _, t in _tapes(sgw).values() for e in t])
+
+
+def test_the_servers_end_when_the_gateway_is_killed(tmp_path: Path) -> None:
+    """kill -9 leaves the gateway no time to stop them: each sees its stdin close, and exits."""
+    log, port = tmp_path / "stdio.jsonl", free_port()
+    raw = {"data_dir": str(tmp_path / "data"),
+           "identity": {"issuer": "dev", "dev_listen": f"127.0.0.1:{free_port()}"},
+           "listen": {"mcp": f"127.0.0.1:{port}"}, "tls": "optional",
+           "targets": [{"name": "notes", "protocol": "mcp", "command": [sys.executable, SERVER],
+                        "env": {"TAPEGATE_TEST_STDIO_LOG": str(log)},
+                        "allow_groups": ["agents"]}]}  # fmt: skip
+    cfg = tmp_path / "tapegate.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    tapegate = [sys.executable, "-m", "tapegate.cli"]
+    up = subprocess.Popen([*tapegate, "up", "--config", str(cfg)], text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert up.stdout is not None and "ready" in up.stdout.readline()
+        token = subprocess.run([*tapegate, "token", "--config", str(cfg), "--sub", "agent-1",
+                                "--group", "agents", "--ttl", "5m"], capture_output=True,
+                               text=True, check=True).stdout.strip()  # fmt: skip
+        answer = httpx.post(f"http://127.0.0.1:{port}/mcp/notes", content=INITIALIZE, timeout=30,
+                            headers={"Authorization": f"Bearer {token}",
+                                     "Content-Type": "application/json",
+                                     "Accept": "application/json"})  # fmt: skip
+        assert answer.status_code == 200 and "serverInfo" in answer.text
+        (pid,) = [json.loads(line)["pid"] for line in log.read_text().splitlines()]
+        assert _alive(pid)
+        up.kill()  # SIGKILL
+        up.wait(10)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    until = time.monotonic() + 20
+    while _alive(pid) and time.monotonic() < until:
+        time.sleep(0.05)
+    assert not _alive(pid)  # ground truth: the process table

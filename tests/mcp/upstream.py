@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import anyio
 import uvicorn
 from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
+from mcp.server.streamable_http import EventMessage, EventStore
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
@@ -110,7 +111,8 @@ def app_with_log(app: Any) -> Any:
             LAST_AUTH[0] = headers.get("authorization", "")
             _log({"http": scope["method"], "path": scope["path"],
                   "authorization": headers.get("authorization"),
-                  "accept_encoding": headers.get("accept-encoding")})  # fmt: skip
+                  "accept_encoding": headers.get("accept-encoding"),
+                  "last_event_id": headers.get("last-event-id")})  # fmt: skip
         await app(scope, receive, send)
 
     return wrapped
@@ -139,6 +141,28 @@ async def announce(ctx: Context) -> str:  # type: ignore[type-arg]
     return "announced"
 
 
+class MemoryEvents(EventStore):
+    """Every event kept, so that a client may resume a stream (GET with Last-Event-ID)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, Any]] = []  # (event id, stream id, message)
+
+    async def store_event(self, stream_id: str, message: Any) -> str:
+        event_id = str(len(self.events) + 1)
+        self.events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id: str, send_callback: Any) -> str | None:
+        stream = next((s for e, s, _ in self.events if e == last_event_id), None)
+        if stream is None:
+            return None
+        for event_id, s, message in self.events[int(last_event_id) :]:
+            if s == stream and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream
+
+
 if __name__ == "__main__":
-    app = srv.streamable_http_app(json_response="--json" in sys.argv)
+    events = MemoryEvents() if "--resumable" in sys.argv else None
+    app = srv.streamable_http_app(json_response="--json" in sys.argv, event_store=events)
     uvicorn.run(app_with_log(app), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")

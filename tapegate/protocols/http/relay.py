@@ -213,6 +213,8 @@ class HttpRelay:
                 self._advance(out)
             else:
                 self._client_eof = True  # the answer still goes out, then the connection closes
+                if self._endless():
+                    self._client_gone(out)
             return out
         if self.state is State.BODY and self.responses is not None:
             self.responses.receive(b"")  # read once the request has ended
@@ -558,6 +560,9 @@ class HttpRelay:
         ex.reason = ex.masker.header(event.reason)
         self._to_client.append(wire.response_head(event.status, ex.reason, shown, framing,
                                                   announced=announced))  # fmt: skip
+        if self._client_eof and self._endless():
+            self._client_gone(out)
+            return False
         return True
 
     def _response_body(self, out: list[Command]) -> None:
@@ -596,11 +601,31 @@ class HttpRelay:
             self._answer_ended(complete, out)
             return
 
-    def _answer_ended(self, complete: bool, out: list[Command]) -> None:
+    def _endless(self) -> bool:
+        """Whether the answer in hand is an event stream: it may never end by itself (MCP's GET
+        stream, a `subscriptions/listen`), so it goes on only while the client is there."""
+        ex = self._x
+        if ex is None or ex.headers is None:
+            return False
+        ctype = x.content_type(ex.headers).split(";")[0].strip().lower()
+        return ctype == "text/event-stream"
+
+    def _client_gone(self, out: list[Command]) -> None:
+        """The client closed while an event stream came: the rest would go to no one, and the
+        target would go on sending it to the gateway for as long as the stream lasts."""
+        ex = self._x
+        assert ex is not None
+        self._flush_client(out)
+        if ex.mcp is not None:
+            ex.mcp.response_end(False)  # the calls it left unanswered
+            self._mcp_events(out)
+        self._answer_ended(False, out, by_client=True)
+
+    def _answer_ended(self, complete: bool, out: list[Command], by_client: bool = False) -> None:
         ex, responses = self._x, self.responses
         assert ex is not None and ex.response is not None and ex.body is not None
         assert ex.headers is not None and responses is not None
-        if not complete:  # the upstream dropped mid-body: the client can only see the close
+        if not complete and not by_client:  # the upstream dropped mid-body: the client sees it
             name = ex.admitted.target.name if ex.admitted else "?"
             out.append(Record([Event(self._now_ns(), "upstream_error", S2C, {
                 "reason": f"target {name!r} closed mid-response"})]))  # fmt: skip
@@ -614,6 +639,8 @@ class HttpRelay:
         }
         if not complete:
             attrs["incomplete"] = True
+        if by_client:
+            attrs["client_closed"] = True
         if ex.masker is not None and ex.masker.masked:
             attrs["credential_masked"] = ex.masker.masked
         if not ex.maskable and ex.body.length:
@@ -627,7 +654,7 @@ class HttpRelay:
             self._drop_upstream(out)
         if not complete:
             self.state = State.DONE
-            out.append(End(EndReason.UPSTREAM_CLOSED))
+            out.append(End(EndReason.CLIENT_CLOSED if by_client else EndReason.UPSTREAM_CLOSED))
             return
         self._next_turn(ex.keep_alive, out)
 

@@ -30,6 +30,8 @@ from tapegate.tape import Direction, Event
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 MAX_JSON_ANSWER_BYTES = 8 * 1024 * 1024  # a JSON answer is read whole; a larger one goes unread
+MAX_PENDING = 1024  # calls awaiting answers per tape session: past it the oldest is forgotten
+MAX_ANSWERED = 256  # answered calls remembered, so that an answer replayed on resumption is named
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -39,6 +41,7 @@ class Call:
     method: str
     tool: str | None
     started_ns: int
+    interrupted: bool = False  # its answer's stream closed first; a resumed one may bring it
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Ledger:
     pending: dict[str, Call] = field(default_factory=dict)
     catalogue: dict[str, str] = field(default_factory=dict)  # tool name → digest
     asked: dict[str, Call] = field(default_factory=dict)  # the server's requests to the agent
+    answered: dict[str, Call] = field(default_factory=dict)  # the latest calls answered
     session_id: str | None = None  # Mcp-Session-Id, where the era has one
     protocol_version: str | None = None
 
@@ -252,7 +256,10 @@ class McpExchange:
         if self.ledger.session_id:
             attrs["mcp_session"] = self.ledger.session_id
         self._event("mcp_request", C2S, attrs)
-        self.ledger.pending[jr.key(msg["id"])] = Call(method, tool, self._now_ns())
+        pending = self.ledger.pending
+        if len(pending) >= MAX_PENDING:  # answers that never came (or a client that floods)
+            del pending[next(iter(pending))]
+        pending[jr.key(msg["id"])] = Call(method, tool, self._now_ns())
         if tool is not None:
             return self._denied(tool, params.get("arguments", {}))
         return None
@@ -317,8 +324,10 @@ class McpExchange:
         elif self._sse is not None:
             out = self._sse.flush()
         for sent in self._sent:
-            call = self.ledger.pending.pop(sent, None)
-            if call is not None:
+            call = self.ledger.pending.get(sent)
+            if call is not None and not call.interrupted:
+                # Kept: a client may resume the stream (GET with Last-Event-ID) and get it.
+                call.interrupted = True
                 self._event("mcp_cancel", S2C, {
                     "id_key": sent, "method": call.method, "tool": call.tool,
                     "reason": "the answer's stream closed before the response",
@@ -385,6 +394,12 @@ class McpExchange:
             return None
         sent = jr.key(msg_id)
         call = self.ledger.pending.pop(sent, None)
+        replayed = self.ledger.answered.get(sent) if call is None else None
+        if call is not None:
+            answered = self.ledger.answered
+            answered[sent] = call
+            if len(answered) > MAX_ANSWERED:
+                del answered[next(iter(answered))]
         if sent in self._sent:
             self._sent.remove(sent)
         result = msg.get("result") if isinstance(msg.get("result"), dict) else None
@@ -407,7 +422,9 @@ class McpExchange:
                      if isinstance(c, dict) and c.get("type") == "text"]  # fmt: skip
             if texts:
                 extra["text"], _ = jr.capped("\n".join(texts), self.cap)
-        self._answered(msg_id, call, outcome, extra)
+        if replayed is not None:  # again, on a resumed stream (Last-Event-ID)
+            extra["replayed"] = True
+        self._answered(msg_id, call or replayed, outcome, extra)
         return changed
 
     def _answered(
@@ -424,6 +441,8 @@ class McpExchange:
             if call.tool is not None:
                 attrs["tool"] = call.tool
             attrs["duration_ns"] = self._now_ns() - call.started_ns
+            if call.interrupted:
+                attrs["resumed"] = True  # on another stream than the one that asked
         if sent is not None:
             attrs["id_key"] = sent
         attrs.update(extra)
