@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING
 
 from tapegate.protocols.http import wire
 from tapegate.protocols.http.wire import END, NEED_DATA
-from tapegate.protocols.mcp.stdio import Note, Output, StdioBridge, ToProcess, ToStream
+from tapegate.protocols.mcp.stdio import (
+    COMMIT_AFTER_S,
+    Later,
+    Note,
+    Output,
+    StdioBridge,
+    ToProcess,
+    ToStream,
+)
 from tapegate.protocols.mcp.target import McpTarget
 from tapegate.tape import Direction, Event
 from tapegate.vocab import EndReason
@@ -150,10 +158,17 @@ class StdioServer:
                     link.answer(item.data, item.end)
                     if item.end:
                         del self._links[item.stream]
+            elif isinstance(item, Later):
+                loop = asyncio.get_running_loop()
+                loop.call_later(COMMIT_AFTER_S, self._commit, item.stream)
             elif isinstance(item, Note):
                 notes.append(Event(time.time_ns(), item.kind, S2C, item.attrs))
         if notes:
             self._record(notes)
+
+    def _commit(self, stream: int) -> None:
+        if stream in self._links:
+            self.run(self.bridge.commit(stream))
 
     def _write(self, line: bytes) -> None:
         proc = self._proc

@@ -51,11 +51,10 @@ def test_ids_are_the_bridges_on_stdin_and_the_clients_in_answers() -> None:
     assert [m["id"] for m in sent] == [0, 1]
     out = b.line(b'{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}\n')
     out += b.line(b'{"jsonrpc":"2.0","id":0,"result":{"tools":[{"name":"x"}]}}\n')
-    assert _body(_answer(first + out, 1)) == [{"jsonrpc": "2.0", "id": 1,
-                                               "result": {"tools": [{"name": "x"}]}}]  # fmt: skip
-    assert _body(_answer(second + out, 2)) == [{"jsonrpc": "2.0", "id": 1,
-                                                "result": {"tools": []}}]  # fmt: skip
-    assert [o.end for o in out if isinstance(o, ToStream)] == [False, True, False, True]
+    tools = {"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "x"}]}}
+    assert _body(_answer(first + out, 1)) == (200, tools)
+    assert _body(_answer(second + out, 2)) == (200, {**tools, "result": {"tools": []}})
+    assert [o.end for o in out if isinstance(o, ToStream)] == [True, True]  # JSON: came whole
 
 
 def test_json_answers_wait_for_every_call_of_a_batch() -> None:
@@ -82,6 +81,7 @@ def test_the_session_id_is_minted_at_initialize_and_checked_after() -> None:
     b = _bridge()
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
     out = _post(b, 1, init)
+    out += b.line(b'{"jsonrpc":"2.0","id":0,"result":{}}')
     assert b"mcp-session-id: sess-1" in _answer(out, 1)
     call = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "ping"}).encode()
     missing = b.request(2, b"POST", SSE, call)
@@ -106,7 +106,8 @@ def test_unasked_messages_go_to_the_progress_stream_else_a_waiting_one_else_get(
     _post(b, 2, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "b"}})
     progress = b.line(b'{"jsonrpc":"2.0","method":"notifications/progress",'
                       b'"params":{"progressToken":7,"progress":1}}')  # fmt: skip
-    assert [o.stream for o in progress] == [1]
+    assert [o.stream for o in progress] == [1, 1]  # the SSE head, then the event
+    assert progress[0].data.startswith(b"HTTP/1.1 200") and b"progress" in progress[1].data
     log = b.line(b'{"jsonrpc":"2.0","method":"notifications/message","params":{}}')
     assert [o.stream for o in log] == [1]  # the oldest still awaiting an answer
     b.line(b'{"jsonrpc":"2.0","id":0,"result":{}}')
@@ -132,10 +133,8 @@ def test_a_cancelled_call_ends_its_stream_and_its_late_answer_is_dropped() -> No
 def test_the_process_gone_every_waiting_call_is_answered() -> None:
     b = _bridge()
     _post(b, 1, {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "s"}})
-    out = b.exited("exit status 3")
-    (answer,) = [json.loads(o.data.split(b"data: ")[1].split(b"\n")[0]) for o in out
-                 if isinstance(o, ToStream) and b"data: " in o.data]  # fmt: skip
-    assert answer["id"] == 5 and "exit status 3" in answer["error"]["message"]
+    status, answer = _body(_answer(b.exited("exit status 3"), 1))
+    assert status == 200 and answer["id"] == 5 and "exit status 3" in answer["error"]["message"]
     after = _post(b, 2, {"jsonrpc": "2.0", "id": 6, "method": "ping"})
     assert _body(_answer(after, 2))[0] == 502 and not _lines(after)
 
@@ -146,3 +145,20 @@ def test_what_is_not_json_rpc_on_stdout_is_noted_not_passed_on() -> None:
     assert len(out) == 1 and isinstance(out[0], Note) and "not JSON" in out[0].attrs["message"]
     stray = b.line(b'{"jsonrpc":"2.0","id":99,"result":{}}')
     assert isinstance(stray[0], Note) and "which no request had" in stray[0].attrs["message"]
+
+
+def test_an_answer_is_json_if_it_comes_whole_else_sse_from_the_first_word_or_the_timer() -> None:
+    b = _bridge()
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "s"}}
+    out = _post(b, 1, call)
+    assert [type(o).__name__ for o in out] == ["ToProcess", "Later"]  # nothing said yet
+    committed = b.commit(1)  # the timer: a call silent this long commits to SSE
+    assert (
+        committed[0].data.startswith(b"HTTP/1.1 200") and b"text/event-stream" in committed[0].data
+    )
+    assert b.commit(1) == []  # once
+    done = b.line(b'{"jsonrpc":"2.0","id":0,"result":{"ok":1}}')
+    assert _body(_answer(committed + done, 1)) == [{"jsonrpc": "2.0", "id": 1, "result": {"ok": 1}}]
+    plain = _post(b, 2, {**call, "id": 2}, JSON)  # a client that takes JSON only
+    assert [type(o).__name__ for o in plain] == ["ToProcess"]
+    assert b.commit(2) == []

@@ -8,13 +8,15 @@ stdout into HTTP answers:
 
 - a POST's requests are written one message per line (compact JSON: stdio forbids a newline
   inside one), each under an id of the bridge's (several clients of one stateless tape may
-  both use id 1), answered under the client's own; the answer is a server-sent-event stream
-  when the client accepts one, else JSON once every request is answered; a POST of only
-  notifications or responses is 202;
+  both use id 1), answered under the client's own; a POST of only notifications or responses
+  is 202;
 - what the server sends unasked (a progress notification, a log line, an elicitation, a
   `subscriptions/listen` event) goes to the stream of the request it names (by progress token,
   or the listen request's id), else the oldest POST stream still awaiting answers, else the GET
   stream, else waits (bounded) for one;
+- a POST's answer is JSON when it comes whole before anything else, as the SDK's own server
+  answers: SSE (when the client accepts it) once the server says something else first, or
+  after COMMIT_AFTER_S;
 - the handshake era's `Mcp-Session-Id` is the bridge's, minted at `initialize`; one the bridge
   did not mint is 404, as a server says of a session it does not know;
 - the process gone, every request still awaiting an answer gets a JSON-RPC error saying so.
@@ -35,6 +37,9 @@ from tapegate.protocols.mcp import messages as jr
 
 SERVER_GONE = -32003  # the gateway's: the stdio server exited before it answered
 MAX_WAITING = 256  # server messages held for a stream to carry them
+# An answer that may be SSE is JSON if it comes whole first (as the SDK's server does): a call
+# that has said nothing by then commits to SSE, before the relay's wait for a head runs out.
+COMMIT_AFTER_S = 5.0
 SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"  # in a listen stream's events' _meta
 
 Headers = list[tuple[bytes, bytes]]
@@ -53,6 +58,13 @@ class ToStream:
 
 
 @dataclass(frozen=True, slots=True)
+class Later:
+    """Call `commit(stream)` after COMMIT_AFTER_S if the answer has not come by then."""
+
+    stream: int
+
+
+@dataclass(frozen=True, slots=True)
 class Note:
     """Something to record: the server broke the stdio framing, say."""
 
@@ -60,13 +72,14 @@ class Note:
     attrs: dict[str, Any]
 
 
-Output = ToProcess | ToStream | Note
+Output = ToProcess | ToStream | Later | Note
 
 
 @dataclass(slots=True)
 class _Stream:
-    sse: bool
+    sse: bool  # the client accepts server-sent events
     batch: bool = False
+    committed: bool = False  # its SSE head has gone out: what follows goes as events
     get: bool = False  # the GET stream: the server's messages that no request carries
     ids: set[int] = field(default_factory=set)  # the bridge's ids still awaiting answers
     tokens: set[str] = field(default_factory=set)  # progress tokens its requests gave
@@ -187,7 +200,18 @@ class StdioBridge:
             return out
         self._streams[stream] = s
         if sse:
-            out.append(ToStream(stream, self._sse_head()))
+            out.append(Later(stream))
+        return out
+
+    def commit(self, stream: int) -> list[Output]:
+        """The answer goes as server-sent events from here on (what it holds, first)."""
+        s = self._streams.get(stream)
+        if s is None or not s.sse or s.committed:
+            return []
+        s.committed = True
+        out: list[Output] = [ToStream(stream, self._sse_head())]
+        out.extend(ToStream(stream, _event(msg)) for msg in s.answers)
+        s.answers.clear()
         return out
 
     def _cancel(self, msg: jr.Message) -> list[Output]:
@@ -218,7 +242,7 @@ class StdioBridge:
         if self._get is not None:
             return self._refuse(stream, 409, jr.INVALID_REQUEST, "a GET stream is open already")
         self._get = stream
-        self._streams[stream] = _Stream(sse=True, get=True)
+        self._streams[stream] = _Stream(sse=True, get=True, committed=True)
         out: list[Output] = [ToStream(stream, self._sse_head())]
         while self._waiting:
             out.append(ToStream(stream, _event(self._waiting.popleft())))
@@ -292,7 +316,7 @@ class StdioBridge:
         if carrier is None:
             carrier = next((n for n, s in self._streams.items() if s.sse and s.ids), self._get)
         if carrier is not None:
-            return [ToStream(carrier, _event(msg))]
+            return [*self.commit(carrier), ToStream(carrier, _event(msg))]
         if len(self._waiting) >= MAX_WAITING:
             self._waiting.popleft()
             self._waiting.append(msg)
@@ -307,7 +331,7 @@ class StdioBridge:
     def _deliver(self, stream: int, s: _Stream, wire_id: int, msg: jr.Message) -> list[Output]:
         s.ids.discard(wire_id)
         out: list[Output] = []
-        if s.sse:
+        if s.committed:
             out.append(ToStream(stream, _event(msg)))
         else:
             s.answers.append(msg)
@@ -317,7 +341,7 @@ class StdioBridge:
 
     def _finish(self, stream: int, s: _Stream) -> list[Output]:
         del self._streams[stream]
-        if s.sse:
+        if s.committed:
             return [ToStream(stream, wire.LAST_CHUNK, end=True)]
         if not s.answers:  # every call of a JSON answer cancelled: nothing to say but 202
             return [self._answer(stream, 202, b"")]
