@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 
 from hypothesis import assume, given
@@ -129,3 +130,13 @@ def test_the_masker_finds_the_credential_across_any_split(
     naive = next((n for n in range(min(len(secret) - 1, len(body)), 0, -1)
                   if body.endswith(secret[:n])), 0)  # fmt: skip
     assert x._partial_tail(body, secret) == naive
+
+
+def test_a_credential_is_masked_as_json_writes_it_and_whole_when_it_holds_another() -> None:
+    pem = b'-----BEGIN KEY-----\nMIIB"quoted"\\x\n-----END KEY-----'
+    masker = x.Masker(pem, b"abcdefgh", b"XXabcdefghYY")
+    escaped = json.dumps({"k": pem.decode()}).encode()  # what a JSON answer holds: \n, \", \\
+    out = masker.feed(escaped + b" XXabcdefghYY abcdefgh") + masker.flush()
+    assert b"BEGIN KEY" not in out and b"abcdefgh" not in out
+    assert b"XX" not in out  # the longer credential masked whole, not around the shorter
+    assert masker.masked == 3

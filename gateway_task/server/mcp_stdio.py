@@ -23,17 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import logging
 import os
 import secrets
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tapegate.protocols.http import wire
+from tapegate.protocols.http.exchange import Masker
 from tapegate.protocols.http.wire import END, NEED_DATA
 from tapegate.protocols.mcp.stdio import (
     COMMIT_AFTER_S,
@@ -57,6 +60,7 @@ S2C = Direction.SERVER_TO_CLIENT
 MAX_LINE = 16 * 1024 * 1024  # one stdout message; a longer one ends the process
 STDERR_CAP = 1024 * 1024  # recorded per process; the rest is counted, not kept
 STOP_GRACE_S = 2.0
+MAX_BACKLOG = 8 * 1024 * 1024  # written to its stdin and not read yet: further requests are 503
 PASSED_ON = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
 _streams = itertools.count(1)
 
@@ -78,9 +82,16 @@ class StdioServer:
         env: dict[str, str],
         record: Callable[[list[Event]], None],
         gone: Callable[[EndReason], None],
+        may_start: Callable[[], str | None],
     ) -> None:
         self.gw, self.target, self._env = gw, target, env
-        self._record, self._gone = record, gone
+        self._record, self._gone, self._may_start = record, gone, may_start
+        _not_dumpable()
+        # What it is given as a credential never reaches the tape, as it never reaches the agent
+        # (the relay masks the answers): its stderr and the notes that quote its stdout, too.
+        secret = {v.name for v in target.env if v.secret}
+        self._secrets = tuple(v.encode() for k, v in env.items() if k in secret)
+        self._stderr_mask = Masker(*self._secrets)
         self.bridge = StdioBridge(mint=lambda: secrets.token_urlsafe(24))
         self._links: dict[int, _Link] = {}  # by stream: the connection its answer goes on
         self._proc: asyncio.subprocess.Process | None = None
@@ -97,7 +108,15 @@ class StdioServer:
 
     @property
     def running(self) -> bool:
-        return self.bridge.gone is None and not self._stopping
+        """Started (or starting) and not ended: what `max_processes` counts."""
+        return self._starting and self.bridge.gone is None and not self._stopping
+
+    def backlog(self) -> int:
+        """Bytes written for the process that it has not read yet."""
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            return sum(map(len, self._unsent))
+        return proc.stdin.transport.get_write_buffer_size()  # type: ignore[attr-defined]
 
     async def connect(self, attach: Callable[[], asyncio.Protocol]) -> None:
         """One more connection from the relay: a socket pair, the bridge on one end."""
@@ -126,11 +145,12 @@ class StdioServer:
 
     def _terminate(self) -> None:
         proc = self._proc
-        if proc is None or proc.returncode is not None:
+        if proc is None:
             return
         if proc.stdin is not None:
             proc.stdin.close()
         _signal(proc, signal.SIGTERM)
+        # The group, whether or not its leader is still there (node under a finished npx).
         asyncio.get_running_loop().call_later(STOP_GRACE_S, _signal, proc, signal.SIGKILL)
 
     def _too_old(self) -> None:
@@ -162,7 +182,8 @@ class StdioServer:
                 loop = asyncio.get_running_loop()
                 loop.call_later(COMMIT_AFTER_S, self._commit, item.stream)
             elif isinstance(item, Note):
-                notes.append(Event(time.time_ns(), item.kind, S2C, item.attrs))
+                attrs = {k: self._masked(v) for k, v in item.attrs.items()}
+                notes.append(Event(time.time_ns(), item.kind, S2C, attrs))
         if notes:
             self._record(notes)
 
@@ -178,8 +199,19 @@ class StdioServer:
             return
         self._unsent.append(line)
         if not self._starting:
+            refused = self._may_start()
+            if refused is not None:
+                self._unsent.clear()
+                self.run(self.bridge.exited(f"not started: {refused}"))
+                self._gone(EndReason.UPSTREAM_UNAVAILABLE)
+                return
             self._starting = True
             self.gw.track(self._supervise())
+
+    def _masked(self, value: object) -> object:
+        if not self._secrets or not isinstance(value, str):
+            return value
+        return Masker(*self._secrets).header(value.encode()).decode("utf-8", "replace")
 
     # -- the process ---------------------------------------------------------------------
 
@@ -209,10 +241,16 @@ class StdioServer:
             self._stopping = False
             self.stop()
         errors = asyncio.ensure_future(self._stderr(proc.stderr))
-        await self._stdout(proc)
-        with contextlib.suppress(asyncio.CancelledError):
-            await errors
+        reader = asyncio.ensure_future(self._stdout(proc))
         status = await proc.wait()
+        # Its leader gone, what it left in its group goes too, once stdout has drained (a
+        # child holding stdout open must not keep the calls waiting and the slot taken).
+        await asyncio.wait({reader, errors}, timeout=STOP_GRACE_S)
+        _signal(proc, signal.SIGKILL)
+        for task in (reader, errors):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         why = _status(status)
         if self._expired:
             why = f"its process_lifetime_s ({target.process_lifetime_s:g} s) passed: {why}"
@@ -249,12 +287,22 @@ class StdioServer:
             self.run(self.bridge.line(line))
 
     async def _stderr(self, stream: asyncio.StreamReader) -> None:
+        try:
+            await self._stderr_lines(stream)
+        finally:  # what the mask held back, in case it was not a credential's start after all
+            if (tail := self._stderr_mask.flush()) and self._stderr_bytes <= STDERR_CAP:
+                self._note("mcp_stderr", {"text": tail.decode("utf-8", "replace")}, S2C)
+
+    async def _stderr_lines(self, stream: asyncio.StreamReader) -> None:
         while data := await stream.read(65536):
             kept = data[: max(0, STDERR_CAP - self._stderr_bytes)]
             self._stderr_bytes += len(data)
             if kept:
-                self._note("mcp_stderr", {"text": kept.decode("utf-8", "replace")}, S2C)
+                text = self._stderr_mask.feed(kept)  # a credential split across reads, too
+                self._note("mcp_stderr", {"text": text.decode("utf-8", "replace")}, S2C)
             if len(kept) < len(data) and self._stderr_bytes - len(data) <= STDERR_CAP:
+                if tail := self._stderr_mask.flush():
+                    self._note("mcp_stderr", {"text": tail.decode("utf-8", "replace")}, S2C)
                 self._note("mcp_stderr", {"text": "", "truncated": f"stderr past {STDERR_CAP} "
                                           "bytes is not kept"}, S2C)  # fmt: skip
 
@@ -315,7 +363,12 @@ class _Link(asyncio.Protocol):
                 request, self._request = self._request, None
                 self.stream = next(_streams)
                 self.server._links[self.stream] = self
-                self.server.run(self.server.bridge.request(
+                bridge, backlog = self.server.bridge, self.server.backlog()
+                if backlog > MAX_BACKLOG:  # it does not read what it was sent: none is added
+                    why = f"{backlog} bytes it has not read yet"
+                    self.server.run(bridge.busy(self.stream, why))
+                    continue
+                self.server.run(bridge.request(
                     self.stream, request.method, request.headers, bytes(self._body)))  # fmt: skip
             else:  # the relay closed between requests
                 self.close()
@@ -335,10 +388,19 @@ class _Link(asyncio.Protocol):
 
 
 def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
-    if proc.returncode is not None:
-        return
+    """To its group (start_new_session made the process its leader): what it started, too."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)  # its own group (start_new_session): what it started, too
+        os.killpg(proc.pid, sig)
+
+
+def _not_dumpable() -> None:
+    """Before the first server runs: the gateway's /proc files (its environment, its memory)
+    become unreadable to processes of the same user that are not root, so a server cannot read
+    the gateway's own credentials there. Linux only; a no-op elsewhere."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
 
 
 def _status(code: int) -> str:

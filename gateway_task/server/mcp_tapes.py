@@ -87,17 +87,21 @@ class McpTapes:
             if tape.stdio.bridge.gone is not None:
                 return f"its MCP server process is gone ({tape.stdio.bridge.gone})"
             return tape.stdio
-        running = sum(1 for t in self.live if t.target == target.name and t.stdio is not None
-                      and t.stdio.running)  # fmt: skip
-        if running >= target.max_processes:
-            return (f"it runs max_processes ({target.max_processes}) MCP servers already: try "
-                    "again when a session ends")  # fmt: skip
 
         def record(events: list[Event]) -> None:
             if not tape.sealed:
                 tape.recorder.events(events)
 
-        tape.stdio = StdioServer(self.gw, target, env, record, lambda why: self.gone(tape, why))
+        def may_start() -> str | None:  # counted when a process starts, not before
+            running = sum(1 for t in self.live if t.target == target.name
+                          and t.stdio is not None and t.stdio.running)  # fmt: skip
+            if running < target.max_processes:
+                return None
+            return (f"target {target.name!r} runs max_processes ({target.max_processes}) MCP "
+                    "servers already: try again when a session ends")  # fmt: skip
+
+        tape.stdio = StdioServer(self.gw, target, env, record, lambda why: self.gone(tape, why),
+                                 may_start)  # fmt: skip
         return tape.stdio
 
     def gone(self, tape: McpTape, reason: EndReason) -> None:

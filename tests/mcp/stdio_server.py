@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 from typing import Annotated, Any
 
@@ -106,6 +108,33 @@ async def announce(ctx: Context) -> str:  # type: ignore[type-arg]
     """Tell listeners that the tool list changed (for `subscriptions/listen`)."""
     await ctx.notify_tools_changed()
     return "announced"
+
+
+@srv.tool()
+def spawn_stubborn() -> str:
+    """Start a child in the server's process group that ignores SIGTERM; answer its pid."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)",
+        ]
+    )
+    return str(child.pid)
+
+
+@srv.tool()
+def freeze() -> str:
+    """Stop the whole server (SIGSTOP): it reads nothing more, from stdin or anywhere."""
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return "thawed"
+
+
+@srv.tool()
+def print_token_to_stderr() -> str:
+    """A server that logs its credential (it happens)."""
+    print("using token " + os.environ.get("NOTES_TOKEN", ""), file=sys.stderr, flush=True)
+    return "logged"
 
 
 if __name__ == "__main__":

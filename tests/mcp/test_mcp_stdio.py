@@ -6,6 +6,7 @@ official SDK's client in both eras. What reached the server is read from the ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -211,6 +212,10 @@ def test_the_server_gets_its_env_and_nothing_else_and_never_shows_it(sgw: Stdio)
         names, leaked = _run(sgw, "legacy", body)
     finally:
         del os.environ["AWS_SECRET_ACCESS_KEY"]
+    if sys.platform == "linux":  # the gateway (here, in this process) made itself non-dumpable
+        import ctypes
+
+        assert ctypes.CDLL(None).prctl(3, 0, 0, 0, 0) == 0  # PR_GET_DUMPABLE
     given = set(names.content[0].text.split())
     assert {"NOTES_TOKEN", "TAPEGATE_TEST_STDIO_LOG", "PATH"} <= given
     assert not given & {"AWS_SECRET_ACCESS_KEY", TOKEN_ENV}  # the gateway's own stay its own
@@ -301,7 +306,8 @@ def test_limits_on_processes_and_their_lifetime(tmp_path: Path) -> None:
             return other, late
 
         other, late = _run(gw, "legacy", body)
-        assert other.status_code == 503 and "max_processes (1)" in other.text
+        # refused when its process would start: the call's own JSON-RPC error says why
+        assert other.status_code == 200 and "max_processes (1)" in other.json()["error"]["message"]
         assert "its process_lifetime_s (6 s) passed" in late.error.message
         tapes = _tapes(gw)
         reasons = sorted(r for r, _ in tapes.values())
@@ -395,3 +401,69 @@ def test_the_servers_end_when_the_gateway_is_killed(tmp_path: Path) -> None:
     while _alive(pid) and time.monotonic() < until:
         time.sleep(0.05)
     assert not _alive(pid)  # ground truth: the process table
+
+
+def test_what_the_server_started_ends_with_it_even_if_it_ignores_sigterm(sgw: Stdio) -> None:
+    async def body(client: Client) -> str:
+        return str((await client.call_tool("spawn_stubborn", {})).content[0].text)  # type: ignore[union-attr]
+
+    child = int(_run(sgw, "legacy", body))
+    assert _alive(child)
+    _tapes(sgw)  # the session's end (DELETE) stops the server and its group
+    until = time.monotonic() + 15
+    while _alive(child) and time.monotonic() < until:
+        time.sleep(0.05)
+    status = Path(f"/proc/{child}/status")
+    state = status.read_text()[:300] if status.exists() else "(gone)"
+    assert not _alive(child), state  # SIGKILL to the group after the grace, leader gone or not
+
+
+def test_a_credential_the_server_logs_is_masked_on_the_tape(sgw: Stdio) -> None:
+    async def body(client: Client) -> Any:
+        return await client.call_tool("print_token_to_stderr", {})
+
+    _run(sgw, "legacy", body)
+    evs = [e for _, t in _tapes(sgw).values() for e in t]
+    stderr = "".join(e["attrs"]["text"] for e in evs if e["type"] == "mcp_stderr")
+    assert "using token " + "*" * len(NOTES_TOKEN) in stderr
+    assert NOTES_TOKEN not in json.dumps(evs)
+
+
+def test_a_process_that_stops_reading_gets_no_more_and_says_it_is_busy(sgw: Stdio) -> None:
+    """Its stdin backlog is bounded: past it a request is answered 503, not buffered."""
+    import socket
+
+    url = f"{sgw.base}/mcp/notes"
+    headers = {"Authorization": f"Bearer {sgw.token()}", "Content-Type": "application/json",
+               "Accept": "application/json", "X-Tapegate-Run": "frozen"}  # fmt: skip
+    modern = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",  # no handshake
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+    }
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "freeze", "arguments": {}, "_meta": modern}}  # fmt: skip
+    host, port = sgw.address("mcp")
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    held = []
+    for i in range(12):  # the freeze, then 11 requests of ~1 MB it never reads
+        big = {"name": "read_note", "arguments": {"name": "x" * 1_000_000}, "_meta": modern}
+        body = json.dumps(call if i == 0 else {**call, "id": i + 1, "params": big}).encode()
+        sock = socket.create_connection((host, port), 10)
+        sock.sendall(f"POST /mcp/notes HTTP/1.1\r\nHost: gw\r\n{head}"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+        held.append(sock)  # not read: each awaits an answer that does not come
+    small = json.dumps({**call, "id": 99, "params": {
+        "name": "read_note", "arguments": {"name": "y"}, "_meta": modern}})  # fmt: skip
+    answer, deadline = None, time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:  # one that overtakes the big ones is taken, and waits
+            with contextlib.suppress(httpx.ReadTimeout):
+                answer = httpx.post(url, headers=headers, content=small, timeout=2)
+                break
+    finally:
+        for sock in held:
+            sock.close()
+    assert answer is not None and answer.status_code == 503, answer and answer.text
+    assert "busy" in answer.json()["error"]["message"]
+    assert "bytes it has not read yet" in answer.json()["error"]["message"]

@@ -162,3 +162,57 @@ def test_an_answer_is_json_if_it_comes_whole_else_sse_from_the_first_word_or_the
     plain = _post(b, 2, {**call, "id": 2}, JSON)  # a client that takes JSON only
     assert [type(o).__name__ for o in plain] == ["ToProcess"]
     assert b.commit(2) == []
+
+
+def test_a_cancel_names_only_a_call_still_waiting_and_costs_no_scan() -> None:
+    b = _bridge()
+    pings = [{"jsonrpc": "2.0", "id": i, "method": "ping"} for i in range(128)]
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled"}
+    stray = [{**cancel, "params": {"requestId": "nope"}} for _ in range(128)]
+    out = _post(b, 1, pings + stray)
+    assert len(_lines(out)) == 128  # the pings; a cancel naming nothing goes nowhere
+    late = _post(b, 2, {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                        "params": {"requestId": 3}})  # fmt: skip
+    assert _lines(late)[0]["params"]["requestId"] == 3  # the bridge's id of the client's 3
+    again = _post(b, 3, {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                         "params": {"requestId": 3}})  # fmt: skip
+    assert _lines(again) == []  # no longer waiting: not forwarded under a raw id
+
+
+def test_a_call_cancelled_in_its_own_batch_is_answered_202() -> None:
+    b = _bridge()
+    out = _post(b, 1, [{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {}},
+                       {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                        "params": {"requestId": 7}}])  # fmt: skip
+    assert _body(_answer(out, 1)) == (202, None)
+    assert b.exited("gone") == []  # nothing left waiting
+
+
+def test_a_batch_is_bounded() -> None:
+    b = _bridge()
+    from tapegate.protocols.mcp.stdio import MAX_BATCH
+
+    out = _post(b, 1, [{"jsonrpc": "2.0", "id": i, "method": "ping"} for i in range(MAX_BATCH + 1)])
+    assert _body(_answer(out, 1))[0] == 400 and not _lines(out)
+
+
+def test_a_listen_that_takes_json_gets_no_event_before_its_head() -> None:
+    b = _bridge()
+    _post(b, 1, {"jsonrpc": "2.0", "id": "l", "method": "subscriptions/listen"}, JSON)
+    event = b.line(b'{"jsonrpc":"2.0","method":"notifications/subscriptions/acknowledged",'
+                   b'"params":{"_meta":{"io.modelcontextprotocol/subscriptionId":0}}}')  # fmt: skip
+    assert not any(isinstance(o, ToStream) and o.stream == 1 for o in event)  # waits for GET
+
+
+def test_what_waits_for_a_stream_is_bounded_in_bytes_and_stdout_noise_in_notes() -> None:
+    from tapegate.protocols.mcp.stdio import MAX_NOTES, MAX_WAITING_BYTES
+
+    b = _bridge()
+    big = b'{"jsonrpc":"2.0","method":"notifications/message","params":{"d":"' + b"x" * (
+        MAX_WAITING_BYTES // 4) + b'"}}'  # fmt: skip
+    notes = [o for _ in range(6) for o in b.line(big)]
+    assert any("were dropped" in n.attrs["message"] for n in notes)
+    assert b._waiting_bytes <= MAX_WAITING_BYTES
+    b = _bridge()
+    noise = [o for i in range(MAX_NOTES * 2) for o in b.line(b"log line %d" % i)]
+    assert len(noise) == MAX_NOTES and "the last of" in noise[-1].attrs["message"]

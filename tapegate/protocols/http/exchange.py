@@ -8,6 +8,7 @@ the gateway adds is redacted from everything recorded.
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -46,7 +47,11 @@ class Masker:
     MIN_BYTES = 8  # a shorter credential would mask ordinary text (and guesses fast anyway)
 
     def __init__(self, *secrets: bytes) -> None:
-        self._masks = [_Mask(s) for s in dict.fromkeys(secrets) if len(s) >= self.MIN_BYTES]
+        # Each also as JSON writes it (a PEM key's newlines, a quote, non-ASCII as \uXXXX), and
+        # the longest first: a credential holding another is masked whole.
+        forms = [f for s in secrets for f in (s, *_json_forms(s))]
+        self._masks = [_Mask(f) for f in sorted(dict.fromkeys(forms), key=len, reverse=True)
+                       if len(f) >= self.MIN_BYTES]  # fmt: skip
 
     @property
     def masked(self) -> int:
@@ -68,6 +73,17 @@ class Masker:
         for mask in self._masks:  # what one held back, the next still reads
             data = mask.feed(data) + mask.flush()
         return data
+
+
+def _json_forms(secret: bytes) -> list[bytes]:
+    """How a JSON writer may spell the secret inside a string (escapes), when not as is."""
+    try:
+        text = secret.decode("utf-8")
+    except UnicodeDecodeError:
+        return []
+    forms = {json.dumps(text)[1:-1].encode(), json.dumps(text, ensure_ascii=False)[1:-1].encode()}
+    forms.discard(secret)
+    return sorted(forms)
 
 
 class _Mask:

@@ -36,7 +36,11 @@ from tapegate.protocols.http import wire
 from tapegate.protocols.mcp import messages as jr
 
 SERVER_GONE = -32003  # the gateway's: the stdio server exited before it answered
-MAX_WAITING = 256  # server messages held for a stream to carry them
+MAX_WAITING = 256  # server messages held for a stream to carry them ...
+MAX_WAITING_BYTES = 8 * 1024 * 1024  # ... and their size
+MAX_BATCH = 256  # messages in one POST (a batch): each is a line, an id, an answer to hold
+MAX_DROPPED = 4096  # ids whose late answers are ignored quietly; past it, noted like a stray
+MAX_NOTES = 100  # what the server writes that is not JSON-RPC, noted per process
 # An answer that may be SSE is JSON if it comes whole first (as the SDK's server does): a call
 # that has said nothing by then commits to SSE, before the relay's wait for a head runs out.
 COMMIT_AFTER_S = 5.0
@@ -80,6 +84,7 @@ class _Stream:
     sse: bool  # the client accepts server-sent events
     batch: bool = False
     committed: bool = False  # its SSE head has gone out: what follows goes as events
+    open: bool = False  # its POST has been read whole (until then a cancel does not end it)
     get: bool = False  # the GET stream: the server's messages that no request carries
     ids: set[int] = field(default_factory=set)  # the bridge's ids still awaiting answers
     tokens: set[str] = field(default_factory=set)  # progress tokens its requests gave
@@ -111,10 +116,13 @@ class StdioBridge:
         self.terminated = False  # a DELETE ended the session
         self._streams: dict[int, _Stream] = {}  # in the order opened
         self._calls: dict[int, tuple[int, Any]] = {}  # the bridge's id → (stream, client's id)
-        self._dropped: set[int] = set()  # ids whose answer nobody awaits any more
+        self._by_client: dict[str, list[int]] = {}  # the client's id (as a key) → the bridge's
+        self._dropped: dict[int, None] = {}  # ids whose answer nobody awaits any more (ordered)
+        self._notes = 0
         self._next_id = 0
         self._get: int | None = None
-        self._waiting: deque[jr.Message] = deque()
+        self._waiting: deque[tuple[jr.Message, int]] = deque()  # with its size
+        self._waiting_bytes = 0
 
     # -- what the relay sends --------------------------------------------------------------
 
@@ -129,6 +137,9 @@ class StdioBridge:
                 items = jr.parse(body)
             except jr.McpError as exc:  # the relay judged it whole: not seen in practice
                 return self._refuse(stream, exc.status, exc.code, exc.message)
+            if len(items) > MAX_BATCH:
+                return self._refuse(stream, 400, jr.INVALID_REQUEST,
+                                    f"a batch of at most {MAX_BATCH} messages")  # fmt: skip
         initialize = any(m.get("method") == "initialize" and "id" in m for m in items)
         refused = self._check_session(stream, _header(headers, b"mcp-session-id"), initialize)
         if refused is not None:
@@ -155,8 +166,28 @@ class StdioBridge:
         if s.get:
             self._get = None
         for wire_id in s.ids:
-            self._calls.pop(wire_id, None)
-            self._dropped.add(wire_id)
+            self._drop(wire_id)
+
+    def busy(self, stream: int, why: str) -> list[Output]:
+        """The request is not taken: the process is behind (its stdin backlog)."""
+        return self._refuse(stream, 503, SERVER_GONE, f"tapegate: the MCP server is busy: {why}")
+
+    def _forget(self, wire_id: int) -> tuple[int, Any] | None:
+        call = self._calls.pop(wire_id, None)
+        if call is not None:
+            same = self._by_client.get(jr.key(call[1]))
+            if same is not None:
+                same.remove(wire_id)
+                if not same:
+                    del self._by_client[jr.key(call[1])]
+        return call
+
+    def _drop(self, wire_id: int) -> None:
+        """Its answer, when it comes, goes to no one and is not a stray."""
+        if self._forget(wire_id) is not None:
+            self._dropped[wire_id] = None
+            if len(self._dropped) > MAX_DROPPED:
+                del self._dropped[next(iter(self._dropped))]
 
     def _check_session(
         self, stream: int, given: bytes | None, initialize: bool
@@ -179,13 +210,14 @@ class StdioBridge:
 
     def _post(self, stream: int, items: list[jr.Message], sse: bool, batch: bool) -> list[Output]:
         out: list[Output] = []
-        s = _Stream(sse=sse, batch=batch)
+        s = self._streams[stream] = _Stream(sse=sse, batch=batch)
         for msg in items:
             kind = jr.kind(msg)
             if kind == "request":
                 wire_id = self._next_id
                 self._next_id += 1
                 self._calls[wire_id] = (stream, msg["id"])
+                self._by_client.setdefault(jr.key(msg["id"]), []).append(wire_id)
                 s.ids.add(wire_id)
                 token = _progress_token(msg)
                 if token is not None:
@@ -196,9 +228,10 @@ class StdioBridge:
             else:  # a notification, or the answer to a server's request (its id is the server's)
                 out.append(ToProcess(_line(msg)))
         if not s.ids:
+            del self._streams[stream]
             out.append(self._answer(stream, 202, b""))
             return out
-        self._streams[stream] = s
+        s.open = True
         if sse:
             out.append(Later(stream))
         return out
@@ -216,23 +249,23 @@ class StdioBridge:
 
     def _cancel(self, msg: jr.Message) -> list[Output]:
         """The client gives up on one of its calls: the server is told under the bridge's id,
-        and the stream that awaited it no longer does (a cancelled call is not answered)."""
+        and the stream that awaited it no longer does (a cancelled call is not answered). A
+        cancel naming no call still waiting goes nowhere: under the client's id it would name
+        another call of the server's. (Clients sharing a stateless tape are one client here: a
+        cancel names the latest call under that id.)"""
         params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
-        wanted = jr.key(params.get("requestId"))
-        out: list[Output] = []
-        for wire_id, (stream, client_id) in list(self._calls.items()):
-            if jr.key(client_id) != wanted:
-                continue
-            del self._calls[wire_id]
-            self._dropped.add(wire_id)
-            msg = {**msg, "params": {**params, "requestId": wire_id}}
-            s = self._streams.get(stream)
-            if s is not None:
-                s.ids.discard(wire_id)
-                if not s.ids:
-                    out.extend(self._finish(stream, s))
-            break
-        out.insert(0, ToProcess(_line(msg)))
+        same = self._by_client.get(jr.key(params.get("requestId")))
+        if not same:
+            return []
+        wire_id = same[-1]
+        stream, _ = self._calls[wire_id]
+        self._drop(wire_id)
+        out: list[Output] = [ToProcess(_line({**msg, "params": {**params, "requestId": wire_id}}))]
+        s = self._streams.get(stream)
+        if s is not None:
+            s.ids.discard(wire_id)
+            if not s.ids and s.open:
+                out.extend(self._finish(stream, s))
         return out
 
     def _open_get(self, stream: int, sse: bool) -> list[Output]:
@@ -245,7 +278,8 @@ class StdioBridge:
         self._streams[stream] = _Stream(sse=True, get=True, committed=True)
         out: list[Output] = [ToStream(stream, self._sse_head())]
         while self._waiting:
-            out.append(ToStream(stream, _event(self._waiting.popleft())))
+            out.append(ToStream(stream, _event(self._waiting.popleft()[0])))
+        self._waiting_bytes = 0
         return out
 
     # -- what the process writes -----------------------------------------------------------
@@ -257,11 +291,11 @@ class StdioBridge:
         try:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return [_broken("a line that is not JSON", raw)]
+            return self._broken("a line that is not JSON", raw)
         out: list[Output] = []
         for msg in value if isinstance(value, list) else [value]:
             if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
-                out.append(_broken("a line that is not JSON-RPC 2.0", raw))
+                out.extend(self._broken("a line that is not JSON-RPC 2.0", raw))
             elif jr.kind(msg) == "response":
                 out.extend(self._response(msg))
             else:
@@ -274,7 +308,7 @@ class StdioBridge:
         out: list[Output] = []
         for stream, s in list(self._streams.items()):
             for wire_id in sorted(s.ids):
-                call = self._calls.pop(wire_id, None)
+                call = self._forget(wire_id)
                 if call is not None:
                     out.extend(self._deliver(stream, s, wire_id, jr.error(call[1], SERVER_GONE,
                                f"tapegate: the MCP server process ended before it answered "
@@ -285,14 +319,12 @@ class StdioBridge:
 
     def _response(self, msg: jr.Message) -> list[Output]:
         wire_id = msg.get("id")
-        call = self._calls.pop(wire_id, None) if isinstance(wire_id, int) else None
+        call = self._forget(wire_id) if isinstance(wire_id, int) else None
         if call is None:
-            if wire_id in self._dropped:
-                self._dropped.discard(wire_id)  # type: ignore[arg-type]
+            if isinstance(wire_id, int) and self._dropped.pop(wire_id, 0) is None:
                 return []  # its stream closed, or the call was cancelled
-            return [Note("protocol_error", {
-                "message": f"MCP stdio: the server answered id {jr.key(wire_id)[:64]}, which "
-                           "no request had"})]  # fmt: skip
+            return self._note(f"MCP stdio: the server answered id {jr.key(wire_id)[:64]}, "
+                              "which no request had")  # fmt: skip
         stream, client_id = call
         s = self._streams.get(stream)
         if s is None:
@@ -308,22 +340,29 @@ class StdioBridge:
         if isinstance(listen, int) and listen in self._calls:
             # 2026-07-28 `subscriptions/listen`: its events name the listen request, by the
             # bridge's id; the client knows it by its own.
-            carrier, client_id = self._calls[listen]
+            stream, client_id = self._calls[listen]
             msg = {**msg, "params": {**params, "_meta": {**meta, SUBSCRIPTION: client_id}}}
-        elif token is not None:
+            listening = self._streams.get(stream)
+            if listening is not None and listening.sse:  # else it goes as any other would
+                carrier = stream
+        if carrier is None and token is not None:
             carrier = next((n for n, s in self._streams.items() if s.sse and token in s.tokens),
                            None)  # fmt: skip
         if carrier is None:
             carrier = next((n for n, s in self._streams.items() if s.sse and s.ids), self._get)
         if carrier is not None:
             return [*self.commit(carrier), ToStream(carrier, _event(msg))]
-        if len(self._waiting) >= MAX_WAITING:
-            self._waiting.popleft()
-            self._waiting.append(msg)
-            return [Note("protocol_error", {
-                "message": f"MCP stdio: over {MAX_WAITING} server messages awaited a stream to "
-                           "carry them: the oldest was dropped"})]  # fmt: skip
-        self._waiting.append(msg)
+        size = len(orjson.dumps(msg))
+        self._waiting.append((msg, size))
+        self._waiting_bytes += size
+        dropped = 0
+        while len(self._waiting) > MAX_WAITING or self._waiting_bytes > MAX_WAITING_BYTES:
+            self._waiting_bytes -= self._waiting.popleft()[1]
+            dropped += 1
+        if dropped:
+            return self._note(f"MCP stdio: over {MAX_WAITING} messages or "
+                              f"{MAX_WAITING_BYTES} bytes awaited a stream to carry them: "
+                              f"the oldest {dropped} were dropped")  # fmt: skip
         return []
 
     # -- answers -------------------------------------------------------------------------
@@ -372,6 +411,20 @@ class StdioBridge:
                                   wire.Body(length=len(body)))  # fmt: skip
         return ToStream(stream, head + body, end=True)
 
+    def _broken(self, what: str, raw: bytes) -> list[Output]:
+        text = raw[:200].decode("utf-8", "replace")
+        return self._note(f"MCP stdio: the server wrote {what} to stdout: {text!r}")
+
+    def _note(self, message: str) -> list[Output]:
+        """A `protocol_error` to record, up to MAX_NOTES per process (a server that logs to
+        stdout would otherwise flood the tape)."""
+        self._notes += 1
+        if self._notes > MAX_NOTES:
+            return []
+        if self._notes == MAX_NOTES:
+            message += f" (the last of {MAX_NOTES} such notes for this process)"
+        return [Note("protocol_error", {"message": message})]
+
     def _refuse(self, stream: int, status: int, code: int, message: str) -> list[Output]:
         body = orjson.dumps(jr.error(None, code, message))
         return [self._answer(stream, status, body, b"application/json")]
@@ -388,8 +441,3 @@ def _progress_token(msg: jr.Message) -> str | None:
     if isinstance(meta, dict) and "progressToken" in meta:
         return jr.key(meta["progressToken"])
     return None
-
-
-def _broken(what: str, raw: bytes) -> Note:
-    return Note("protocol_error", {"message": f"MCP stdio: the server wrote {what} to stdout: "
-                                   f"{raw[:200].decode('utf-8', 'replace')!r}"})  # fmt: skip
