@@ -467,3 +467,28 @@ def test_a_process_that_stops_reading_gets_no_more_and_says_it_is_busy(sgw: Stdi
     assert answer is not None and answer.status_code == 503, answer and answer.text
     assert "busy" in answer.json()["error"]["message"]
     assert "bytes it has not read yet" in answer.json()["error"]["message"]
+
+
+def test_replay_shows_the_server_beside_the_calls(
+    sgw: Stdio, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tapegate.archive.embedded import LocalArchive
+    from tapegate.cli import main
+
+    async def body(client: Client) -> None:
+        await client.call_tool("read_note", {"name": "groceries"})
+        await _error(client.call_tool("crash", {}))
+
+    _run(sgw, "legacy", body)
+    _tapes(sgw)
+    (sid,) = [s for s, evs in sgw.events().items() if any(e["type"] == "mcp_request" for e in evs)]
+    sgw.stop()
+    LocalArchive(sgw.config).scan()
+    cfg = tmp_path / "cli.yaml"
+    cfg.write_text(f"data_dir: {sgw.config.data_dir}\n")
+    capsys.readouterr()
+    assert main(["replay", sid, "--config", str(cfg)]) == 0
+    text = capsys.readouterr().out
+    assert "server   started pid" in text and "stdio_server.py" in text
+    assert "stderr   reading note groceries" in text and "read_note ok" in text
+    assert "crash error [-32003]" in text and "server   exited: exit status 3" in text
