@@ -4,17 +4,43 @@ remote server and a stdio one alike:
 - a tool that asks the user before it acts: in the handshake era the server sends
   `elicitation/create` mid-call and the agent answers it; in 2026-07-28 the call's result is
   `input_required` and the agent retries it with the answer;
-- a `subscriptions/listen` stream (2026-07-28) that hears of a change another call causes."""
+- a `subscriptions/listen` stream (2026-07-28) that hears of a change another call causes;
+
+and what the tests that speak raw HTTP share."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx2
 import mcp_types as types
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+# A handshake-era initialize, as a raw POST body.
+INITIALIZE = (
+    b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
+    b'"capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}'
+)
+
+
+def raw_headers(token: str) -> dict[str, str]:
+    """What an SDK client sends with each POST of the handshake era."""
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-11-25"}  # fmt: skip
+
+
+async def json_rpc_error(call: Awaitable[Any]) -> MCPError:
+    """The JSON-RPC error a call is answered with (it must be one)."""
+    try:
+        await call
+    except MCPError as exc:
+        return exc
+    raise AssertionError("the call was not refused")
 
 
 def erase_with_confirmation(url: str, token: str, mode: str) -> tuple[str, list[str]]:

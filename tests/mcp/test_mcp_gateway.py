@@ -16,15 +16,17 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
 
 from tests.gateway_harness import RunningGateway
 from tests.mcp.conftest import MCP_KEY, McpUpstream, mcp_config
 from tests.mcp.flows import (
+    INITIALIZE,
     check_listened,
     check_recorded,
     erase_with_confirmation,
+    json_rpc_error,
     listen_for_a_change,
+    raw_headers,
 )
 
 pytestmark = pytest.mark.slow
@@ -43,14 +45,6 @@ def _run(gw: RunningGateway, mode: str, body: Callable[[Client], Awaitable[Any]]
     return asyncio.run(main())
 
 
-async def _error(call: Awaitable[Any]) -> MCPError:
-    try:
-        await call
-    except MCPError as exc:
-        return exc
-    raise AssertionError("the call was not refused")
-
-
 def _mcp_events(gw: RunningGateway) -> list[dict[str, Any]]:
     events = [e for evs in gw.events().values() for e in evs]
     return [e for e in events if e["type"].startswith("mcp_") or e["type"] == "blocked"]
@@ -66,8 +60,8 @@ def test_calls_are_forwarded_recorded_and_policed(
         listed = await client.list_tools()
         ok = await client.call_tool("get_ticket", {"id": 7})
         failing = await client.call_tool("flaky", {})
-        denied = await _error(client.call_tool("delete_ticket", {"id": 7}))
-        guarded = await _error(client.call_tool("run_script", {"script": "rm  -rf /srv"}))
+        denied = await json_rpc_error(client.call_tool("delete_ticket", {"id": 7}))
+        guarded = await json_rpc_error(client.call_tool("run_script", {"script": "rm  -rf /srv"}))
         fine = await client.call_tool("run_script", {"script": "ls"})
         return {"tools": [t.name for t in listed.tools], "ok": ok, "failing": failing,
                 "denied": denied, "guarded": guarded, "fine": fine}  # fmt: skip
@@ -111,7 +105,7 @@ def test_a_json_rpc_error_is_recorded_as_one(
     mgw: RunningGateway, mcp_upstream: McpUpstream
 ) -> None:
     async def body(client: Client) -> Any:
-        return await _error(client.call_tool("broken", {}))
+        return await json_rpc_error(client.call_tool("broken", {}))
 
     assert _run(mgw, "auto", body).code == -32050
     results = [e["attrs"] for e in _mcp_events(mgw) if e["type"] == "mcp_response"]
@@ -264,13 +258,7 @@ def test_a_stream_resumed_with_last_event_id_brings_the_answer(tmp_path: Path) -
     gw = RunningGateway(mcp_config(tmp_path / "data", upstream.url))
     host, port = gw.address("mcp")
     url = f"http://{host}:{port}/mcp/tickets"
-    headers = {"Authorization": f"Bearer {gw.token()}", "Content-Type": "application/json",
-               "Accept": "application/json, text/event-stream",
-               "MCP-Protocol-Version": "2025-11-25"}  # fmt: skip
-    init = (
-        b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":'
-        b'"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}'
-    )
+    headers, init = raw_headers(gw.token()), INITIALIZE
     call = (b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow",'
             b'"arguments":{"seconds":1}}}')  # fmt: skip
     try:
@@ -311,13 +299,7 @@ def test_a_stream_the_client_closes_is_closed_to_the_server(mgw: RunningGateway)
     """A GET stream (or a listen) has no end of its own: once its client has gone, the gateway
     stops reading it, so the connection and the tape do not outlive the client."""
     url = f"{mgw.base}/mcp/tickets"  # type: ignore[attr-defined]
-    headers = {"Authorization": f"Bearer {mgw.token()}", "Content-Type": "application/json",
-               "Accept": "application/json, text/event-stream",
-               "MCP-Protocol-Version": "2025-11-25"}  # fmt: skip
-    init = (
-        b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":'
-        b'"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}'
-    )
+    headers, init = raw_headers(mgw.token()), INITIALIZE
     with httpx.Client(timeout=30) as http:
         headers["Mcp-Session-Id"] = http.post(url, headers=headers, content=init).headers[
             "mcp-session-id"
@@ -355,7 +337,7 @@ def test_replay_shows_the_session_as_a_conversation(
         await client.list_tools()
         await client.call_tool("get_ticket", {"id": 7})
         await client.call_tool("flaky", {})
-        await _error(client.call_tool("delete_ticket", {"id": 7}))
+        await json_rpc_error(client.call_tool("delete_ticket", {"id": 7}))
 
     _run(mgw, "legacy", body)
     (sid,) = [s for s, evs in mgw.events().items() if any(e["type"] == "mcp_request" for e in evs)]

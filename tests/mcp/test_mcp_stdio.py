@@ -22,14 +22,15 @@ import pytest
 import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
 
 from tapegate.config import parse_config
 from tests.gateway_harness import RunningGateway
 from tests.mcp.flows import (
+    INITIALIZE,
     check_listened,
     check_recorded,
     erase_with_confirmation,
+    json_rpc_error,
     listen_for_a_change,
 )
 from tests.mcp.test_mcp_sessions import _tapes
@@ -98,20 +99,12 @@ def _run(gw: Stdio, mode: str, body: Callable[[Client], Awaitable[Any]]) -> Any:
     return asyncio.run(main())
 
 
-async def _error(call: Awaitable[Any]) -> MCPError:
-    try:
-        await call
-    except MCPError as exc:
-        return exc
-    raise AssertionError("the call was not refused")
-
-
 @pytest.mark.parametrize("mode", ERAS)
 def test_a_stdio_server_is_run_called_and_recorded(sgw: Stdio, mode: str) -> None:
     async def body(client: Client) -> dict[str, Any]:
         tools = await client.list_tools()
         ok = await client.call_tool("read_note", {"name": "groceries"})
-        refused = await _error(client.call_tool("delete_note", {"name": "groceries"}))
+        refused = await json_rpc_error(client.call_tool("delete_note", {"name": "groceries"}))
         length = await client.call_tool("token_length", {})
         return {"tools": [t.name for t in tools.tools], "ok": ok, "refused": refused,
                 "length": length}  # fmt: skip
@@ -179,8 +172,8 @@ def test_each_session_has_its_own_process_which_ends_with_its_tape(sgw: Stdio) -
 def test_a_crashing_server_answers_with_an_error_and_ends_its_tape(sgw: Stdio) -> None:
     async def body(client: Client) -> Any:
         await client.call_tool("read_note", {"name": "a"})
-        crashed = await _error(client.call_tool("crash", {}))
-        after = await _error(client.call_tool("read_note", {"name": "b"}))
+        crashed = await json_rpc_error(client.call_tool("crash", {}))
+        after = await json_rpc_error(client.call_tool("read_note", {"name": "b"}))
         return crashed, after
 
     crashed, after = _run(sgw, "legacy", body)
@@ -269,12 +262,6 @@ def test_stateless_clients_of_one_run_share_a_process_and_keep_their_ids(sgw: St
     assert len(_tapes(sgw)) == 1
 
 
-INITIALIZE = (
-    b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":'
-    b'"2025-11-25","capabilities":{},"clientInfo":{"name":"x","version":"1"}}}'
-)
-
-
 def _raw(gw: Stdio, body: bytes, headers: dict[str, str]) -> httpx.Response:
     headers = {"Authorization": f"Bearer {gw.token()}", "Content-Type": "application/json",
                "Accept": "application/json, text/event-stream", **headers}  # fmt: skip
@@ -302,7 +289,7 @@ def test_limits_on_processes_and_their_lifetime(tmp_path: Path) -> None:
         async def body(client: Client) -> Any:
             await client.call_tool("read_note", {"name": "a"})
             other = await asyncio.to_thread(_raw, gw, INITIALIZE, {})
-            late = await _error(client.call_tool("slow", {"seconds": 60}))
+            late = await json_rpc_error(client.call_tool("slow", {"seconds": 60}))
             return other, late
 
         other, late = _run(gw, "legacy", body)
@@ -477,7 +464,7 @@ def test_replay_shows_the_server_beside_the_calls(
 
     async def body(client: Client) -> None:
         await client.call_tool("read_note", {"name": "groceries"})
-        await _error(client.call_tool("crash", {}))
+        await json_rpc_error(client.call_tool("crash", {}))
 
     _run(sgw, "legacy", body)
     _tapes(sgw)
