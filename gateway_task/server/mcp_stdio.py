@@ -104,7 +104,6 @@ class StdioServer:
         self._writable.set()
         self._backed_up: set[_Link] = set()
         self._lifetime: asyncio.TimerHandle | None = None
-        self.started = asyncio.get_running_loop().time()
 
     @property
     def running(self) -> bool:
@@ -177,7 +176,7 @@ class StdioServer:
                 if link is not None:
                     link.answer(item.data, item.end)
                     if item.end:
-                        del self._links[item.stream]
+                        self._links.pop(item.stream, None)
             elif isinstance(item, Later):
                 loop = asyncio.get_running_loop()
                 loop.call_later(COMMIT_AFTER_S, self._commit, item.stream)

@@ -391,11 +391,12 @@ def test_the_servers_end_when_the_gateway_is_killed(tmp_path: Path) -> None:
 
 
 def test_what_the_server_started_ends_with_it_even_if_it_ignores_sigterm(sgw: Stdio) -> None:
-    async def body(client: Client) -> str:
-        return str((await client.call_tool("spawn_stubborn", {})).content[0].text)  # type: ignore[union-attr]
+    async def body(client: Client) -> int:
+        child = int((await client.call_tool("spawn_stubborn", {})).content[0].text)  # type: ignore[union-attr]
+        assert _alive(child)  # while its session lasts (it ends when the client leaves)
+        return child
 
-    child = int(_run(sgw, "legacy", body))
-    assert _alive(child)
+    child = _run(sgw, "legacy", body)
     _tapes(sgw)  # the session's end (DELETE) stops the server and its group
     until = time.monotonic() + 15
     while _alive(child) and time.monotonic() < until:
