@@ -106,6 +106,19 @@ def test_chunked_and_streamed_responses_arrive_as_sent(hgw: RunningGateway) -> N
     assert arrivals[-1][0] - arrivals[0][0] > 0.4
 
 
+def test_an_event_stream_ends_with_its_client(hgw: RunningGateway) -> None:
+    """An event stream may never end by itself: once its client has closed, the gateway stops
+    reading it from the target (it would otherwise read on for as long as the target sends)."""
+    with _client(hgw) as client, client.stream("GET", "/api/v1/sse") as sse:
+        next(line for line in sse.iter_lines() if line.startswith("data:"))  # then it goes
+    hgw.wait_closed()
+    _, events = _the_session(_events(hgw))
+    (answer,) = [e["attrs"] for e in events if e["type"] == "response"]
+    assert answer["client_closed"] is True and answer["incomplete"] is True
+    assert b"tick 2" not in answer.get("body", "").encode()  # the rest was not read for no one
+    assert not [e for e in events if e["type"] == "upstream_error"]  # not the target's doing
+
+
 def test_curl_upload_with_expect_continue_and_head(hgw: RunningGateway, tmp_path: Path) -> None:
     payload = tmp_path / "payload.bin"
     payload.write_bytes(b"z" * 3_000_000)  # curl sends Expect: 100-continue for this

@@ -110,3 +110,17 @@ def check_listened(events: list[dict[str, Any]]) -> None:
              and str(listen["attrs"]["id"]) in e["attrs"].get("params", "")]  # fmt: skip
     assert heard[:2] == ["notifications/subscriptions/acknowledged",
                          "notifications/tools/list_changed"]  # fmt: skip
+
+
+def replay(gw: Any, session_id: str, capsys: Any, tmp: Any, *options: str) -> str:
+    """`tapegate replay` of a recorded session (the gateway stopped, its archive scanned)."""
+    from tapegate.archive.embedded import LocalArchive
+    from tapegate.cli import main
+
+    gw.stop()
+    LocalArchive(gw.config).scan()
+    cfg = tmp / "cli.yaml"
+    cfg.write_text(f"data_dir: {gw.config.data_dir}\n")
+    capsys.readouterr()
+    assert main(["replay", session_id, *options, "--config", str(cfg)]) == 0
+    return str(capsys.readouterr().out)

@@ -126,6 +126,7 @@ def spawn_stubborn() -> str:
 @srv.tool()
 def freeze() -> str:
     """Stop the whole server (SIGSTOP): it reads nothing more, from stdin or anywhere."""
+    _log({"called": "freeze"})
     os.kill(os.getpid(), signal.SIGSTOP)
     return "thawed"
 

@@ -27,6 +27,7 @@ from tests.mcp.flows import (
     json_rpc_error,
     listen_for_a_change,
     raw_headers,
+    replay,
 )
 
 pytestmark = pytest.mark.slow
@@ -330,9 +331,6 @@ def test_replay_shows_the_session_as_a_conversation(
     tmp_path: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from tapegate.archive.embedded import LocalArchive
-    from tapegate.cli import main
-
     async def body(client: Client) -> None:
         await client.list_tools()
         await client.call_tool("get_ticket", {"id": 7})
@@ -341,17 +339,10 @@ def test_replay_shows_the_session_as_a_conversation(
 
     _run(mgw, "legacy", body)
     (sid,) = [s for s, evs in mgw.events().items() if any(e["type"] == "mcp_request" for e in evs)]
-    mgw.stop()
-    LocalArchive(mgw.config).scan()
-    cfg = tmp_path / "cli.yaml"
-    cfg.write_text(f"data_dir: {mgw.config.data_dir}\n")
-    capsys.readouterr()
-    assert main(["replay", sid, "--config", str(cfg)]) == 0
-    text = capsys.readouterr().out
+    text = replay(mgw, sid, capsys, tmp_path)
     assert "get_ticket ok" in text and "flaky is_error" in text
     assert "delete_ticket blocked [-32001]" in text and "hidden by policy: delete_ticket" in text
-    assert main(["replay", sid, "--format", "json", "--config", str(cfg)]) == 0
-    replayed = capsys.readouterr().out
+    replayed = replay(mgw, sid, capsys, tmp_path, "--format", "json")
     assert '"mcp_response"' in replayed and '"outcome": "blocked"' in replayed.replace(
         '":"', '": "'
     )

@@ -32,6 +32,7 @@ from tests.mcp.flows import (
     erase_with_confirmation,
     json_rpc_error,
     listen_for_a_change,
+    replay,
 )
 from tests.mcp.test_mcp_sessions import _tapes
 from tests.pg import free_port
@@ -441,6 +442,9 @@ def test_a_process_that_stops_reading_gets_no_more_and_says_it_is_busy(sgw: Stdi
         sock.sendall(f"POST /mcp/notes HTTP/1.1\r\nHost: gw\r\n{head}"
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
         held.append(sock)  # not read: each awaits an answer that does not come
+        until = time.monotonic() + 30  # frozen first: it must read none of what follows
+        while i == 0 and not sgw.calls() and time.monotonic() < until:
+            time.sleep(0.05)
     small = json.dumps({**call, "id": 99, "params": {
         "name": "read_note", "arguments": {"name": "y"}, "_meta": modern}})  # fmt: skip
     answer, deadline = None, time.monotonic() + 60
@@ -460,9 +464,6 @@ def test_a_process_that_stops_reading_gets_no_more_and_says_it_is_busy(sgw: Stdi
 def test_replay_shows_the_server_beside_the_calls(
     sgw: Stdio, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tapegate.archive.embedded import LocalArchive
-    from tapegate.cli import main
-
     async def body(client: Client) -> None:
         await client.call_tool("read_note", {"name": "groceries"})
         await json_rpc_error(client.call_tool("crash", {}))
@@ -470,13 +471,7 @@ def test_replay_shows_the_server_beside_the_calls(
     _run(sgw, "legacy", body)
     _tapes(sgw)
     (sid,) = [s for s, evs in sgw.events().items() if any(e["type"] == "mcp_request" for e in evs)]
-    sgw.stop()
-    LocalArchive(sgw.config).scan()
-    cfg = tmp_path / "cli.yaml"
-    cfg.write_text(f"data_dir: {sgw.config.data_dir}\n")
-    capsys.readouterr()
-    assert main(["replay", sid, "--config", str(cfg)]) == 0
-    text = capsys.readouterr().out
+    text = replay(sgw, sid, capsys, tmp_path)
     assert "server   started pid" in text and "stdio_server.py" in text
     assert "stderr   reading note groceries" in text and "read_note ok" in text
     assert "crash error [-32003]" in text and "server   exited: exit status 3" in text

@@ -8,6 +8,7 @@ the gateway adds is redacted from everything recorded.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -75,15 +76,16 @@ class Masker:
         return data
 
 
-def _json_forms(secret: bytes) -> list[bytes]:
+@functools.lru_cache(maxsize=256)  # per credential, not per request: a Masker is per exchange
+def _json_forms(secret: bytes) -> tuple[bytes, ...]:
     """How a JSON writer may spell the secret inside a string (escapes), when not as is."""
     try:
         text = secret.decode("utf-8")
     except UnicodeDecodeError:
-        return []
+        return ()
     forms = {json.dumps(text)[1:-1].encode(), json.dumps(text, ensure_ascii=False)[1:-1].encode()}
     forms.discard(secret)
-    return sorted(forms)
+    return tuple(sorted(forms))
 
 
 class _Mask:
