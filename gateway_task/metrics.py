@@ -18,6 +18,7 @@ _DOCS: dict[str, tuple[str, str, str]] = {
     "sessions_active": ("sessions open now", "gauge", "Count"),
     "chunks_sealed": ("chunks sealed", "counter", "Count"),
     "bytes_sealed": ("bytes of sealed records", "counter", "Bytes"),
+    "log_leaves": ("session log leaves signed (opens, closes, heartbeats)", "counter", "Count"),
     "sink_records_sent": ("records the sink delivered", "counter", "Count"),
     "sink_bytes_sent": ("bytes the sink delivered", "counter", "Bytes"),
     "sink_failures": ("failed deliveries (entries or writes)", "counter", "Count"),
@@ -36,6 +37,7 @@ class GatewayMetrics:
         self.gateway = gateway_name
         self.counters: dict[str, float] = {
             "sessions_started": 0, "sessions_refused": 0, "chunks_sealed": 0, "bytes_sealed": 0,
+            "log_leaves": 0,
         }  # fmt: skip
         self.gauges: dict[str, Callable[[], float]] = {}
         self.sources: list[Callable[[], dict[str, float]]] = []

@@ -5,6 +5,9 @@
     <data_dir>/keys/auditor.key     X25519 private key of the local auditor    private
     <data_dir>/keys/auditor.pub     its public key (hex)
     <data_dir>/keys/trusted/*.pub   further Ed25519 public keys to accept (rotation)
+    <data_dir>/keys/log.key         Ed25519 seed of the local log's sequencer (hex)  private
+    <data_dir>/keys/log.pub         its public key (hex)
+    <data_dir>/keys/trusted/*.vkey  further log verifier keys (name+hash+key, note.py)
 
 In AWS the signing seed lives in Secrets Manager and the public key in SSM; only the adapters
 differ, the key ids and the Keyring do not.
@@ -91,6 +94,29 @@ class LocalKeyStore:
     def auditor_public_keys(self) -> list[PublicKey]:
         self.auditor_key()  # make sure the local auditor exists
         return [PublicKey(_read_hex(self.dir / "auditor.pub", 32))]
+
+    def log_key(self) -> SigningKey:
+        """The embedded sequencer's checkpoint key: not the gateway's, so that a leaked
+        gateway key cannot sign a log that hides sessions."""
+        path = self.dir / "log.key"
+        if not path.exists():
+            key = SigningKey.generate()
+            _write_private(path, bytes(key))
+            _write_public(self.dir / "log.pub", bytes(key.verify_key))
+            return key
+        return SigningKey(_read_hex(path, 32))
+
+    def log_keys(self, origin: str) -> dict[str, VerifyKey]:
+        """The log verifier keys by name: the local sequencer's under `origin`, and any
+        keys/trusted/*.vkey."""
+        from tapegate.log.note import parse_verifier_key
+
+        self.log_key()
+        keys = {origin: VerifyKey(_read_hex(self.dir / "log.pub", 32))}
+        for path in sorted((self.dir / "trusted").glob("*.vkey")):
+            name, key = parse_verifier_key(path.read_text())
+            keys[name] = key
+        return keys
 
     def trusted(self) -> Keyring:
         """This gateway's own public key plus any in keys/trusted/ (older or other gateways)."""

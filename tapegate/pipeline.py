@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from nacl.signing import VerifyKey
 
-from tapegate.archive import ChunkEntry, Claim, Index, ObjectStore, SessionRecord
+from tapegate.archive import ChunkEntry, Claim, Index, LeafEntry, ObjectStore, SessionRecord
+from tapegate.log.leaf import Leaf, LeafError, decode_leaf
 from tapegate.schema import STATEMENT_EVENTS
 from tapegate.tables import (
     by_day,
@@ -38,6 +39,7 @@ from tapegate.tables import (
 )
 from tapegate.tape import Record, TapeFormatError, decode_record, split_records
 from tapegate.tape.chain import ChunkLink, Fault, check_chain
+from tapegate.tape.codec import LEAF_MAGIC
 from tapegate.tape.seal import check_signature
 
 DEFAULT_SKEW_NS = 5 * 60 * 1_000_000_000  # a chunk sealed this long after delivery is flagged
@@ -54,6 +56,7 @@ class ObjectReport:
     conflicts: int = 0
     rejected: list[str] = field(default_factory=list)  # undecodable bytes, bad signatures...
     sessions: set[str] = field(default_factory=set)
+    leaves: int = 0  # log leaves held for the sequencer (new ones; duplicates not counted)
     files_written: list[str] = field(default_factory=list)
 
 
@@ -76,7 +79,10 @@ class Pipeline:
     def process_object(self, key: str, data: bytes, delivered_ns: int) -> ObjectReport:
         report = ObjectReport(key)
         alerts: dict[str, list[str]] = defaultdict(list)
-        verified = self._verified(data, delivered_ns, report, alerts)
+        leaves: list[Leaf] = []
+        verified = self._verified(data, delivered_ns, report, alerts, leaves)
+        for leaf in leaves:
+            report.leaves += self.index.claim_leaf(_leaf_entry(leaf, key))
         # Session then seq order: the tables come out sorted without sorting their rows.
         verified.sort(key=lambda r: (r.session_id.bytes, r.seq))
         # Each session's record is read from the index once per object.
@@ -111,16 +117,24 @@ class Pipeline:
         return report
 
     def _verified(
-        self, data: bytes, delivered_ns: int, report: ObjectReport, alerts: dict[str, list[str]]
+        self,
+        data: bytes,
+        delivered_ns: int,
+        report: ObjectReport,
+        alerts: dict[str, list[str]],
+        leaves: list[Leaf],
     ) -> list[Record]:
-        """The object's records that decode and carry a valid signature of a trusted key,
-        each (session, seq, digest) once."""
+        """The object's chunks that decode and carry a valid signature of a trusted key, each
+        (session, seq, digest) once; its log leaves that do go to `leaves`."""
         records, split_errors = split_records(data)
         report.rejected += [f"bytes at offset {e.offset}: {e.reason}" for e in split_errors]
         out: list[Record] = []
         seen: set[tuple[str, int, bytes]] = set()
         for raw in records:
             report.records += 1
+            if raw[:4] == LEAF_MAGIC:
+                self._leaf(raw, report, leaves)
+                continue
             try:
                 rec = decode_record(raw, events=False)
             except TapeFormatError as exc:
@@ -145,6 +159,19 @@ class Pipeline:
             seen.add((sid, rec.seq, rec.digest))
             out.append(rec)
         return out
+
+    def _leaf(self, raw: bytes, report: ObjectReport, leaves: list[Leaf]) -> None:
+        try:
+            leaf = decode_leaf(raw)
+        except LeafError as exc:
+            report.rejected.append(f"undecodable leaf: {exc}")
+            return
+        if not leaf.check(self.trusted):
+            report.rejected.append(
+                f"leaf {leaf.instance} #{leaf.counter}: bad signature or unknown signing key"
+            )
+            return
+        leaves.append(leaf)
 
     def sweep(self, now_ns: int | None = None) -> list[str]:
         """Mark sessions that stayed open past the grace period as truncated."""
@@ -269,6 +296,19 @@ def _chain_problems(entries: list[ChunkEntry]) -> tuple[list[str], bool, str | N
         problems.append("no final chunk yet")
     head = chain.head_digest.hex() if chain.head_digest is not None else None
     return problems, chain.complete, head
+
+
+def _leaf_entry(leaf: Leaf, key: str) -> LeafEntry:
+    return LeafEntry(
+        instance=str(leaf.instance),
+        counter=leaf.counter,
+        digest=leaf.digest.hex(),
+        sealed_ns=leaf.sealed_ns,
+        kind=leaf.kind,
+        session_id=leaf.session_id,
+        object_key=key,
+        raw=leaf.raw,
+    )
 
 
 def _entry(rec: Record, key: str, statements: int, first_ns: int, last_ns: int) -> ChunkEntry:

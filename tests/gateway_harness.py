@@ -16,6 +16,7 @@ from gateway_task.server import Gateway
 from tapegate.config import Config, parse_config
 from tapegate.keys import LocalKeyStore
 from tapegate.tape import split_records, verify_session
+from tapegate.tape.codec import LEAF_MAGIC
 from tests.pg import APP_PASSWORD, PgServer, free_port
 
 PASSWORD_ENV = "TAPEGATE_TEST_APPDB_PASSWORD"
@@ -105,7 +106,8 @@ class RunningGateway:
         while self.gateway.sessions and time.monotonic() < deadline:
             time.sleep(0.02)
 
-    def delivered_records(self, wait: bool = True) -> list[bytes]:
+    def delivered_records(self, wait: bool = True, leaves: bool = False) -> list[bytes]:
+        """The chunks delivered so far (with `leaves`, the session log's leaves instead)."""
         if self.loop.is_running():
             if wait:
                 self.wait_closed()
@@ -114,8 +116,15 @@ class RunningGateway:
         for path in sorted(self.config.delivery_dir.rglob("*.bin")):
             found, errors = split_records(path.read_bytes())
             assert not errors, errors
-            records += found
+            records += [r for r in found if (r[:4] == LEAF_MAGIC) == leaves]
         return records
+
+    def leaves(self, wait: bool = True) -> list[Any]:
+        """The session log's leaves delivered so far, decoded, in counter order."""
+        from tapegate.log.leaf import decode_leaf
+
+        found = [decode_leaf(r) for r in self.delivered_records(wait, leaves=True)]
+        return sorted(found, key=lambda leaf: (str(leaf.instance), leaf.counter))
 
     async def _flush(self) -> None:
         for session in list(self.gateway.sessions):

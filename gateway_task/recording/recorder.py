@@ -26,6 +26,7 @@ from concurrent.futures import Future
 
 from gateway_task.metrics import GatewayMetrics
 from gateway_task.recording.sink import Sink, SinkError
+from tapegate.log.leaf import LeafWriter
 from tapegate.tape import Direction, Event, TapeWriter
 
 COMMIT_TIMEOUT_S = 30.0
@@ -44,8 +45,10 @@ class Recorder:
         *,
         acked: bool = False,
         commit_timeout_s: float = COMMIT_TIMEOUT_S,
+        leaves: LeafWriter | None = None,
     ) -> None:
         self.writer = writer
+        self.leaves = leaves  # the gateway's session log leaves (None: a tape without them)
         self.sink = sink
         self.metrics = metrics
         self.acked = acked
@@ -53,6 +56,25 @@ class Recorder:
         self.closed = False
         self._unacked: list[Future[None]] = []  # acked: shipped, not yet known to be held
         self.last_frame_ns = time.time_ns()  # for limits.idle_timeout_s
+
+    def open(self) -> None:
+        """Ship the session_open leaf: before anything of the session is forwarded, and in
+        `acked` held by the sink before the first commit returns. If the sink is failing the
+        leaf is still kept for its retry, so the session is closed at once (recording_failed):
+        the log never names a session that has no tape."""
+        if self.leaves is None:
+            return
+        leaf = self.leaves.session_open(self.writer.session_id, self.writer.header,
+                                        time.time_ns())  # fmt: skip
+        if self.metrics is not None:
+            self.metrics.inc("log_leaves")
+        try:
+            ack = self.sink.put([leaf], ack=self.acked)
+        except SinkError as exc:
+            self.close("recording_failed")
+            raise RecordingUnavailable(str(exc)) from None
+        if ack is not None:
+            self._unacked.append(ack)
 
     @property
     def session_id(self) -> str:
@@ -132,13 +154,20 @@ class Recorder:
         if self.closed:
             return
         self.closed = True
-        record = self.writer.close(time.time_ns(), reason)
+        now = time.time_ns()
+        record = self.writer.close(now, reason)
+        batch = [record]
+        if self.leaves is not None:
+            w = self.writer
+            batch.append(self.leaves.session_close(w.session_id, record, w.seq, w.totals,
+                                                   reason, now))  # fmt: skip
         if self.metrics is not None:
             self.metrics.inc("chunks_sealed")
             self.metrics.inc("bytes_sealed", len(record))
-        # A failing sink still keeps the record for its retry; the session is already closed.
+            self.metrics.inc("log_leaves", len(batch) - 1)
+        # A failing sink still keeps the records for its retry; the session is already closed.
         with contextlib.suppress(SinkError):
-            self.sink.put([record])
+            self.sink.put(batch)
         self._unacked = []
 
     def _ship(self, records: list[bytes], urgent: bool = False) -> None:

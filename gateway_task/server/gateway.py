@@ -24,7 +24,7 @@ from gateway_task.identity import OidcVerifier
 from gateway_task.metrics import GatewayMetrics
 from gateway_task.recording import Recorder, RecordingUnavailable
 from gateway_task.recording.local import LocalFolderSink
-from gateway_task.recording.sink import Sink
+from gateway_task.recording.sink import Sink, SinkError
 from gateway_task.secrets import Credentials
 from gateway_task.server.admission import Admission
 from gateway_task.server.refusals import RefusalLedger
@@ -33,6 +33,7 @@ from gateway_task.tls import server_context
 from tapegate.archive.embedded import LocalArchive
 from tapegate.config import Config
 from tapegate.keys import LocalKeyStore, load_signing_key
+from tapegate.log.leaf import LeafWriter
 from tapegate.tape import Event, Identity, SessionHeader, TapeWriter
 from tapegate.vocab import EndReason
 
@@ -78,6 +79,10 @@ class Gateway:
         else:
             self.auditors = keys.auditor_public_keys()
         self.sink: Sink = sink or make_sink(config)
+        # This process's leaves of the session log (docs/LOG.md): numbered from 0, signed with
+        # the gateway's key, shipped through the sink with the chunks.
+        self.leaves = LeafWriter(self.signer, config.gateway_name)
+        self._heartbeat_due = 0.0
         self.metrics = GatewayMetrics(config.gateway_name)
         self.metrics.gauges["sessions_active"] = lambda: len(self.sessions)
         self.metrics.gauges["sink_failing"] = lambda: float(self.sink.failure is not None)
@@ -103,6 +108,7 @@ class Gateway:
 
     async def start(self) -> None:
         self.sink.bind(asyncio.get_running_loop())
+        self._heartbeat("start")
         if self.config.identity.is_dev:
             from gateway_task.dev_issuer import DevIssuerServer
 
@@ -151,6 +157,7 @@ class Gateway:
         if self._ticker:
             self._ticker.cancel()
         self._seal_refusal_summaries(everything=True)
+        self._heartbeat("stop")
         lost = await asyncio.to_thread(self.sink.close)
         if lost:
             log.error("the archive is failing: %d bytes of sealed records were not delivered", lost)
@@ -195,7 +202,20 @@ class Gateway:
             max_chunk_bytes=rec.max_chunk_bytes,
             max_age_ns=rec.max_age_ms * 1_000_000,
         )
-        return Recorder(writer, self.sink, self.metrics, acked=self.config.durability == "acked")
+        acked = self.config.durability == "acked"
+        recorder = Recorder(writer, self.sink, self.metrics, acked=acked, leaves=self.leaves)
+        recorder.open()
+        return recorder
+
+    def _heartbeat(self, state: str) -> None:
+        """This instance is alive (or starting, or stopping): a leaf the log's verifier expects
+        every `log.heartbeat_s`, so that a window with no leaves at all cannot pass unseen."""
+        interval = self.config.log.heartbeat_s
+        self._heartbeat_due = time.monotonic() + interval
+        leaf = self.leaves.heartbeat(state, interval, len(self.sessions), time.time_ns())
+        self.metrics.inc("log_leaves")
+        with contextlib.suppress(SinkError):  # kept for the sink's retry all the same
+            self.sink.put([leaf])
 
     def record_refusal(
         self,
@@ -238,6 +258,10 @@ class Gateway:
                                               f"{summary.source}:0", summary.first_ns)  # fmt: skip
                 recorder.event(Event(time.time_ns(), "refusal_summary", None, summary.attrs()))
                 recorder.close(EndReason.REFUSED)
+                with contextlib.suppress(SinkError):
+                    self.sink.put([self.leaves.refusals(summary.source, summary.count,
+                                                        summary.first_ns, summary.last_ns,
+                                                        time.time_ns())])  # fmt: skip
             except RecordingUnavailable:
                 log.error("could not record a summary of %d refusals from %s", summary.count,
                           summary.source)  # fmt: skip
@@ -285,6 +309,8 @@ class Gateway:
                 if hasattr(server, "tick"):
                     server.tick(time.time())
             self._seal_refusal_summaries()
+            if time.monotonic() >= self._heartbeat_due:
+                self._heartbeat("running")
             self.sink.tick(time.monotonic_ns())
 
     def _expired(self, session: LiveSession, before: float) -> bool:
@@ -307,6 +333,7 @@ class Gateway:
                 for report in await asyncio.to_thread(self.archive.scan):
                     if report.rejected or report.conflicts:
                         log.warning("archive: %s: %s", report.key, "; ".join(report.rejected[:5]))
+                await asyncio.to_thread(self.archive.sequence, self.config.log.sequence_s)
                 if time.monotonic() - last_sweep > 60:
                     await asyncio.to_thread(self.archive.sweep)
                     last_sweep = time.monotonic()

@@ -42,6 +42,20 @@ class ChunkEntry:
     last_ns: int = 0
 
 
+@dataclass(frozen=True)
+class LeafEntry:
+    """A verified log leaf as the index holds it until (and after) the sequencer appends it."""
+
+    instance: str
+    counter: int
+    digest: str  # hex SHA-256 of the leaf without its signature
+    sealed_ns: int
+    kind: str
+    session_id: str | None
+    object_key: str
+    raw: bytes  # the signed leaf: what the sequencer appends to the log
+
+
 @dataclass
 class SessionRecord:
     """One row per session, as the index and the sessions table hold it."""
@@ -118,6 +132,22 @@ class Index(ABC):
 
     @abstractmethod
     def chunks(self, session_id: str) -> list[ChunkEntry]: ...
+
+    # -- log leaves: claimed by the pipeline, appended by the sequencer --
+
+    @abstractmethod
+    def claim_leaf(self, entry: LeafEntry) -> bool:
+        """Hold a verified leaf for the sequencer unless this (instance, counter, digest) is
+        held already (at-least-once delivery); whether it was new. Two leaves with one counter
+        and different digests are both held: the log keeps both and its verifier names it."""
+
+    @abstractmethod
+    def pending_leaves(self, limit: int = 10_000) -> list[LeafEntry]:
+        """Leaves not yet in the log, in the order they were claimed."""
+
+    @abstractmethod
+    def mark_sequenced(self, entries: Sequence[LeafEntry], first_index: int) -> None:
+        """The sequencer appended `entries` at log positions first_index, first_index + 1..."""
 
     @abstractmethod
     def get_session(self, session_id: str) -> SessionRecord | None: ...

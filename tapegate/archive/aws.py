@@ -4,6 +4,9 @@ The DynamoDB table holds two kinds of items under the session's partition key:
     pk = "S#<session>", sk = "C#<seq, 12 digits>"   one per chunk (claimed with a condition)
     pk = "S#<session>", sk = "SESSION"               the summary, with GSI keys:
         by_subject: subject + started_ns          by_target: target + started_ns
+    pk = "L#<instance>", sk = "N#<counter, 20 digits>#<digest>"   one per log leaf; until the
+        sequencer appends it, it carries `pending` (sparse GSI pending_leaves: pending +
+        claimed_ns), afterwards `log_index`
 TABLE_SPEC is the one definition; the CDK stack and the tests create the table from it.
 """
 
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from tapegate.archive import ChunkEntry, HeldChunk, Index, SessionRecord
+from tapegate.archive import ChunkEntry, HeldChunk, Index, LeafEntry, SessionRecord
 from tapegate.schema import one_day_sql
 
 TABLE_SPEC: dict[str, Any] = {
@@ -29,6 +32,8 @@ TABLE_SPEC: dict[str, Any] = {
         {"AttributeName": "subject", "AttributeType": "S"},
         {"AttributeName": "target", "AttributeType": "S"},
         {"AttributeName": "started_ns", "AttributeType": "N"},
+        {"AttributeName": "pending", "AttributeType": "S"},
+        {"AttributeName": "claimed_ns", "AttributeType": "N"},
     ],
     "GlobalSecondaryIndexes": [
         {
@@ -40,6 +45,16 @@ TABLE_SPEC: dict[str, Any] = {
             "Projection": {"ProjectionType": "ALL"},
         }
         for name, attr in (("by_subject", "subject"), ("by_target", "target"))
+    ]
+    + [
+        {
+            "IndexName": "pending_leaves",
+            "KeySchema": [
+                {"AttributeName": "pending", "KeyType": "HASH"},
+                {"AttributeName": "claimed_ns", "KeyType": "RANGE"},
+            ],
+            "Projection": {"ProjectionType": "ALL"},
+        }
     ],
     "BillingMode": "PAY_PER_REQUEST",
 }
@@ -97,6 +112,59 @@ class DynamoIndex(Index):
             values = {name: _value(item[name]) for name in _CHUNK_FIELDS}
             out.append(ChunkEntry(session_id=session_id, seq=int(item["sk"]["S"][2:]), **values))
         return out
+
+    def claim_leaf(self, entry: LeafEntry) -> bool:
+        item = {
+            "pk": {"S": f"L#{entry.instance}"},
+            "sk": {"S": f"N#{entry.counter:020d}#{entry.digest}"},
+            "sealed_ns": {"N": str(entry.sealed_ns)},
+            "kind": {"S": entry.kind},
+            "object_key": {"S": entry.object_key},
+            "raw": {"B": entry.raw},
+            "pending": {"S": "P"},
+            "claimed_ns": {"N": str(time.time_ns())},
+        }
+        if entry.session_id:
+            item["session_id"] = {"S": entry.session_id}
+        try:
+            self.client.put_item(
+                TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def pending_leaves(self, limit: int = 10_000) -> list[LeafEntry]:
+        out: list[LeafEntry] = []
+        start: dict[str, Any] | None = None
+        while len(out) < limit:
+            page = self.client.query(
+                TableName=self.table, IndexName="pending_leaves",
+                KeyConditionExpression="pending = :p", ExpressionAttributeValues={":p": {"S": "P"}},
+                Limit=min(1000, limit - len(out)),
+                **({"ExclusiveStartKey": start} if start else {}),
+            )  # fmt: skip
+            for item in page.get("Items", []):
+                _, counter, digest = item["sk"]["S"].split("#")
+                out.append(LeafEntry(
+                    instance=item["pk"]["S"][2:], counter=int(counter), digest=digest,
+                    sealed_ns=int(item["sealed_ns"]["N"]), kind=item["kind"]["S"],
+                    session_id=item.get("session_id", {}).get("S"),
+                    object_key=item["object_key"]["S"], raw=bytes(item["raw"]["B"]),
+                ))  # fmt: skip
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                break
+        return out
+
+    def mark_sequenced(self, entries: Sequence[LeafEntry], first_index: int) -> None:
+        for i, e in enumerate(entries):
+            self.client.update_item(
+                TableName=self.table,
+                Key={"pk": {"S": f"L#{e.instance}"}, "sk": {"S": f"N#{e.counter:020d}#{e.digest}"}},
+                UpdateExpression="SET log_index = :i REMOVE pending",
+                ExpressionAttributeValues={":i": {"N": str(first_index + i)}},
+            )
 
     def get_session(self, session_id: str) -> SessionRecord | None:
         item = self.client.get_item(

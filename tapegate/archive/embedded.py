@@ -20,6 +20,8 @@ from pathlib import Path
 from tapegate.archive.local import DuckDBQuery, IndexBusy, LocalObjectStore, SqliteIndex
 from tapegate.config import Config
 from tapegate.keys import Keyring, LocalKeyStore
+from tapegate.log.sequencer import LogKey, Sequencer
+from tapegate.log.verify import LogSources
 from tapegate.pipeline import ObjectReport, Pipeline
 
 
@@ -35,6 +37,10 @@ class LocalArchive:
         self._keys = LocalKeyStore(config.data_dir)
         self._pipeline: Pipeline | None = None
         self.default_auditor_key = self._keys.dir / "auditor.key"
+        # The session log: tiles and checkpoints in a folder beside the index (docs/LOG.md).
+        self.log_store = LocalObjectStore(root / "log")
+        self._log = config.log
+        self._sequencer: Sequencer | None = None
         self._stopping = threading.Event()
         self._working = threading.Lock()  # held by a scan or sweep of this process
 
@@ -66,6 +72,32 @@ class LocalArchive:
                 if report is not None:
                     reports.append(report)
         return reports
+
+    def sequence(self, min_interval_s: float = 0.0) -> bool:
+        """Append the leaves the pipeline holds to the log and sign a checkpoint, unless the
+        last one is younger than `min_interval_s`; whether a checkpoint was signed."""
+        with self._working:
+            if self._stopping.is_set():
+                return False
+            if self._sequencer is None:
+                key = LogKey(self._log.origin, self._keys.log_key())
+                self._sequencer = Sequencer(self.index, self.log_store, key)
+            try:
+                with self.index.transaction(abandon=self._stopping):
+                    if not self.index.pending_leaves(1):
+                        return False
+                    now_ms = time.time_ns() // 1_000_000
+                    latest = self._sequencer.latest()
+                    if latest and now_ms - latest.checkpoint.time_ms < min_interval_s * 1000:
+                        return False
+                    return self._sequencer.run(now_ms) is not None
+            except IndexBusy:
+                return False
+
+    def log_sources(self) -> LogSources:
+        return LogSources(log=self.log_store, log_prefix="", evidence=self.evidence,
+                          index=self.index, gateway_keys=self.trusted(),
+                          log_keys=self._keys.log_keys(self._log.origin))  # fmt: skip
 
     def sweep(self) -> list[str]:
         """Mark sessions open past the grace period as truncated (in one index transaction, so

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tapegate.archive import ChunkEntry, HeldChunk, Index, SessionRecord
+from tapegate.archive import ChunkEntry, HeldChunk, Index, LeafEntry, SessionRecord
 from tapegate.schema import TABLES, arrow_schema, duckdb_view_sql, one_day_sql
 
 
@@ -66,6 +66,12 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE INDEX IF NOT EXISTS sessions_by_subject ON sessions (subject, started_ns);
 CREATE INDEX IF NOT EXISTS sessions_by_target ON sessions (target, started_ns);
 CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, processed_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS leaves (
+    instance TEXT NOT NULL, counter INTEGER NOT NULL, digest TEXT NOT NULL,
+    sealed_ns INTEGER NOT NULL, kind TEXT NOT NULL, session_id TEXT, object_key TEXT NOT NULL,
+    raw BLOB NOT NULL, log_index INTEGER, UNIQUE (instance, counter, digest)
+);
+CREATE INDEX IF NOT EXISTS leaves_pending ON leaves (log_index) WHERE log_index IS NULL;
 """
 
 
@@ -171,6 +177,31 @@ class SqliteIndex(Index):
                 "SELECT * FROM chunks WHERE session_id = ? ORDER BY seq", (session_id,)
             ).fetchall()
         return [ChunkEntry(r[0], r[1], r[2], r[3], bool(r[4]), *r[5:]) for r in rows]
+
+    def claim_leaf(self, entry: LeafEntry) -> bool:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO leaves VALUES (?,?,?,?,?,?,?,?,NULL) ON CONFLICT DO NOTHING",
+                (entry.instance, entry.counter, entry.digest, entry.sealed_ns, entry.kind,
+                 entry.session_id, entry.object_key, entry.raw),
+            )  # fmt: skip
+            return cur.rowcount == 1
+
+    def pending_leaves(self, limit: int = 10_000) -> list[LeafEntry]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT instance, counter, digest, sealed_ns, kind, session_id, object_key, raw"
+                " FROM leaves WHERE log_index IS NULL ORDER BY rowid LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [LeafEntry(*r[:7], bytes(r[7])) for r in rows]
+
+    def mark_sequenced(self, entries: Sequence[LeafEntry], first_index: int) -> None:
+        with self._lock:
+            self._db.executemany(
+                "UPDATE leaves SET log_index = ? WHERE instance = ? AND counter = ? AND digest = ?",
+                [(first_index + i, e.instance, e.counter, e.digest) for i, e in enumerate(entries)],
+            )
 
     def get_session(self, session_id: str) -> SessionRecord | None:
         with self._lock:

@@ -33,6 +33,10 @@ class AwsArchive:
         """Nothing to do: in AWS the verify/index Lambda indexes objects as they arrive."""
         return []
 
+    def sequence(self) -> bool:
+        """Nothing to do: in AWS the sequencer Lambda appends leaves on its schedule."""
+        return False
+
     def trusted(self) -> Keyring:
         """The gateway's public key(s) from the SSM parameter the CDK stack writes."""
         if not self._public_key_param:

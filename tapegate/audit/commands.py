@@ -33,6 +33,7 @@ from tapegate.keys import KeyFileError, Keyring, LocalKeyStore, load_auditor_key
 from tapegate.present import Output
 from tapegate.protocols.registry import formats
 from tapegate.tape import Verdict, split_records, verify_session
+from tapegate.tape.codec import LEAF_MAGIC
 
 
 def add_commands(sub: Any) -> None:
@@ -99,6 +100,10 @@ def add_commands(sub: Any) -> None:
     _trust_arg(export)
     config_arg(export)
     export.set_defaults(func=cmd_export)
+
+    from tapegate.audit.log import add_log_commands
+
+    add_log_commands(sub)
 
 
 def _trust_arg(parser: argparse.ArgumentParser) -> None:
@@ -353,7 +358,7 @@ def _verify_files(args: argparse.Namespace, files: list[Path]) -> bool:
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror}") from None
         found, errors = split_records(data)
-        records += found
+        records += [r for r in found if r[:4] != LEAF_MAGIC]  # leaves: `tapegate log verify`
         for err in errors:
             print(f"{path}: damaged bytes at offset {err.offset}: {err.reason}")
     if not records:

@@ -17,8 +17,9 @@ from nacl.signing import VerifyKey
 
 from tapegate.archive import Index, ObjectStore
 from tapegate.tape import Verdict, split_records, verify_session
+from tapegate.tape.codec import MAGIC
 
-# The session id sits at bytes 12-28 of every record's fixed header (docs/FORMAT.md): enough to
+# The session id sits at bytes 12-28 of every chunk's fixed header (docs/FORMAT.md): enough to
 # pick a session's records out of an object without decoding them.
 _SID_OFFSET = 12
 
@@ -67,6 +68,7 @@ def gather(session_id: uuid.UUID, index: Index, objects: ObjectStore) -> Session
         raise EvidenceError(f"unknown session {sid}: not in the archive's index")
     keys = list(dict.fromkeys([*record.object_keys, *(c.object_key for c in index.chunks(sid))]))
     evidence = SessionEvidence(session_id)
+    sid_bytes = session_id.bytes
     for key in keys:
         try:
             data = objects.get(key)
@@ -76,7 +78,10 @@ def gather(session_id: uuid.UUID, index: Index, objects: ObjectStore) -> Session
         evidence.damage += [
             f"{key}: damaged bytes at offset {e.offset}: {e.reason}" for e in errors
         ]
-        mine = [r for r in found if r[_SID_OFFSET : _SID_OFFSET + 16] == session_id.bytes]
+        # Chunks only: a log leaf holds its gateway instance's id where a chunk has its session's.
+        mine = [
+            r for r in found if r[:4] == MAGIC and r[_SID_OFFSET : _SID_OFFSET + 16] == sid_bytes
+        ]
         if mine:
             evidence.pieces.append(Piece(key, hashlib.sha256(data).hexdigest(), mine))
     return evidence

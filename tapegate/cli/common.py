@@ -58,6 +58,7 @@ def open_archive(config: Config) -> Any:  # an object with .index and .query_eng
 
     archive = LocalArchive(config)
     archive.scan()  # index whatever was delivered since the last look
+    archive.sequence()  # and put the leaves it held into the session log
     return archive
 
 

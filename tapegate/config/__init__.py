@@ -27,8 +27,8 @@ from tapegate.config.targets import GuardRule, Target, parse_target
 
 __all__ = [
     "Address", "ArchiveConfig", "Config", "ConfigError", "GuardRule", "IdentityConfig",
-    "KeysConfig", "LimitsConfig", "RecordingConfig", "SinkConfig", "TLSConfig", "Target",
-    "load_config", "parse_config",
+    "KeysConfig", "LimitsConfig", "LogConfig", "RecordingConfig", "SinkConfig", "TLSConfig",
+    "Target", "load_config", "parse_config",
 ]  # fmt: skip
 
 
@@ -140,6 +140,16 @@ class KeysConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """The session log (docs/LOG.md): the gateway's heartbeats, the local sequencer's pace."""
+
+    heartbeat_s: int = 60  # each gateway instance says it is alive this often
+    # The checkpoints' origin line and the log key's name: one per log, never changed.
+    origin: str = "tapegate.local/log"
+    sequence_s: int = 10  # the embedded archive signs a checkpoint at most this often
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path(".tapegate")
     gateway_name: str = "local"
@@ -157,6 +167,7 @@ class Config:
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     source: str = "built-in defaults"
 
     @property
@@ -229,6 +240,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
             "durability",
             "keys",
             "limits",
+            "log",
         },
     )
     data_dir = as_path(top.get("data_dir", ".tapegate"), "data_dir", base_dir)
@@ -264,6 +276,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
         durability=_durability(top.get("durability", "buffered")),
         keys=_keys(top.get("keys", {})),
         limits=_limits(top.get("limits", {})),
+        log=_log(top.get("log", {})),
     )
 
 
@@ -415,6 +428,20 @@ def _keys(raw: Any) -> KeysConfig:
             raise ConfigError(f"keys.auditor_public_keys[{i}]", "must be 64 hex digits")
         parsed.append(raw_key)
     return KeysConfig(signing_key=signing, ssh_host_key=ssh_host, auditor_public_keys=tuple(parsed))
+
+
+def _log(raw: Any) -> LogConfig:
+    m = as_mapping(raw, "log")
+    check_only(m, "log", {"heartbeat_s", "origin", "sequence_s"})
+    d = LogConfig()
+    origin = as_str(m.get("origin", d.origin), "log.origin")
+    if not origin or any(c.isspace() or c == "+" for c in origin):
+        raise ConfigError("log.origin", "must be one word without spaces or '+' (a key name)")
+    return LogConfig(
+        heartbeat_s=as_int(m.get("heartbeat_s", d.heartbeat_s), "log.heartbeat_s", 1, 3600),
+        origin=origin,
+        sequence_s=as_int(m.get("sequence_s", d.sequence_s), "log.sequence_s", 0, 3600),
+    )
 
 
 def _limits(raw: Any) -> LimitsConfig:

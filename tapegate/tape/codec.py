@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 MAGIC = b"TGCK"
+LEAF_MAGIC = b"TGLF"  # a log leaf (tapegate/log/leaf.py): same first 12 bytes, split alike
 VERSION = 1
 FLAG_FINAL = 0x0001
 KNOWN_FLAGS = FLAG_FINAL
@@ -50,6 +51,8 @@ AEAD_TAG_LEN = 16
 
 MAX_RECORD_BYTES = 900 * 1024  # Firehose takes 1,000 KiB per record; keep a margin.
 MIN_RECORD_BYTES = FIXED_LEN + 2 + SIGNATURE_LEN  # the smallest meta is "{}"
+MIN_LEAF_BYTES = 56 + 2 + SIGNATURE_LEN  # the smallest leaf body is "{}"
+_MIN_BY_MAGIC = {MAGIC: MIN_RECORD_BYTES, LEAF_MAGIC: MIN_LEAF_BYTES}
 
 
 class TapeFormatError(ValueError):
@@ -285,8 +288,10 @@ class SplitError:
 def split_records(data: bytes) -> tuple[list[bytes], list[SplitError]]:
     """Cut a delivery object (records concatenated with no delimiter, as Firehose writes them).
 
-    A damaged length field would make every later record unreadable, so after an error the
-    splitter resynchronises at the next magic that starts a plausible record. Never raises.
+    Chunks and log leaves share their first twelve bytes (magic, version, flags, record_len),
+    so both are cut here; a caller tells them apart by their magic. A damaged length field
+    would make every later record unreadable, so after an error the splitter resynchronises at
+    the next magic that starts a plausible record. Never raises.
     """
     records: list[bytes] = []
     errors: list[SplitError] = []
@@ -295,25 +300,23 @@ def split_records(data: bytes) -> tuple[list[bytes], list[SplitError]]:
         if end - pos < 12:
             errors.append(SplitError(pos, f"{end - pos} trailing bytes, too short for a record"))
             break
+        magic = bytes(data[pos : pos + 4])
         length = int.from_bytes(data[pos + 8 : pos + 12], "big")
-        plausible = (
-            data[pos : pos + 4] == MAGIC
-            and MIN_RECORD_BYTES <= length <= MAX_RECORD_BYTES
-            and pos + length <= end
-        )
-        if plausible:
+        smallest = _MIN_BY_MAGIC.get(magic)
+        sized = smallest is not None and smallest <= length <= MAX_RECORD_BYTES
+        if sized and pos + length <= end:
             records.append(bytes(data[pos : pos + length]))
             pos += length
             continue
-        if data[pos : pos + 4] != MAGIC:
+        if smallest is None:
             reason = "no record magic"
-        elif pos + length > end and MIN_RECORD_BYTES <= length <= MAX_RECORD_BYTES:
+        elif sized:
             reason = f"record of {length} bytes runs past the end ({end - pos} left)"
         else:
             reason = f"implausible record length {length}"
         errors.append(SplitError(pos, reason))
-        nxt = data.find(MAGIC, pos + 1)
-        if nxt < 0:
+        found = [i for i in (data.find(m, pos + 1) for m in _MIN_BY_MAGIC) if i >= 0]
+        if not found:
             break
-        pos = nxt
+        pos = min(found)
     return records, errors

@@ -17,6 +17,7 @@ from http import HTTPStatus
 from typing import Any
 
 from tapegate.tape import split_records
+from tapegate.tape.codec import LEAF_MAGIC
 from tests.capture import TcpProxy
 
 REGION = "us-east-1"
@@ -102,15 +103,15 @@ class FirehoseStandIn:
             keys += [o["Key"] for o in page.get("Contents", [])]
         return sorted(keys)
 
-    def delivered_records(self) -> list[bytes]:
-        """Every record delivered so far, in no particular order (as with Firehose), duplicates
-        included (delivery is at least once)."""
+    def delivered_records(self, leaves: bool = False) -> list[bytes]:
+        """Every chunk delivered so far (with `leaves`, every log leaf), in no particular order
+        (as with Firehose), duplicates included (delivery is at least once)."""
         records: list[bytes] = []
         for key in self.object_keys():
             body = self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
             found, errors = split_records(body)
             assert not errors, f"{key}: {errors}"
-            records += found
+            records += [r for r in found if (r[:4] == LEAF_MAGIC) == leaves]
         return records
 
     def close(self) -> None:

@@ -43,7 +43,10 @@ def test_health_ready_and_metrics(pg: PgServer, tmp_path: Path) -> None:
                   for line in text.splitlines() if line and not line.startswith("#")}  # fmt: skip
         assert values["tapegate_sessions_started_total"] == 1
         assert values["tapegate_chunks_sealed_total"] >= 1
-        assert values["tapegate_sink_records_sent_total"] == values["tapegate_chunks_sealed_total"]
+        # Every record sealed was sent: the chunks, and the session log's leaves beside them.
+        sealed = values["tapegate_chunks_sealed_total"] + values["tapegate_log_leaves_total"]
+        assert values["tapegate_log_leaves_total"] >= 3  # start, the session's open and close
+        assert values["tapegate_sink_records_sent_total"] == sealed
         assert values["tapegate_seal_to_ack_seconds_count"] >= 1
         assert values["tapegate_sessions_active"] == 0
         # The archive fails: the gateway is no longer ready, and says why.
