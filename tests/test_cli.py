@@ -80,3 +80,7 @@ def test_full_demo_records_blocks_and_verifies(tmp_path: Path, capsys) -> None:
     assert "still_there" in out
     assert "demo-agent  appdb" in out and "closed  True" in out  # tapegate sessions
     assert "blocked  kind DROP" in out  # tapegate query
+    # Step 8: the log verifies untouched, then names the SSH session removed whole.
+    step8 = out.split("8. The session log")[1]
+    assert step8.count("consistent") == 1 and "INCONSISTENT — 1 problem(s)" in step8
+    assert "session_missing: session " in step8 and "the missing session is named" in step8

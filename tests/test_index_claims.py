@@ -9,7 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tapegate.archive import ChunkEntry, Claim, Index
+from tapegate.archive import ChunkEntry, Claim, Index, LeafEntry
 from tapegate.archive.local import SqliteIndex
 
 REGION = "us-east-1"
@@ -61,3 +61,25 @@ def test_a_chunk_claimed_through_another_connection_is_held(tmp_path: Path) -> N
     )
     with other.transaction():  # a claim inside an object's transaction sees the same
         assert other.claim_chunk(replace(FIRST, digest="cc" * 32))[0] is Claim.CONFLICT
+
+
+def _leaf(counter: int, digest: str = "dd", session: str | None = "s-1") -> LeafEntry:
+    return LeafEntry("inst-1", counter, digest * 32, 100 + counter, "session_open", session,
+                     "object-1", b"leaf %d" % counter)  # fmt: skip
+
+
+def test_leaves_wait_for_the_sequencer_once_each(index: Index) -> None:
+    """Every adapter holds a leaf once per (instance, counter, digest), hands pending leaves
+    over in claim order, and forgets them as pending once sequenced."""
+    assert index.claim_leaf(_leaf(0))
+    assert not index.claim_leaf(_leaf(0))  # delivered again: nothing new
+    assert index.claim_leaf(_leaf(0, digest="ee"))  # one counter, another leaf: both kept
+    assert index.claim_leaf(_leaf(1, session=None))
+    pending = index.pending_leaves()
+    assert [(p.counter, p.digest[:2], p.raw) for p in pending] == [
+        (0, "dd", b"leaf 0"), (0, "ee", b"leaf 0"), (1, "dd", b"leaf 1"),
+    ]  # fmt: skip
+    index.mark_sequenced(pending[:2], 7)
+    assert [(p.counter, p.digest[:2]) for p in index.pending_leaves()] == [(1, "dd")]
+    assert index.leaf_positions("s-1") == [7, 8]
+    assert index.leaf_positions("s-2") == []

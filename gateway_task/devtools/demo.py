@@ -233,7 +233,56 @@ def _audit(data_dir: Path, config_file: Path) -> int:
         result = subprocess.run(check, cwd=elsewhere, env=env, capture_output=True, text=True)
         print("   " + result.stdout.strip().replace("\n", "\n   "))
     print(f"   exit status {result.returncode}: the change is detected and located.")
-    return 0 if result.returncode == 1 else 1
+    if result.returncode != 1:
+        return 1
+    return _delete_a_session(data_dir, cfg, by_target["web1"])
+
+
+def _delete_a_session(data_dir: Path, cfg: list[str], victim: str) -> int:
+    """Step 8: a session removed whole, which no remaining tape can show; the log does."""
+    from tapegate.cli import main as cli_main
+
+    print("\n8. The session log: is every session still there?")
+    print("   $ tapegate log verify")
+    if cli_main(["log", "verify", *cfg]) != 0:
+        print("   unexpected: the untouched archive's log did not verify")
+        return 1
+    print(f"\n   Someone with write access removes every chunk of session {victim} (the SSH")
+    print("   one) from the delivery objects, and its rows from the index. (On AWS, Object Lock")
+    print("   forbids the first; on one machine nothing does.) Every remaining tape still")
+    print("   verifies; no tape can show a session that is gone. The log can:")
+    removed = remove_session(data_dir, victim)
+    print(f"   (removed {removed} chunk(s) from the delivery folder and the index)")
+    print("   $ tapegate log verify")
+    status = cli_main(["log", "verify", *cfg])
+    print(f"   exit status {status}: the missing session is named.")
+    return 0 if status == 1 else 1
+
+
+def remove_session(data_dir: Path, session_id: str) -> int:
+    """What an operator with write access to the data dir could do: cut one session's chunks
+    out of every delivery object, and its rows out of the index. Returns the chunks removed."""
+    import sqlite3
+    import uuid
+
+    from tapegate.tape.codec import MAGIC
+
+    sid = uuid.UUID(session_id).bytes
+    removed = 0
+    for path in sorted((data_dir / "deliveries").rglob("*.bin")):
+        records, _ = split_records(path.read_bytes())
+        kept = [r for r in records if not (r[:4] == MAGIC and r[12:28] == sid)]
+        if len(kept) != len(records):
+            removed += len(records) - len(kept)
+            path.write_bytes(b"".join(kept))
+    index = sqlite3.connect(data_dir / "archive" / "index.sqlite")
+    try:
+        with index:
+            index.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+            index.execute("DELETE FROM chunks WHERE session_id = ?", (session_id,))
+    finally:
+        index.close()
+    return removed
 
 
 def run_tape_demo(data_dir: Path) -> int:

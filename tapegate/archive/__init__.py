@@ -150,6 +150,10 @@ class Index(ABC):
         """The sequencer appended `entries` at log positions first_index, first_index + 1..."""
 
     @abstractmethod
+    def leaf_positions(self, session_id: str) -> list[int]:
+        """Where the sequencer appended a session's leaves (for its evidence bundle)."""
+
+    @abstractmethod
     def get_session(self, session_id: str) -> SessionRecord | None: ...
 
     @abstractmethod

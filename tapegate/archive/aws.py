@@ -7,6 +7,7 @@ The DynamoDB table holds two kinds of items under the session's partition key:
     pk = "L#<instance>", sk = "N#<counter, 20 digits>#<digest>"   one per log leaf; until the
         sequencer appends it, it carries `pending` (sparse GSI pending_leaves: pending +
         claimed_ns), afterwards `log_index`
+    pk = "S#<session>", sk = "LEAF#<log index, 20 digits>"   where a session's leaves went
 TABLE_SPEC is the one definition; the CDK stack and the tests create the table from it.
 """
 
@@ -159,12 +160,26 @@ class DynamoIndex(Index):
 
     def mark_sequenced(self, entries: Sequence[LeafEntry], first_index: int) -> None:
         for i, e in enumerate(entries):
+            position = {"N": str(first_index + i)}
             self.client.update_item(
                 TableName=self.table,
                 Key={"pk": {"S": f"L#{e.instance}"}, "sk": {"S": f"N#{e.counter:020d}#{e.digest}"}},
                 UpdateExpression="SET log_index = :i REMOVE pending",
-                ExpressionAttributeValues={":i": {"N": str(first_index + i)}},
+                ExpressionAttributeValues={":i": position},
             )
+            if e.session_id:  # where a bundle finds the session's leaves
+                self.client.put_item(TableName=self.table, Item={
+                    "pk": {"S": f"S#{e.session_id}"}, "sk": {"S": f"LEAF#{first_index + i:020d}"},
+                    "kind": {"S": e.kind}, "log_index": position,
+                })  # fmt: skip
+
+    def leaf_positions(self, session_id: str) -> list[int]:
+        items = self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :l)",
+            ExpressionAttributeValues={":pk": {"S": f"S#{session_id}"}, ":l": {"S": "LEAF#"}},
+            ConsistentRead=True,
+        )
+        return sorted(int(i["log_index"]["N"]) for i in items)
 
     def get_session(self, session_id: str) -> SessionRecord | None:
         item = self.client.get_item(

@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS leaves (
     raw BLOB NOT NULL, log_index INTEGER, UNIQUE (instance, counter, digest)
 );
 CREATE INDEX IF NOT EXISTS leaves_pending ON leaves (log_index) WHERE log_index IS NULL;
+CREATE INDEX IF NOT EXISTS leaves_by_session ON leaves (session_id);
 """
 
 
@@ -202,6 +203,15 @@ class SqliteIndex(Index):
                 "UPDATE leaves SET log_index = ? WHERE instance = ? AND counter = ? AND digest = ?",
                 [(first_index + i, e.instance, e.counter, e.digest) for i, e in enumerate(entries)],
             )
+
+    def leaf_positions(self, session_id: str) -> list[int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT log_index FROM leaves WHERE session_id = ? AND log_index IS NOT NULL"
+                " ORDER BY log_index",
+                (session_id,),
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def get_session(self, session_id: str) -> SessionRecord | None:
         with self._lock:

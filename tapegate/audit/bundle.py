@@ -5,6 +5,8 @@
     records/NNN.bin      the session's sealed records as delivered, one file per source object
     keys/<key id>.pub    the trusted Ed25519 public keys (hex), as `--trust` files
     report.txt           the same summary `tapegate show` prints, for people
+    log/, keys/log.vkey  the session's place in the session log, when the log holds it
+                         (tapegate/log/proofs.py)
 
 What makes a bundle trustworthy is the gateway's signature on every record, not the manifest:
 anyone can write a manifest. The manifest's digests catch damage and name the file that changed;
@@ -54,6 +56,7 @@ def write_bundle(
     trusted: Mapping[bytes, VerifyKey],
     verdict: Verdict,
     report: str,
+    log_files: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
     """Write the bundle (to a temporary name first, so a failed export leaves no half file)."""
     files: dict[str, bytes] = {}
@@ -78,6 +81,9 @@ def write_bundle(
     for key in keys:
         name = f"keys/{key['key_id']}.pub"
         files[name] = (key["public_key"] + "\n").encode()
+        entries.append({"path": name})
+    for name, data in (log_files or {}).items():
+        files[name] = data
         entries.append({"path": name})
     files["report.txt"] = report.encode()
     entries.append({"path": "report.txt"})
@@ -117,6 +123,9 @@ class Bundle:
     keys: Keyring
     manifest: dict[str, Any]
     problems: list[str] = field(default_factory=list)  # files changed, missing or unlisted
+    log_note: bytes | None = None  # log/checkpoint
+    log_proofs: Any = None  # log/proofs.json, parsed
+    log_keys: dict[str, VerifyKey] = field(default_factory=dict)  # keys/log.vkey
 
     def verify(self, trusted: Mapping[bytes, VerifyKey] | None = None) -> Verdict:
         """The records judged with the bundle's keys, or with `trusted` when pinned."""
@@ -172,9 +181,27 @@ def read_bundle(path: Path) -> Bundle:
         records += found
         problems += [f"{name}: damaged bytes at offset {e.offset}: {e.reason}" for e in errors]
     keys = Keyring()
+    log_keys: dict[str, VerifyKey] = {}
     for name in sorted(n for n in contents if n.startswith("keys/")):
         try:
-            keys |= Keyring.of(bytes.fromhex(contents[name].decode().strip()))
+            if name.endswith(".vkey"):
+                log_keys |= read_verifier_keys(contents[name].decode())
+            else:
+                keys |= Keyring.of(bytes.fromhex(contents[name].decode().strip()))
         except (ValueError, UnicodeDecodeError):
-            problems.append(f"{name} is not a hex Ed25519 public key")
-    return Bundle(str(manifest.get("session_id")), records, keys, manifest, problems)
+            problems.append(f"{name} is not a hex Ed25519 public key or log verifier key")
+    proofs = None
+    if "log/proofs.json" in contents:
+        try:
+            proofs = json.loads(contents["log/proofs.json"])
+        except ValueError:
+            problems.append("log/proofs.json is not JSON")
+    return Bundle(str(manifest.get("session_id")), records, keys, manifest, problems,
+                  contents.get("log/checkpoint"), proofs, log_keys)  # fmt: skip
+
+
+def read_verifier_keys(text: str) -> dict[str, VerifyKey]:
+    """Log verifier keys, one per line (raises ValueError for a line that is not one)."""
+    from tapegate.log.note import parse_verifier_key
+
+    return dict(parse_verifier_key(line) for line in text.splitlines() if line.strip())

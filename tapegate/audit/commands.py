@@ -88,6 +88,19 @@ def add_commands(sub: Any) -> None:
         default=None,
         help="for FILEs: whose keys to trust (default: the config's data dir)",
     )
+    verify.add_argument(
+        "--since-checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="for a BUNDLE: your last known log checkpoint; the bundle's must extend it",
+    )
+    verify.add_argument(
+        "--trust-log",
+        type=Path,
+        action="append",
+        metavar="VKEYFILE",
+        help="for a BUNDLE: the log verifier key(s) to trust instead of the bundle's own",
+    )
     config_arg(verify)
     verify.set_defaults(func=cmd_verify)
 
@@ -278,8 +291,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"    tapegate verify {args.output.name}\n"
         "and compare the signing key's fingerprint it prints with the gateway's published one.\n"
     )
+    log_files = _log_files(archive, str(evidence.session_id))
     try:
-        manifest = write_bundle(args.output, evidence, trusted, verdict, report)
+        manifest = write_bundle(args.output, evidence, trusted, verdict, report, log_files)
     except OSError as exc:
         raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
     records = sum(e.get("records", 0) for e in manifest["files"])
@@ -288,6 +302,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"{len(evidence.pieces)} delivered object(s), verdict {verdict.status}"
     )
     return 0
+
+
+def _log_files(archive: Any, session_id: str) -> dict[str, bytes]:
+    """The session's place in the session log, for its bundle; none where the archive has no
+    log (yet) or the log does not hold the session's leaves."""
+    if not hasattr(archive, "log_sources"):
+        return {}
+    from tapegate.log.proofs import bundle_files
+
+    try:
+        return bundle_files(archive.log_sources(), session_id)
+    except (KeyFileError, OSError, ValueError) as exc:
+        print(f"tapegate: the bundle goes without its log proofs: {exc}", file=sys.stderr)
+        return {}
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -338,8 +366,56 @@ def _verify_bundle(args: argparse.Namespace, path: Path) -> bool:
     for kid, vk in keys.items():
         source = "pinned with --trust" if pinned is not None else "carried by the bundle"
         print(f"  signing key {kid.hex()} ({source}): public key {bytes(vk).hex()}")
+    log_ok = _verify_bundle_log(args, bundle, verdict, keys)
     print(format_verdict(verdict))
-    return verdict.intact and not bundle.problems
+    return verdict.intact and not bundle.problems and log_ok
+
+
+def _verify_bundle_log(
+    args: argparse.Namespace, bundle: Any, verdict: Verdict, keys: Keyring
+) -> bool:
+    """The bundle's log part: the session's leaves in a signed checkpoint (docs/LOG.md)."""
+    from tapegate.audit.bundle import read_verifier_keys
+    from tapegate.log.note import verifier_key
+    from tapegate.log.proofs import check_session_proofs
+
+    since = _read_arg_file(args.since_checkpoint) if args.since_checkpoint else None
+    if bundle.log_note is None:
+        print("  session log: no proofs in this bundle (the log did not hold the session yet)")
+        if since is not None:
+            print("  - cannot check it against --since-checkpoint")
+        return since is None
+    log_keys = bundle.log_keys
+    source = "carried by the bundle"
+    if args.trust_log:
+        try:
+            log_keys = {}
+            for path in args.trust_log:
+                log_keys |= read_verifier_keys(_read_arg_file(path).decode())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--trust-log: not a log verifier key ({exc})") from None
+        source = "pinned with --trust-log"
+    covering, problems = check_session_proofs(
+        bundle.log_note, bundle.log_proofs, bundle.session_id, log_keys, keys,
+        verdict.head_digest if verdict.final_seq is not None else None, verdict.chunks, since,
+    )  # fmt: skip
+    for name, key in log_keys.items():
+        print(f"  log key ({source}): {verifier_key(name, key)}")
+    if covering is not None:
+        cp = covering.checkpoint
+        extends = ", which extends --since-checkpoint" if since and not problems else ""
+        print(f"  session log: its open and close leaves are in {cp.origin}'s checkpoint of "
+              f"{cp.size} leaves{extends}")  # fmt: skip
+    for problem in problems:
+        print(f"  - {problem}")
+    return not problems
+
+
+def _read_arg_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _verify_files(args: argparse.Namespace, files: list[Path]) -> bool:

@@ -34,6 +34,10 @@ class NoteError(ValueError):
     """A checkpoint that cannot be parsed, or whose signature does not hold."""
 
 
+class ForgedNote(NoteError):
+    """A well-formed checkpoint that no trusted key signed, or whose signature does not hold."""
+
+
 def key_hash(name: str, public_key: bytes) -> bytes:
     return hashlib.sha256(name.encode() + b"\n" + bytes([ED25519]) + public_key).digest()[:4]
 
@@ -129,10 +133,10 @@ def parse_checkpoint(note: bytes, trusted: dict[str, VerifyKey]) -> SignedCheckp
         try:
             key.verify(text, blob[4:])
         except BadSignatureError:
-            raise NoteError(f"signature of {name} does not match the checkpoint") from None
+            raise ForgedNote(f"signature of {name} does not match the checkpoint") from None
         signers.append(name)
     if not signers:
-        raise NoteError("no trusted key signed this checkpoint")
+        raise ForgedNote("no trusted key signed this checkpoint")
     return SignedCheckpoint(checkpoint, note, tuple(signers))
 
 

@@ -30,8 +30,9 @@ from nacl.signing import VerifyKey
 
 from tapegate.archive import Index, ObjectStore
 from tapegate.log import merkle
+from tapegate.log.anchor import anchored_notes
 from tapegate.log.leaf import Leaf, LeafError, LeafKind, decode_leaf
-from tapegate.log.note import NoteError, SignedCheckpoint, parse_checkpoint
+from tapegate.log.note import ForgedNote, NoteError, SignedCheckpoint, parse_checkpoint
 from tapegate.log.sequencer import HISTORY, LATEST, read_note
 from tapegate.log.tiles import TileError, TileLog
 from tapegate.tape import TapeFormatError, decode_record, split_records
@@ -97,6 +98,8 @@ class LogSources:
     index: Index
     gateway_keys: Mapping[bytes, VerifyKey]  # leaf and chunk signatures
     log_keys: Mapping[str, VerifyKey]  # checkpoint signatures, by key name
+    origin: str = ""  # the log's origin: where its anchors are kept
+    anchors: ObjectStore | None = None  # the anchor bucket (or folder), when there is one
 
 
 def verify_log(
@@ -134,27 +137,41 @@ def verify_log(
 # -- checkpoints ------------------------------------------------------------------------------
 
 
-def _checkpoints(src: LogSources, verdict: LogVerdict) -> list[SignedCheckpoint]:
-    """Every stored checkpoint that a trusted key signed, oldest first."""
-    keys = sorted(src.log.list(src.log_prefix + HISTORY))
-    notes = [(k, read_note(src.log, k)) for k in keys]
+def stored_notes(src: LogSources) -> list[tuple[str, bytes]]:
+    """Every checkpoint note the log and its anchors hold, each once, with where it was."""
+    notes: list[tuple[str, bytes]] = []
+    for key in sorted(src.log.list(src.log_prefix + HISTORY)):
+        note = read_note(src.log, key)
+        if note is not None:
+            notes.append((key, note))
     latest = read_note(src.log, src.log_prefix + LATEST)
-    if latest is not None and all(note != latest for _, note in notes):
+    if latest is not None:
         notes.append((src.log_prefix + LATEST, latest))
+    if src.anchors is not None:
+        notes += [(f"anchor {key}", note) for key, note in anchored_notes(src.anchors, src.origin)]
+    seen: set[bytes] = set()
+    return [(k, n) for k, n in notes if not (n in seen or seen.add(n))]
+
+
+def read_checkpoints(src: LogSources) -> tuple[list[SignedCheckpoint], list[LogProblem]]:
+    """The stored checkpoints that a trusted key signed, oldest first, and a problem for each
+    of the others."""
     good: list[SignedCheckpoint] = []
-    for key, note in notes:
-        if note is None:
-            continue
+    bad: list[LogProblem] = []
+    for key, note in stored_notes(src):
         try:
             good.append(parse_checkpoint(note, dict(src.log_keys)))
+        except ForgedNote as exc:
+            bad.append(LogProblem(LogProblemKind.FORGED_CHECKPOINT, f"{key}: {exc}"))
         except NoteError as exc:
-            kind = (
-                LogProblemKind.FORGED_CHECKPOINT
-                if "trusted" in str(exc) or "signature" in str(exc)
-                else LogProblemKind.MALFORMED_CHECKPOINT
-            )
-            verdict.problems.append(LogProblem(kind, f"{key}: {exc}"))
+            bad.append(LogProblem(LogProblemKind.MALFORMED_CHECKPOINT, f"{key}: {exc}"))
     good.sort(key=lambda c: (c.checkpoint.time_ms, c.checkpoint.size))
+    return good, bad
+
+
+def _checkpoints(src: LogSources, verdict: LogVerdict) -> list[SignedCheckpoint]:
+    good, bad = read_checkpoints(src)
+    verdict.problems += bad
     verdict.checkpoints = len(good)
     return good
 
