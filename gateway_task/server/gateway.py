@@ -108,7 +108,7 @@ class Gateway:
 
     async def start(self) -> None:
         self.sink.bind(asyncio.get_running_loop())
-        self._heartbeat("start")
+        self._heartbeat("start", previous=self._chain_instance())
         if self.config.identity.is_dev:
             from gateway_task.dev_issuer import DevIssuerServer
 
@@ -172,6 +172,21 @@ class Gateway:
         if self._dev_issuer is not None:
             self._dev_issuer.stop()
 
+    def _chain_instance(self) -> str | None:
+        """The instance that last ran on this data dir, and this one in its place. On Fargate
+        each task starts on an empty disk, so there is no chain to keep: none is claimed."""
+        path = self.config.data_dir / "log-instance"
+        try:
+            previous = path.read_text().strip() or None
+        except OSError:
+            previous = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{self.leaves.instance}\n")
+        except OSError as exc:
+            log.warning("cannot keep the log's instance chain in %s: %s", path, exc.strerror)
+        return previous
+
     def _not_ready(self) -> str | None:
         if self._stopping:
             return "shutting down"
@@ -207,12 +222,13 @@ class Gateway:
         recorder.open()
         return recorder
 
-    def _heartbeat(self, state: str) -> None:
+    def _heartbeat(self, state: str, previous: str | None = None) -> None:
         """This instance is alive (or starting, or stopping): a leaf the log's verifier expects
         every `log.heartbeat_s`, so that a window with no leaves at all cannot pass unseen."""
         interval = self.config.log.heartbeat_s
         self._heartbeat_due = time.monotonic() + interval
-        leaf = self.leaves.heartbeat(state, interval, len(self.sessions), time.time_ns())
+        leaf = self.leaves.heartbeat(state, interval, len(self.sessions), time.time_ns(),
+                                     previous)  # fmt: skip
         self.metrics.inc("log_leaves")
         with contextlib.suppress(SinkError):  # kept for the sink's retry all the same
             self.sink.put([leaf])

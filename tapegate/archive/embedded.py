@@ -12,6 +12,7 @@ processed by one of them only, and a reader sees all of an object's effects or n
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -20,9 +21,12 @@ from pathlib import Path
 from tapegate.archive.local import DuckDBQuery, IndexBusy, LocalObjectStore, SqliteIndex
 from tapegate.config import Config
 from tapegate.keys import Keyring, LocalKeyStore
+from tapegate.log.note import NoteError
 from tapegate.log.sequencer import LogKey, Sequencer
 from tapegate.log.verify import LogSources
 from tapegate.pipeline import ObjectReport, Pipeline
+
+log = logging.getLogger("tapegate.archive")
 
 
 class LocalArchive:
@@ -41,6 +45,7 @@ class LocalArchive:
         self.log_store = LocalObjectStore(root / "log")
         self._log = config.log
         self._sequencer: Sequencer | None = None
+        self.sequence_refused: str | None = None  # why the sequencer stopped, if it did
         self._stopping = threading.Event()
         self._working = threading.Lock()  # held by a scan or sweep of this process
 
@@ -88,16 +93,25 @@ class LocalArchive:
                         return False
                     now_ms = time.time_ns() // 1_000_000
                     latest = self._sequencer.latest()
-                    if latest and now_ms - latest.checkpoint.time_ms < min_interval_s * 1000:
+                    age_ms = now_ms - latest.checkpoint.time_ms if latest else None
+                    # A clock stepped back (age below 0) waits for nothing: run() moves the
+                    # checkpoint's time past the last one's.
+                    if age_ms is not None and 0 <= age_ms < min_interval_s * 1000:
                         return False
                     return self._sequencer.run(now_ms) is not None
             except IndexBusy:
+                return False
+            except NoteError as exc:  # the log is not the one it signed: `log verify` says how
+                if str(exc) != self.sequence_refused:
+                    log.error("the session log's sequencer refuses to go on: %s", exc)
+                self.sequence_refused = str(exc)
                 return False
 
     def log_sources(self) -> LogSources:
         return LogSources(log=self.log_store, log_prefix="", evidence=self.evidence,
                           index=self.index, gateway_keys=self.trusted(),
-                          log_keys=self._keys.log_keys(self._log.origin))  # fmt: skip
+                          log_keys=self._keys.log_keys(self._log.origin),
+                          origin=self._log.origin)  # fmt: skip
 
     def sweep(self) -> list[str]:
         """Mark sessions open past the grace period as truncated (in one index transaction, so

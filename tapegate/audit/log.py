@@ -7,8 +7,10 @@ archive agree; 1 with every problem named; 2 for usage errors, as `verify` does.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import time
+from pathlib import Path
 from typing import Any
 
 from tapegate.cli.common import UsageError, config_arg, load, open_archive, parse_duration
@@ -35,6 +37,15 @@ def add_log_commands(sub: Any) -> None:
         help="only sessions and silences since DATE (2026-12-01, an ISO time, "
         "or a duration such as 7d)",
     )
+    verify.add_argument(
+        "--since-checkpoint",
+        metavar="FILE",
+        type=Path,
+        action="append",
+        default=[],
+        help="a checkpoint of this log you kept (an anchor, an earlier bundle's): the log must "
+        "extend it (repeatable)",
+    )
     config_arg(verify)
     verify.set_defaults(func=cmd_log_verify)
 
@@ -45,14 +56,23 @@ def parse_since(text: str) -> int:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
         try:
-            return time.time_ns() - parse_duration(text) * 10**9
+            ns = time.time_ns() - parse_duration(text) * 10**9
+            if ns < 0:
+                raise UsageError(f"--since {text!r}: out of range")
+            return ns
         except UsageError:
             raise UsageError(
                 f"--since {text!r}: use a date (2026-12-01), an ISO time or a duration (7d)"
             ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp() * 10**9)
+    try:
+        ns = int(when.timestamp() * 10**9)
+    except (OverflowError, OSError, ValueError):
+        ns = -1
+    if not 0 <= ns < 2**63:
+        raise UsageError(f"--since {text!r}: out of range")
+    return ns
 
 
 def cmd_log_verify(args: argparse.Namespace) -> int:
@@ -61,8 +81,14 @@ def cmd_log_verify(args: argparse.Namespace) -> int:
     archive = open_archive(config)  # locally: indexes and sequences what was delivered
     if not hasattr(archive, "log_sources"):
         raise UsageError("this archive kind has no session log to verify")
+    known = []
+    for path in args.since_checkpoint:
+        try:
+            known.append(path.read_bytes())
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     try:
-        sources = archive.log_sources()
+        sources = dataclasses.replace(archive.log_sources(), known=tuple(known))
         verdict = verify_log(sources, now_ns=time.time_ns(), since_ns=since)
     except (KeyFileError, NoteError, OSError) as exc:
         raise UsageError(f"cannot verify the log: {exc}") from None

@@ -126,6 +126,8 @@ def encode_leaf(
 def decode_leaf(raw: bytes) -> Leaf:
     if len(raw) < MIN_LEAF_BYTES:
         raise LeafError(f"leaf of {len(raw)} bytes is shorter than the minimum")
+    if len(raw) > MAX_LEAF_BYTES:
+        raise LeafError(f"leaf of {len(raw)} bytes is longer than {MAX_LEAF_BYTES}")
     magic, version, flags, length, inst, counter, sealed_ns, kid, body_len = FIXED.unpack_from(raw)
     if magic != LEAF_MAGIC:
         raise LeafError(f"bad magic {magic!r}")
@@ -137,8 +139,8 @@ def decode_leaf(raw: bytes) -> Leaf:
         raise LeafError("record_len does not match the leaf's parts")
     try:
         body = json.loads(raw[FIXED_LEN : FIXED_LEN + body_len].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise LeafError(f"body is not UTF-8 JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # nesting: RecursionError
+        raise LeafError(f"body is not UTF-8 JSON: {str(exc)[:80]}") from None
     if not isinstance(body, dict) or not isinstance(body.get("kind"), str):
         raise LeafError("body is not an object with a kind")
     raw = bytes(raw)
@@ -206,17 +208,26 @@ class LeafWriter:
             },
         )
 
-    def heartbeat(self, state: str, interval_s: int, open_sessions: int, now_ns: int) -> bytes:
-        return self._leaf(
-            now_ns,
-            {
-                "kind": LeafKind.HEARTBEAT.value,
-                "gateway": self.gateway,
-                "state": state,
-                "interval_s": interval_s,
-                "open_sessions": open_sessions,
-            },
-        )
+    def heartbeat(
+        self,
+        state: str,
+        interval_s: int,
+        open_sessions: int,
+        now_ns: int,
+        previous: str | None = None,
+    ) -> bytes:
+        """`previous`, in the start heartbeat: the instance that ran on this data dir before,
+        so that one removed whole (every leaf of it) shows as missing from the chain."""
+        body: dict[str, Any] = {
+            "kind": LeafKind.HEARTBEAT.value,
+            "gateway": self.gateway,
+            "state": state,
+            "interval_s": interval_s,
+            "open_sessions": open_sessions,
+        }
+        if previous is not None:
+            body["previous"] = previous
+        return self._leaf(now_ns, body)
 
     def refusals(self, source: str, count: int, first_ns: int, last_ns: int, now_ns: int) -> bytes:
         return self._leaf(

@@ -20,6 +20,7 @@ import binascii
 import datetime as dt
 import hashlib
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nacl.exceptions import BadSignatureError
@@ -28,6 +29,8 @@ from nacl.signing import SigningKey, VerifyKey
 ED25519 = 0x01
 EM_DASH = "\u2014"
 _NAME = re.compile(r"^[^\s+]+$")
+_SIZE = re.compile(r"^(0|[1-9][0-9]{0,18})\Z", re.ASCII)
+_TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z\Z", re.ASCII)
 
 
 class NoteError(ValueError):
@@ -88,9 +91,12 @@ class SignedCheckpoint:
     signers: tuple[str, ...]  # the names of the trusted keys whose signature holds
 
 
-def parse_checkpoint(note: bytes, trusted: dict[str, VerifyKey]) -> SignedCheckpoint:
-    """Parse a note and check its signatures against `trusted` (name → key). Raises NoteError
-    when it is malformed or no trusted key signed it."""
+def parse_checkpoint(
+    note: bytes, trusted: Mapping[str, VerifyKey | Sequence[VerifyKey]]
+) -> SignedCheckpoint:
+    """Parse a note and check its signatures against `trusted` (name → key, or the keys of a
+    rotation). Raises NoteError when it is malformed, ForgedNote when no trusted key signed
+    it."""
     text, sep, sigs = note.partition(b"\n\n")
     if not sep or not sigs.endswith(b"\n"):
         raise NoteError("not a signed note: no blank line before the signatures")
@@ -102,49 +108,55 @@ def parse_checkpoint(note: bytes, trusted: dict[str, VerifyKey]) -> SignedCheckp
     if len(lines) < 3:
         raise NoteError("a checkpoint has at least three lines")
     origin, size_text, root_text, *extensions = lines
-    if not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
-        raise NoteError(f"tree size {size_text!r} is not a decimal number")
-    try:
-        root = base64.b64decode(root_text, validate=True)
-    except binascii.Error:
-        raise NoteError("root hash is not base64") from None
+    if not _SIZE.match(size_text):
+        raise NoteError(f"tree size {size_text[:30]!r} is not a decimal number")
+    root = _b64(root_text, "root hash")
     if len(root) != 32:
         raise NoteError(f"root hash has {len(root)} bytes, not 32")
-    time_ms = None
-    for line in extensions:
-        if line.startswith("time "):
-            time_ms = _parse_time(line[5:])
-    if time_ms is None:
-        raise NoteError("checkpoint has no time line")
-    checkpoint = Checkpoint(origin, int(size_text), root, time_ms)
+    times = [line[5:] for line in extensions if line.startswith("time ")]
+    if len(times) != 1:
+        raise NoteError("a checkpoint has exactly one time line")
+    checkpoint = Checkpoint(origin, int(size_text), root, _parse_time(times[0]))
     signers = []
     for line in sigs.decode("utf-8", "replace").split("\n")[:-1]:
         parts = line.split(" ")
         if len(parts) != 3 or parts[0] != EM_DASH or not _NAME.match(parts[1]):
             raise NoteError(f"malformed signature line {line[:60]!r}")
         name = parts[1]
-        try:
-            blob = base64.b64decode(parts[2], validate=True)
-        except binascii.Error:
-            raise NoteError("signature is not base64") from None
-        key = trusted.get(name)
-        if key is None or len(blob) != 68 or blob[:4] != key_hash(name, bytes(key)):
-            continue  # someone else's signature: neither trusted nor an error
-        try:
-            key.verify(text, blob[4:])
-        except BadSignatureError:
-            raise ForgedNote(f"signature of {name} does not match the checkpoint") from None
-        signers.append(name)
+        blob = _b64(parts[2], "signature")
+        for key in _keys(trusted.get(name)):
+            if len(blob) != 68 or blob[:4] != key_hash(name, bytes(key)):
+                continue  # someone else's signature: neither trusted nor an error
+            try:
+                key.verify(text, blob[4:])
+            except BadSignatureError:
+                raise ForgedNote(f"signature of {name} does not match the checkpoint") from None
+            signers.append(name)
     if not signers:
         raise ForgedNote("no trusted key signed this checkpoint")
     return SignedCheckpoint(checkpoint, note, tuple(signers))
 
 
+def _keys(held: VerifyKey | Sequence[VerifyKey] | None) -> Sequence[VerifyKey]:
+    if held is None:
+        return ()
+    return (held,) if isinstance(held, VerifyKey) else held
+
+
+def _b64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error, or characters outside ASCII
+        raise NoteError(f"{what} is not base64") from None
+
+
 def _parse_time(text: str) -> int:
+    if not _TIME.match(text):
+        raise NoteError(f"time {text[:40]!r} is not RFC 3339 UTC with milliseconds")
     try:
         stamp = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
     except ValueError:
-        raise NoteError(f"time {text!r} is not RFC 3339 UTC with milliseconds") from None
+        raise NoteError(f"time {text!r} is not a valid date and time") from None
     return _ms(stamp)
 
 

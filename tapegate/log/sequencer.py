@@ -13,6 +13,10 @@ concurrency 1. Each run:
 A run that dies between 2 and 3 leaves tiles past the signed size, which the next run writes
 over; between 3 and 4, the next run appends those leaves again. Either way the signed tree only
 grows, and a leaf appended twice is a duplicate, which the verifier ignores (docs/LOG.md).
+
+It refuses to build on a log it did not sign: tiles that do not hash to its latest checkpoint,
+or earlier checkpoints without a latest one. (Whoever holds the log key can still sign anything;
+that is what anchors and the auditor's kept checkpoints are for.)
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from nacl.signing import SigningKey
 
 from tapegate.archive import Index
 from tapegate.log.note import Checkpoint, NoteError, SignedCheckpoint, parse_checkpoint
-from tapegate.log.tiles import Store, TileLog
+from tapegate.log.tiles import MAX_ENTRY_BYTES, Store, TileLog
 
 LATEST = "checkpoint"
 HISTORY = "checkpoints/"
@@ -44,6 +48,8 @@ def read_note(store: Store, key: str) -> bytes | None:
     try:
         return store.get(key)
     except FileNotFoundError:
+        return None
+    except OSError:  # a directory in its place, unreadable: there is no note to read
         return None
     except Exception as exc:  # S3's NoSuchKey
         if "NoSuchKey" in str(exc) or "404" in str(exc):
@@ -70,10 +76,20 @@ class Sequencer:
             raise NoteError(f"the log's latest checkpoint does not check out: {exc}") from None
 
     def run(self, now_ms: int) -> SignedCheckpoint | None:
-        """Append what is pending; the new checkpoint, or None when nothing was pending."""
+        """Append what is pending; the new checkpoint, or None when nothing was pending.
+
+        Raises NoteError rather than build on a log that is not the one it signed: a latest
+        checkpoint it cannot verify, tiles that do not hash to it, or no latest checkpoint
+        where earlier ones exist (a log removed to be started afresh)."""
         latest = self.latest()
+        if latest is None and self.store.list(self.prefix + HISTORY):
+            raise NoteError("the log's latest checkpoint is gone while earlier ones exist: "
+                            "not starting a new log over an old one")  # fmt: skip
         size = latest.checkpoint.size if latest is not None else 0
-        pending = self.index.pending_leaves(BATCH)
+        if latest is not None and self.tiles.root(size) != latest.checkpoint.root:
+            raise NoteError(f"the log's tiles do not hash to its latest checkpoint ({size} "
+                            "leaves): not building on them")  # fmt: skip
+        pending = [p for p in self.index.pending_leaves(BATCH) if len(p.raw) <= MAX_ENTRY_BYTES]
         if not pending:
             return None
         # Claim order, which is delivery order: an instance's counters may arrive out of order

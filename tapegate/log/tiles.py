@@ -143,6 +143,8 @@ class TileLog:
                 data = self.store.get(self.prefix + path)
             except (FileNotFoundError, KeyError):
                 continue
+            except OSError as exc:  # not a file (a directory put in its place), unreadable
+                raise TileError(f"tile {path} cannot be read: {exc.strerror}") from None
             except Exception as exc:  # an S3 NoSuchKey is botocore's ClientError
                 if "NoSuchKey" not in str(exc) and "404" not in str(exc):
                     raise

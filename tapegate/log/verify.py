@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -62,6 +62,9 @@ class LogProblemKind(StrEnum):
     SESSION_BROKEN = "session_broken"  # its chunks are there but do not verify as the log says
     NOT_IN_LOG = "not_in_log"  # an indexed session without its session_open leaf
     CLOSE_MISSING = "close_missing"  # an indexed, closed session without its session_close
+    STALE_LOG = "stale_log"  # the archive moved on and the log did not: the sequencer stopped
+    MISSING_INSTANCE = "missing_instance"  # an instance names a predecessor the log lacks
+    BAD_TIME = "bad_time"  # a time that cannot be (a session starting after now)
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,10 @@ class LogSources:
     evidence: ObjectStore  # the delivered objects
     index: Index
     gateway_keys: Mapping[bytes, VerifyKey]  # leaf and chunk signatures
-    log_keys: Mapping[str, VerifyKey]  # checkpoint signatures, by key name
-    origin: str = ""  # the log's origin: where its anchors are kept
+    log_keys: Mapping[str, VerifyKey | Sequence[VerifyKey]]  # checkpoint keys, by key name
+    origin: str = ""  # the log's origin: checkpoints of another are not this log's
     anchors: ObjectStore | None = None  # the anchor bucket (or folder), when there is one
+    known: Sequence[bytes] = ()  # checkpoints the auditor kept (--since-checkpoint)
 
 
 def verify_log(
@@ -124,13 +128,14 @@ def verify_log(
             )
         return verdict
     verdict.size, verdict.latest_ms = latest.checkpoint.size, latest.checkpoint.time_ms
-    _check_growth(checkpoints, tiles, verdict)
+    if not _check_growth(checkpoints, tiles, verdict):
+        return verdict  # a damaged tree: what its leaves say cannot be taken as said
     leaves = _leaves(tiles, latest, src, verdict)
-    if leaves is None:  # unreadable: judging sessions by a partial log would only add noise
+    if leaves is None:
         return verdict
     by_instance = _instances(leaves, verdict, now_ns, since_ns, slack_s)
     verdict.instances = len(by_instance)
-    _check_sessions(leaves, src, verdict, since_ns, latest.checkpoint.time_ms, lag_s)
+    _check_sessions(leaves, src, verdict, since_ns, now_ns, latest.checkpoint.time_ms, lag_s)
     return verdict
 
 
@@ -149,6 +154,7 @@ def stored_notes(src: LogSources) -> list[tuple[str, bytes]]:
         notes.append((src.log_prefix + LATEST, latest))
     if src.anchors is not None:
         notes += [(f"anchor {key}", note) for key, note in anchored_notes(src.anchors, src.origin)]
+    notes += [(f"known checkpoint {i + 1}", note) for i, note in enumerate(src.known)]
     seen: set[bytes] = set()
     return [(k, n) for k, n in notes if not (n in seen or seen.add(n))]
 
@@ -160,7 +166,10 @@ def read_checkpoints(src: LogSources) -> tuple[list[SignedCheckpoint], list[LogP
     bad: list[LogProblem] = []
     for key, note in stored_notes(src):
         try:
-            good.append(parse_checkpoint(note, dict(src.log_keys)))
+            signed = parse_checkpoint(note, dict(src.log_keys))
+            if src.origin and signed.checkpoint.origin != src.origin:
+                raise NoteError(f"a checkpoint of another log ({signed.checkpoint.origin[:60]})")
+            good.append(signed)
         except ForgedNote as exc:
             bad.append(LogProblem(LogProblemKind.FORGED_CHECKPOINT, f"{key}: {exc}"))
         except NoteError as exc:
@@ -176,7 +185,8 @@ def _checkpoints(src: LogSources, verdict: LogVerdict) -> list[SignedCheckpoint]
     return good
 
 
-def _check_growth(checkpoints: list[SignedCheckpoint], tiles: TileLog, verdict: LogVerdict) -> None:
+def _check_growth(checkpoints: list[SignedCheckpoint], tiles: TileLog, verdict: LogVerdict) -> bool:
+    """Forks, and the tiles against the latest root; False when the tree is damaged."""
     roots: dict[int, bytes] = {}
     for signed in checkpoints:
         cp = signed.checkpoint
@@ -201,7 +211,7 @@ def _check_growth(checkpoints: list[SignedCheckpoint], tiles: TileLog, verdict: 
                 f"the tiles do not hold them: {exc}",
             )
         )
-        return
+        return False
     if actual != latest.root:
         verdict.problems.append(
             LogProblem(
@@ -211,7 +221,7 @@ def _check_growth(checkpoints: list[SignedCheckpoint], tiles: TileLog, verdict: 
                 "reordered",
             )
         )
-        return
+        return False
     for older, newer in itertools.pairwise(checkpoints):
         a, b = older.checkpoint, newer.checkpoint
         if b.size < a.size:
@@ -237,6 +247,7 @@ def _check_growth(checkpoints: list[SignedCheckpoint], tiles: TileLog, verdict: 
                     f"of size {b.size}: {exc}",
                 )
             )
+    return True
 
 
 # -- leaves and instances -----------------------------------------------------------------------
@@ -302,6 +313,16 @@ def _instances(
         mine.sort(key=lambda leaf: (leaf.counter, leaf.digest))
         _counters(instance, mine, verdict)
         _silences(instance, mine, verdict, now_ns, since_ns, slack_s)
+        first = mine[0]
+        previous = first.body.get("previous") if first.counter == 0 else None
+        recent = since_ns is None or first.sealed_ns >= since_ns
+        if isinstance(previous, str) and previous not in groups and recent:
+            verdict.problems.append(LogProblem(
+                LogProblemKind.MISSING_INSTANCE,
+                f"instance {instance} started {_when_ns(first.sealed_ns)} after instance "
+                f"{previous} of the same data dir, which has no leaf in the log",
+                instance=previous,
+            ))  # fmt: skip
     return groups
 
 
@@ -386,12 +407,12 @@ def _check_sessions(
     src: LogSources,
     verdict: LogVerdict,
     since_ns: int | None,
+    now_ns: int,
     covered_ms: int,
     lag_s: int,
 ) -> None:
     opened: dict[str, Leaf] = {}
     closed: dict[str, Leaf] = {}
-    expired: set[str] = set()
     for leaf in leaves:
         sid = leaf.session_id
         if sid is None:
@@ -400,25 +421,36 @@ def _check_sessions(
             opened.setdefault(sid, leaf)
         elif leaf.kind == LeafKind.SESSION_CLOSE:
             closed.setdefault(sid, leaf)
-        elif leaf.kind == LeafKind.EXPIRED:
-            expired.add(sid)
+        # `expired` is reserved: nothing writes it yet, so none is taken to excuse a missing
+        # session (a gateway key alone must not be able to excuse one).
     evidence = _Evidence(src)
     in_scope = [
         sid for sid, leaf in opened.items() if since_ns is None or leaf.sealed_ns >= since_ns
     ]
     for sid in sorted(set(in_scope) | {s for s in closed if s not in opened}):
-        if sid in expired:
-            continue
         verdict.sessions += 1
         problem = _session(sid, opened.get(sid), closed.get(sid), src.index, evidence)
         if problem is not None:
             verdict.problems.append(problem)
-    # The other way round: what the index holds must be in the log, once the sequencer caught up.
-    horizon_ns = (covered_ms - lag_s * 1000) * 1_000_000
+    # The other way round: what the index holds must be in the log, once the sequencer caught
+    # up; what is newer than that must not be older than the lag allowance.
+    lag_ns = lag_s * 1_000_000_000
+    horizon_ns = covered_ms * 1_000_000 - lag_ns
+    newer = 0
     for record in src.index.sessions(since_ns=since_ns):
         sid = record.session_id
-        started = record.started_ns or record.last_seen_ns
-        if sid in opened or sid in expired or (started or 0) > horizon_ns:
+        started = record.started_ns or record.last_seen_ns or 0
+        if started > now_ns + lag_ns:
+            verdict.problems.append(LogProblem(
+                LogProblemKind.BAD_TIME,
+                f"session {sid} is indexed as starting {_when_ns(started)}, after now",
+                session_id=sid,
+            ))  # fmt: skip
+            continue
+        if sid in opened:
+            continue
+        if started > horizon_ns:
+            newer += 1
             continue
         verdict.problems.append(
             LogProblem(
@@ -437,6 +469,15 @@ def _check_sessions(
                     session_id=sid,
                 )
             )
+    pending = src.index.pending_leaves(1)
+    behind = now_ns - covered_ms * 1_000_000 > lag_ns
+    if behind and (newer or pending):
+        what = f"{newer} newer session(s)" if newer else "leaves waiting to be sequenced"
+        verdict.problems.append(LogProblem(
+            LogProblemKind.STALE_LOG,
+            f"the latest checkpoint is of {_when(covered_ms)} and the archive holds {what}: "
+            "the sequencer has stopped, or is being kept from the log",
+        ))  # fmt: skip
 
 
 def _session(

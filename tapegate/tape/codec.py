@@ -237,7 +237,7 @@ def decode_record(raw: bytes, events: bool = True) -> Record:
             meta_bytes = b'{"events":[]' + meta_bytes[close + 2 :]
     try:
         meta = json.loads(meta_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # nesting: RecursionError
         if events_json is not None:  # not the layout after all: parse it whole
             return decode_record(raw, events=True)
         raise TapeFormatError(f"meta is not UTF-8 JSON: {exc}") from None

@@ -29,15 +29,24 @@ class Fleet:
         self.signer = keys.signing_key()
         self.auditors = keys.auditor_public_keys()
         self.now = T0
+        self.name = name
         self.leaves = LeafWriter(self.signer, name)
+        self.previous: str | None = None  # the instance before this one, on this data dir
         self.pending: list[bytes] = []  # the next delivery object's records
         self.delivered = 0
+
+    def restart(self) -> str:
+        """A new process run of the gateway: a new instance, chained to the one before."""
+        self.previous = str(self.leaves.instance)
+        self.leaves = LeafWriter(self.signer, self.name)
+        return str(self.leaves.instance)
 
     def tick(self, seconds: float) -> None:
         self.now += int(seconds * 1e9)
 
     def heartbeat(self, state: str = "running") -> bytes:
-        leaf = self.leaves.heartbeat(state, HEARTBEAT_S, 0, self.now)
+        previous = self.previous if state == "start" else None
+        leaf = self.leaves.heartbeat(state, HEARTBEAT_S, 0, self.now, previous)
         self.pending.append(leaf)
         return leaf
 

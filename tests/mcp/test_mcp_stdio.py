@@ -137,8 +137,10 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    status = Path(f"/proc/{pid}/stat")
-    return status.exists() and status.read_text().split()[2] != "Z"  # a zombie is gone too
+    try:  # it may be reaped between the two looks: gone, then
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie is gone too
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def test_each_session_has_its_own_process_which_ends_with_its_tape(sgw: Stdio) -> None:
