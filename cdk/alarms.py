@@ -13,6 +13,7 @@ from constructs import Construct
 from cdk.gateway import Gateway
 from cdk.ingest import Ingest
 from cdk.pipeline import Pipeline
+from cdk.session_log import SessionLog
 from cdk.settings import Settings
 from cdk.storage import Storage
 
@@ -31,6 +32,7 @@ class Alarms(Construct):
         pipeline: Pipeline,
         gateway: Gateway,
         export_function_errors: cloudwatch.IMetric,
+        session_log: SessionLog,
     ) -> None:
         super().__init__(scope, id)
         self.topic = sns.Topic(self, "Topic", master_key=storage.key, enforce_ssl=True,
@@ -63,6 +65,17 @@ class Alarms(Construct):
                 period=Duration.minutes(1)), 1,
              "Gateway tasks failing /readyz (archive failing or task unhealthy)"),
             ("ExportErrors", export_function_errors, 1, "The compliance export failed"),
+            ("LogProblems", cloudwatch.Metric(
+                namespace="tapegate", metric_name="LogProblems", statistic="Maximum",
+                dimensions_map={"service": "tapegate-log-anchor"}, period=Duration.days(1)), 1,
+             "The session log does not agree with the archive (a session deleted, a gap, a "
+             "fork): see the anchor function's log"),
+            ("LogErrors", cloudwatch.MathExpression(
+                expression="s + a", using_metrics={
+                    "s": session_log.sequencer.metric_errors(period=Duration.minutes(15)),
+                    "a": session_log.anchor.metric_errors(period=Duration.minutes(15))},
+                period=Duration.minutes(15)), 1,
+             "The session log's sequencer or anchor failed (leaves wait; see their logs)"),
         ]  # fmt: skip
         self.alarms: dict[str, cloudwatch.Alarm] = {}
         for name, metric, threshold, description in rows:

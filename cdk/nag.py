@@ -18,7 +18,11 @@ def logical_id(construct: IConstruct) -> str:
 
 
 def objects_of(construct: IConstruct, suffix: str = "/*") -> str:
-    """The IAM5 finding id for `<construct's ARN><suffix>`, e.g. every object of a bucket."""
+    """The IAM5 finding id for `<construct's ARN><suffix>`, e.g. every object of a bucket. A
+    bucket imported by ARN (not in this stack) is named by its literal ARN."""
+    imported = not isinstance(construct.node.default_child, CfnElement)
+    if imported and hasattr(construct, "bucket_arn"):
+        return f"AwsSolutions-IAM5[Resource::{construct.bucket_arn}{suffix}]"
     return f"AwsSolutions-IAM5[Resource::<{logical_id(construct)}.Arn>{suffix}]"
 
 

@@ -68,6 +68,16 @@ class Settings:
     # Bump to rotate: a new key pair, with the old public keys still trusted (cdk/keys.py).
     gateway_key_generation: int = 1
     export_key_generation: int = 1
+    # The session log (docs/LOG.md): its origin (default "<name>.tapegate/log"), how often the
+    # sequencer runs, the daily anchor: its own compliance-locked bucket unless one is named by
+    # ARN (another account's, say), how long anchors are kept, and an optional RFC 3161 TSA.
+    log_origin: str = ""
+    log_schedule: str = "rate(1 minute)"
+    anchor_schedule: str = "cron(30 0 * * ? *)"
+    anchor_bucket_arn: str | None = None
+    anchor_retention_days: int = 0  # 0: retention_days
+    tsa_url: str | None = None
+    log_key_generation: int = 1
 
     @classmethod
     def from_context(cls, node: Node) -> Settings:
@@ -154,7 +164,39 @@ class Settings:
         )
         if settings.max_count < settings.desired_count:
             raise SettingsError("max_count", "must be at least desired_count")
-        return settings
+        return _with_log(settings, get)
+
+
+def _with_log(settings: Settings, get: Any) -> Settings:
+    """The session log's settings, checked like the rest."""
+    from dataclasses import replace
+
+    d = Settings()
+    origin = _str(get("log_origin"), "log_origin", "") or f"{settings.name}.tapegate/log"
+    if any(c.isspace() or c == "+" for c in origin):
+        raise SettingsError("log_origin", "one word without spaces or '+' (it names the key)")
+    schedules = {}
+    for key in ("log_schedule", "anchor_schedule"):
+        schedules[key] = _str(get(key), key, getattr(d, key))
+        if not _SCHEDULE.match(schedules[key]):
+            raise SettingsError(key, "rate(...), cron(...) or at(...)")
+    arn = _str(get("anchor_bucket_arn"), "anchor_bucket_arn", "") or None
+    if arn is not None and not re.fullmatch(r"arn:aws[a-z-]*:s3:::[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
+                                            arn):  # fmt: skip
+        raise SettingsError("anchor_bucket_arn", "an S3 bucket ARN, arn:aws:s3:::NAME")
+    tsa = _str(get("tsa_url"), "tsa_url", "") or None
+    if tsa is not None and not tsa.startswith(("https://", "http://")):
+        raise SettingsError("tsa_url", "an http(s):// URL of an RFC 3161 timestamp authority")
+    retention = _int(get("anchor_retention_days"), "anchor_retention_days", 0, 0, 36500)
+    return replace(
+        settings,
+        log_origin=origin,
+        anchor_bucket_arn=arn,
+        anchor_retention_days=retention or settings.retention_days,
+        tsa_url=tsa,
+        log_key_generation=_int(get("log_key_generation"), "log_key_generation", 1, 1, 10**6),
+        **schedules,
+    )
 
 
 def _parsed(raw: Any) -> Any:

@@ -17,6 +17,7 @@ from cdk.ingest import Ingest
 from cdk.keys import KeyGenerator, KeyPair
 from cdk.nag import acknowledge, objects_of
 from cdk.pipeline import Pipeline
+from cdk.session_log import SessionLog
 from cdk.settings import Settings
 from cdk.storage import Storage
 
@@ -59,6 +60,11 @@ class TapegateStack(Stack):
             settings=settings, storage=self.storage, index=self.index,
             gateway_key=self.gateway_key,
         )  # fmt: skip
+        self.log = SessionLog(
+            self, "Log",
+            settings=settings, storage=self.storage, index=self.index, generator=generator,
+            gateway_key=self.gateway_key,
+        )  # fmt: skip
         self.analytics = Analytics(self, "Analytics", settings=settings, storage=self.storage)
         self.exports = ComplianceExports(
             self, "Exports",
@@ -83,6 +89,8 @@ class TapegateStack(Stack):
             [
                 self.access.role,
                 self.pipeline.function.role,  # type: ignore[list-item]
+                self.log.sequencer.role,  # type: ignore[list-item]
+                self.log.anchor.role,  # type: ignore[list-item]
                 self.ingest.stream.grant_principal,
             ],  # type: ignore[list-item]
             settings.auditor_principals,
@@ -97,6 +105,7 @@ class TapegateStack(Stack):
             settings=settings, storage=self.storage, ingest=self.ingest,
             pipeline=self.pipeline, gateway=self.gateway,
             export_function_errors=self.exports.function.metric_errors(),
+            session_log=self.log,
         )  # fmt: skip
         self._acknowledge_library_findings()
         outputs = {
@@ -109,6 +118,9 @@ class TapegateStack(Stack):
             "GlueDatabase": self.analytics.database_name,
             "GatewayPublicKeyParameter": self.gateway_key.parameter_name,
             "ExportPublicKeyParameter": self.export_key.parameter_name,
+            "LogPublicKeyParameter": self.log.key.parameter_name,
+            "LogOrigin": self.log.origin,
+            "AnchorBucket": self.log.anchors.bucket_name,
             "AuditorRoleArn": self.access.role.role_arn,
             "AuditorPolicyArn": self.access.policy.managed_policy_arn,
             "BreakGlassRoleArn": self.storage.break_glass.role_arn,
@@ -144,8 +156,9 @@ class TapegateStack(Stack):
                     "s3:PutBucketNotification for the bucket CDK configures, as CDK writes it.",
                 )
             if child.node.id.startswith("SchedulerRoleForTarget"):
-                acknowledge(
-                    child,
-                    objects_of(self.exports.function, ":*"),
-                    "The schedule may invoke any version of the export function.",
-                )
+                for function in (self.exports.function, self.log.sequencer, self.log.anchor):
+                    acknowledge(
+                        child,
+                        objects_of(function, ":*"),
+                        "A schedule may invoke any version of the function it runs.",
+                    )

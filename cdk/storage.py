@@ -118,6 +118,10 @@ class Storage(Construct):
             removal_policy=RemovalPolicy.RETAIN,
         )  # fmt: skip
 
+    def deny_destruction(self, bucket: s3.Bucket) -> None:
+        """No principal but the break-glass role may delete from `bucket` or loosen its lock."""
+        self._deny_destruction(bucket)
+
     def _deny_destruction(self, bucket: s3.Bucket) -> None:
         bucket.add_to_resource_policy(iam.PolicyStatement(
             sid="OnlyBreakGlassDeletes",

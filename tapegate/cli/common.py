@@ -53,7 +53,8 @@ def open_archive(config: Config) -> Any:  # an object with .index and .query_eng
     if config.archive.kind == "aws":
         from tapegate.archive.remote import AwsArchive
 
-        return AwsArchive(config.archive, progress=_progress if sys.stderr.isatty() else None)
+        return AwsArchive(config.archive, progress=_progress if sys.stderr.isatty() else None,
+                          origin=config.log.origin)  # fmt: skip
     from tapegate.archive.embedded import LocalArchive
 
     archive = LocalArchive(config)

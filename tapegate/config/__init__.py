@@ -109,6 +109,11 @@ class ArchiveConfig:
     # `tapegate up` with the folder sink also runs the pipeline (the embedded archive); off, it
     # only records, as on Fargate where the pipeline runs in Lambda.
     embedded_pipeline: bool = True
+    # The session log on AWS (docs/LOG.md): the SSM parameter with its public key(s) (hex, the
+    # stack's LogPublicKeyParameter output), and the anchor bucket (AnchorBucket). Its origin is
+    # log.origin (the stack's LogOrigin output).
+    log_public_key_param: str | None = None
+    anchor_bucket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -394,6 +399,8 @@ def _archive(raw: Any) -> ArchiveConfig:
         "database",
         "public_key_param",
         "auditor_key",
+        "log_public_key_param",
+        "anchor_bucket",
     }
     check_only(m, "archive", keys | {"embedded_pipeline"})
     embedded = m.get("embedded_pipeline", True)

@@ -124,7 +124,7 @@ def parse_checkpoint(
             raise NoteError(f"malformed signature line {line[:60]!r}")
         name = parts[1]
         blob = _b64(parts[2], "signature")
-        for key in _keys(trusted.get(name)):
+        for key in key_list(trusted.get(name)):
             if len(blob) != 68 or blob[:4] != key_hash(name, bytes(key)):
                 continue  # someone else's signature: neither trusted nor an error
             try:
@@ -137,7 +137,7 @@ def parse_checkpoint(
     return SignedCheckpoint(checkpoint, note, tuple(signers))
 
 
-def _keys(held: VerifyKey | Sequence[VerifyKey] | None) -> Sequence[VerifyKey]:
+def key_list(held: VerifyKey | Sequence[VerifyKey] | None) -> Sequence[VerifyKey]:
     if held is None:
         return ()
     return (held,) if isinstance(held, VerifyKey) else held

@@ -25,7 +25,13 @@ from nacl.signing import VerifyKey
 
 from tapegate.log import merkle
 from tapegate.log.leaf import LeafError, LeafKind, decode_leaf
-from tapegate.log.note import NoteError, SignedCheckpoint, parse_checkpoint, verifier_key
+from tapegate.log.note import (
+    NoteError,
+    SignedCheckpoint,
+    key_list,
+    parse_checkpoint,
+    verifier_key,
+)
 from tapegate.log.tiles import TileLog
 from tapegate.log.verify import LogSources, read_checkpoints
 
@@ -173,7 +179,10 @@ def bundle_files(src: LogSources, session_id: str) -> dict[str, bytes]:
     covering = good[-1]
     doc = session_proofs(TileLog(src.log, src.log_prefix), covering, positions, good[:-1])
     vkeys = [
-        verifier_key(name, key) for name, key in src.log_keys.items() if name in covering.signers
+        verifier_key(name, key)
+        for name, held in src.log_keys.items()
+        if name in covering.signers
+        for key in key_list(held)
     ]
     return {
         "log/checkpoint": covering.note,

@@ -198,16 +198,20 @@ def test_evidence_and_exports_are_versioned_and_object_locked(template, tmp_path
         lid: b["Properties"] for lid, b in resources(template, "AWS::S3::Bucket").items()
         if b["Properties"].get("ObjectLockEnabled")
     }  # fmt: skip
-    assert sorted(lid[:14] for lid in locked) == ["StorageEvidenc", "StorageExports"]
-    for props in locked.values():
+    assert sorted(lid[:14] for lid in locked) == ["LogAnchorsD8BD", "StorageEvidenc",
+                                                  "StorageExports"]  # fmt: skip
+    for lid, props in locked.items():
         assert props["VersioningConfiguration"] == {"Status": "Enabled"}
         rule = props["ObjectLockConfiguration"]["Rule"]["DefaultRetention"]
-        assert rule == {"Mode": "GOVERNANCE", "Days": 365}
+        # The session log's anchors are in compliance mode whatever lock_mode says: an anchor
+        # is what a rewritten log is caught against, so no one may remove it early.
+        mode = "COMPLIANCE" if lid.startswith("LogAnchors") else "GOVERNANCE"
+        assert rule == {"Mode": mode, "Days": 365}
     strict = synth(tmp_path, lock_mode="compliance", retention_days="2555")
     modes = [b["Properties"]["ObjectLockConfiguration"]["Rule"]["DefaultRetention"]
              for b in resources(strict, "AWS::S3::Bucket").values()
              if b["Properties"].get("ObjectLockEnabled")]  # fmt: skip
-    assert modes == [{"Mode": "COMPLIANCE", "Days": 2555}] * 2
+    assert modes == [{"Mode": "COMPLIANCE", "Days": 2555}] * 3
 
 
 # -- the pipeline ------------------------------------------------------------------------------
@@ -244,6 +248,8 @@ def test_lambdas_are_python_313_traced_and_configured(template) -> None:
     handlers = sorted(p["Handler"] for p in functions.values())
     assert handlers == ["lambdas.compliance_export.handler.lambda_handler",
                         "lambdas.keygen.handler.on_event",
+                        "lambdas.log_anchor.handler.lambda_handler",
+                        "lambdas.sequencer.handler.lambda_handler",
                         "lambdas.verify_index.handler.lambda_handler"]  # fmt: skip
     for props in functions.values():
         assert props["Runtime"] == "python3.13" and props["TracingConfig"]["Mode"] == "Active"
@@ -305,7 +311,8 @@ def test_named_queries_are_the_ones_tested_on_duckdb(template) -> None:
 
 
 def test_exports_run_daily_on_a_schedule(template) -> None:
-    (schedule,) = resources(template, "AWS::Scheduler::Schedule").values()
+    (schedule,) = [s for s in resources(template, "AWS::Scheduler::Schedule").values()
+                   if "ExportsExport" in flat(s["Properties"]["Target"]["Arn"])]  # fmt: skip
     props = schedule["Properties"]
     assert props["ScheduleExpression"] == "cron(15 1 * * ? *)"
     assert "scheduled_time" in props["Target"]["Input"]
@@ -394,8 +401,9 @@ def test_privatelink_only_when_asked(template, tmp_path) -> None:
 def test_alarms_page_on_tampering_failures_and_unhealthy_tasks(template) -> None:
     alarms = resources(template, "AWS::CloudWatch::Alarm")
     names = sorted(lid.removeprefix("Alarms")[:-8] for lid in alarms)
-    assert names == ["DeadLetters", "ExportErrors", "FirehoseDeliveryErrors", "TamperAlerts",
-                     "UnhealthyGatewayTasks", "VerificationFailures"]  # fmt: skip
+    assert names == ["DeadLetters", "ExportErrors", "FirehoseDeliveryErrors", "LogErrors",
+                     "LogProblems", "TamperAlerts", "UnhealthyGatewayTasks",
+                     "VerificationFailures"]  # fmt: skip
     for alarm in alarms.values():
         assert "AlarmsTopic" in flat(alarm["Properties"]["AlarmActions"])
 
@@ -420,6 +428,10 @@ def test_alarms_page_on_tampering_failures_and_unhealthy_tasks(template) -> None
         ({"targets": [{"name": "f", "protocol": "mcp", "command": ["x"],
                        "env": {"T": {"value_env": "T"}}}]}, "targets[0].env.T: use secret_arn"),
         ({"image_packages": ["nodejs; rm -rf /"]}, "image_packages: 'nodejs; rm -rf /' is not"),
+        ({"log_origin": "my log"}, "log_origin: one word without spaces"),
+        ({"anchor_bucket_arn": "anchors"}, "anchor_bucket_arn: an S3 bucket ARN"),
+        ({"tsa_url": "tsa.example.com"}, "tsa_url: an http(s):// URL"),
+        ({"log_schedule": "often"}, "log_schedule: rate(...), cron(...) or at(...)"),
     ],
 )  # fmt: skip
 def test_bad_settings_stop_synth_with_the_key_named(context, message) -> None:
@@ -476,10 +488,61 @@ def test_each_seed_is_readable_by_its_signer_alone(template) -> None:
         flat(p["Properties"]["SecretId"]): p["Properties"]["ResourcePolicy"]["Statement"]
         for p in policies
     }
-    assert len(denies) == 2
+    assert len(denies) == 3
     readers = sorted(
         flat(st["Condition"]["ArnNotEquals"]) for sts in denies.values() for st in sts
         if st["Effect"] == "Deny" and "secretsmanager:GetSecretValue" in actions(st)
     )  # fmt: skip
-    assert len(readers) == 2
+    assert len(readers) == 3
     assert "ExportsExportRole" in readers[0] and "GatewayTaskTaskRole" in readers[1]
+    assert "LogSequencerRole" in readers[2]  # the log key: the sequencer's alone
+
+
+# -- the session log ---------------------------------------------------------------------------
+
+
+def test_the_session_log_has_one_sequencer_a_daily_anchor_and_narrow_rights(template) -> None:
+    functions = {f["Properties"]["Handler"]: f["Properties"]
+                 for f in resources(template, "AWS::Lambda::Function").values()
+                 if f["Properties"].get("Handler", "").startswith("lambdas.")}  # fmt: skip
+    sequencer = functions["lambdas.sequencer.handler.lambda_handler"]
+    assert sequencer["ReservedConcurrentExecutions"] == 1  # the one writer of the log
+    env = sequencer["Environment"]["Variables"]
+    assert env["TAPEGATE_LOG_ORIGIN"] == "tapegate.tapegate/log"
+    anchor = functions["lambdas.log_anchor.handler.lambda_handler"]["Environment"]["Variables"]
+    assert anchor["TAPEGATE_LOG_PUBLIC_KEY_PARAM"] == "/tapegate/log-public-keys"
+    assert "LogAnchors" in flat(anchor["TAPEGATE_ANCHOR_BUCKET"])
+    schedules = {flat(s["Properties"]["Target"]["Arn"]): s["Properties"]["ScheduleExpression"]
+                 for s in resources(template, "AWS::Scheduler::Schedule").values()}  # fmt: skip
+    assert sorted(schedules.values()) == ["cron(15 1 * * ? *)", "cron(30 0 * * ? *)",
+                                          "rate(1 minute)"]  # fmt: skip
+    policy = policy_of(template, "LogSequencerRole")
+    by_action = {a: st for st in policy for a in actions(st)}
+    assert "StorageEvidence" in flat(by_action["s3:PutObject"]["Resource"])
+    assert "/index/pending_leaves" in flat(by_action["dynamodb:Query"]["Resource"])
+    assert not {"s3:DeleteObject", "dynamodb:DeleteItem", "dynamodb:Scan"} & by_action.keys()
+    anchor_policy = {a for st in policy_of(template, "LogAnchorRole") for a in actions(st)}
+    assert "s3:PutObject" in anchor_policy and "s3:DeleteObject" not in anchor_policy
+    (evidence_policy,) = [
+        p for p in resources(template, "AWS::S3::BucketPolicy").values()
+        if "StorageEvidence" in flat(p["Properties"]["Bucket"])
+    ]  # fmt: skip
+    readers = flat(evidence_policy["Properties"]["PolicyDocument"])
+    assert "LogSequencerRole" in readers and "LogAnchorRole" in readers
+
+
+def test_anchors_may_go_to_a_bucket_elsewhere(tmp_path) -> None:
+    template = synth(
+        tmp_path,
+        anchor_bucket_arn="arn:aws:s3:::audit-anchors-elsewhere",
+        tsa_url="https://tsa.example.com/",
+        log_origin="example.com/tapegate",
+    )
+    buckets = [lid for lid in resources(template, "AWS::S3::Bucket") if lid.startswith("Log")]
+    assert buckets == []
+    (anchor,) = [f["Properties"]["Environment"]["Variables"]
+                 for f in resources(template, "AWS::Lambda::Function").values()
+                 if "log_anchor" in f["Properties"].get("Handler", "")]  # fmt: skip
+    assert anchor["TAPEGATE_ANCHOR_BUCKET"] == "audit-anchors-elsewhere"
+    assert anchor["TAPEGATE_TSA_URL"] == "https://tsa.example.com/"
+    assert anchor["TAPEGATE_LOG_ORIGIN"] == "example.com/tapegate"
