@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and the demo drive for real.
-DEBIAN_PACKAGES := postgresql postgresql-client openssh-server openssh-client curl
+DEBIAN_PACKAGES := postgresql postgresql-client openssh-server openssh-client curl openssl
 
 # jsii (under aws-cdk-lib) warns at every start that Node 20 is past its end of life; it works.
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20

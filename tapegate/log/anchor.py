@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import secrets
 import urllib.request
 from collections.abc import Callable
 
@@ -69,17 +68,16 @@ def anchored_notes(anchors: Store, origin: str) -> list[tuple[str, bytes]]:
 
 def rfc3161_timestamper(url: str, timeout_s: float = 10.0) -> Timestamper:
     """Ask the TSA at `url` for a token over SHA-256(note) (rfc3161-client builds the request
-    and reads the answer: no ASN.1 here), and check that the token is over that note."""
+    and reads the answer: no ASN.1 here), and check that the token answers that request."""
 
     def stamp(note: bytes) -> bytes:
         import rfc3161_client
 
-        nonce = int.from_bytes(secrets.token_bytes(8), "big")
         request = (
             rfc3161_client.TimestampRequestBuilder()
             .data(note)
             .hash_algorithm(rfc3161_client.HashAlgorithm.SHA256)
-            .nonce(nonce)
+            .nonce(nonce=True)
             .cert_request(cert_request=True)
             .build()
         )
@@ -91,27 +89,29 @@ def rfc3161_timestamper(url: str, timeout_s: float = 10.0) -> Timestamper:
                 der = answer.read()
         except OSError as exc:
             raise AnchorError(f"timestamp authority {url}: {exc}") from None
-        check_token(der, note, nonce)
+        check_token(der, note, request.nonce)
         return der
 
     return stamp
 
 
 def check_token(der: bytes, note: bytes, nonce: int | None = None) -> dt.datetime:
-    """The token's time, once its message imprint is SHA-256 of `note` (and its nonce ours).
-    The TSA's signature and certificate chain are checked by whoever trusts that TSA, with
-    `rfc3161-client`'s verifier and the TSA's root."""
+    """The token's time, once it is a granted token whose message imprint is SHA-256 of `note`
+    (and whose nonce is ours). The TSA's signature and certificate chain are for whoever trusts
+    that TSA to check, with rfc3161-client's verifier and the TSA's root."""
     import rfc3161_client
 
     try:
         response = rfc3161_client.decode_timestamp_response(der)
+        status = int(response.status)
+        info = response.tst_info
     except ValueError as exc:
         raise AnchorError(f"not a timestamp response: {exc}") from None
-    if response.status != 0 and response.status != 1:  # granted, granted with modifications
-        raise AnchorError(f"the timestamp authority refused: status {response.status}")
-    info = response.tst_info
+    if status not in (0, 1):  # granted, granted with modifications
+        raise AnchorError(f"the timestamp authority refused: status {status}")
     if info.message_imprint.message != hashlib.sha256(note).digest():
         raise AnchorError("the timestamp token is over something else")
     if nonce is not None and info.nonce != nonce:
         raise AnchorError("the timestamp token answers another request (nonce)")
-    return info.gen_time
+    when = info.gen_time
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)

@@ -30,7 +30,7 @@ from nacl.signing import VerifyKey
 
 from tapegate.archive import Index, ObjectStore
 from tapegate.log import merkle
-from tapegate.log.anchor import anchored_notes
+from tapegate.log.anchor import AnchorError, anchored_notes, check_token
 from tapegate.log.leaf import Leaf, LeafError, LeafKind, decode_leaf
 from tapegate.log.note import ForgedNote, NoteError, SignedCheckpoint, parse_checkpoint
 from tapegate.log.sequencer import HISTORY, LATEST, read_note
@@ -65,6 +65,7 @@ class LogProblemKind(StrEnum):
     STALE_LOG = "stale_log"  # the archive moved on and the log did not: the sequencer stopped
     MISSING_INSTANCE = "missing_instance"  # an instance names a predecessor the log lacks
     BAD_TIME = "bad_time"  # a time that cannot be (a session starting after now)
+    BAD_TOKEN = "bad_token"  # an anchor's RFC 3161 token is not over that anchor
 
 
 @dataclass(frozen=True)
@@ -180,9 +181,25 @@ def read_checkpoints(src: LogSources) -> tuple[list[SignedCheckpoint], list[LogP
 
 def _checkpoints(src: LogSources, verdict: LogVerdict) -> list[SignedCheckpoint]:
     good, bad = read_checkpoints(src)
-    verdict.problems += bad
+    verdict.problems += bad + _tokens(src)
     verdict.checkpoints = len(good)
     return good
+
+
+def _tokens(src: LogSources) -> list[LogProblem]:
+    """Each anchor's RFC 3161 token, where there is one, must be over that anchor."""
+    if src.anchors is None:
+        return []
+    problems = []
+    for key, note in anchored_notes(src.anchors, src.origin):
+        token = read_note(src.anchors, key.removesuffix(".note") + ".tsr")
+        if token is None:
+            continue
+        try:
+            check_token(token, note)
+        except AnchorError as exc:
+            problems.append(LogProblem(LogProblemKind.BAD_TOKEN, f"{key}: {exc}"))
+    return problems
 
 
 def _check_growth(checkpoints: list[SignedCheckpoint], tiles: TileLog, verdict: LogVerdict) -> bool:
