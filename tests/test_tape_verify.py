@@ -96,8 +96,10 @@ def test_same_seq_different_content_is_a_conflict(session: Session) -> None:
     verdict = verify_session([*session.records, forged], session.trusted)
     conflicts = [p for p in verdict.problems if p.kind is ProblemKind.CONFLICT]
     assert [p.seq for p in conflicts] == [1]
-    # The first copy is kept: the chain through the original still checks out.
-    assert ProblemKind.BROKEN_LINK not in verdict.kinds()
+    # The copy with the lower digest is kept, whichever came first: the chain through it is
+    # judged (the forged copy does not link to the original chunk 2).
+    kept_forged = decode_record(forged).digest < decode_record(session.records[1]).digest
+    assert (ProblemKind.BROKEN_LINK in verdict.kinds()) == kept_forged
 
 
 def test_resigned_with_untrusted_key_is_rejected(session: Session) -> None:
@@ -126,8 +128,27 @@ def test_records_of_another_session_are_flagged(session: Session) -> None:
 
 
 def test_nothing_at_all() -> None:
+    """No record is not an open session: there is nothing to judge (docs/FORMAT.md)."""
     verdict = verify_session([], Keyring())
-    assert verdict.status == "open" and verdict.chunks == 0 and verdict.session_id is None
+    assert verdict.status == "broken" and verdict.chunks == 0 and verdict.session_id is None
+    assert verdict.kinds() == {ProblemKind.EMPTY}
+
+
+def test_the_verdict_does_not_depend_on_the_order_of_the_records(session: Session) -> None:
+    """Two validly signed copies of seq 1 (a forked writer): the same verdict, problems and
+    kept copy whichever comes first; and without a session id, the session most records
+    belong to is judged, not the first one's."""
+    fork = _resign(session.records[1], session.signer, seq=1)
+    fork = fork[:36] + (int.from_bytes(fork[36:44], "big") + 1).to_bytes(8, "big") + fork[44:]
+    fork = _resign(fork, session.signer)
+    one = [session.records[0], session.records[1], fork, *session.records[2:]]
+    two = [fork, *reversed(session.records)]
+    a, b = verify_session(one, session.trusted), verify_session(two, session.trusted)
+    assert ProblemKind.CONFLICT in a.kinds()
+    assert a.problems == b.problems and a.head_digest == b.head_digest
+    other = record_session(signer=session.signer, exchanges=1)
+    mixed = [other.records[0], *session.records]
+    assert verify_session(mixed, session.trusted).session_id == session.writer.session_id
 
 
 @settings(max_examples=300, deadline=None)

@@ -279,6 +279,19 @@ def decode_record(raw: bytes, events: bool = True) -> Record:
     )
 
 
+_SECTIONS = struct.Struct(">III")
+
+
+def _parts_length(data: bytes, pos: int, magic: bytes) -> int:
+    """What record_len must be, by the header's section lengths (the caller checked that the
+    whole header is there: record_len is at least the smallest record)."""
+    if magic == MAGIC:
+        payload, meta, index = _SECTIONS.unpack_from(data, pos + 84)
+        return record_length(payload, meta, index)
+    body = int.from_bytes(data[pos + 52 : pos + 56], "big")  # a leaf: tapegate/log/leaf.py
+    return 56 + body + SIGNATURE_LEN
+
+
 @dataclass(frozen=True, slots=True)
 class SplitError:
     offset: int
@@ -304,12 +317,18 @@ def split_records(data: bytes) -> tuple[list[bytes], list[SplitError]]:
         length = int.from_bytes(data[pos + 8 : pos + 12], "big")
         smallest = _MIN_BY_MAGIC.get(magic)
         sized = smallest is not None and smallest <= length <= MAX_RECORD_BYTES
-        if sized and pos + length <= end:
+        fits = sized and pos + length <= end
+        parts = _parts_length(data, pos, magic) if fits else None
+        if fits and parts == length:
             records.append(bytes(data[pos : pos + length]))
             pos += length
             continue
         if smallest is None:
             reason = "no record magic"
+        elif fits:
+            # A record_len that grew would swallow the records after it: the header's own
+            # section lengths must add up to it before anything is taken.
+            reason = f"record_len {length} does not match its sections ({parts} bytes)"
         elif sized:
             reason = f"record of {length} bytes runs past the end ({end - pos} left)"
         else:

@@ -8,6 +8,7 @@ raises for bad input: damaged bytes are a finding, not an exception.
 from __future__ import annotations
 
 import uuid
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -29,6 +30,7 @@ class ProblemKind(StrEnum):
     AFTER_FINAL = "after_final"  # chunks beyond the one marked final
     NO_FINAL = "no_final"  # the session is open, or was truncated
     OTHER_SESSION = "other_session"  # a record of another session was mixed in
+    EMPTY = "empty"  # no record at all: nothing to judge, which is not "open"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,22 +77,27 @@ def verify_session(
 ) -> Verdict:
     """Verify one session. `trusted` maps key id → Ed25519 public key (several during rotation).
 
-    When `session_id` is None the session is the one named by the first decodable record.
-    """
+    The verdict does not depend on the order of `records` (docs/FORMAT.md, "Verifying a
+    session"): when `session_id` is None the session is the one most decodable records belong
+    to (the lowest id on a tie); of two validly signed copies of one seq the one with the lower
+    digest is kept; problems come sorted by seq, then kind."""
     problems: list[Problem] = []
-    by_seq: dict[int, Record] = {}
-
+    decoded: list[Record] = []
     for raw in records:
         try:
-            rec = decode_record(raw)
+            decoded.append(decode_record(raw))
         except (TapeFormatError, ValueError, TypeError) as exc:
             problems.append(Problem(ProblemKind.UNDECODABLE, None, str(exc)))
-            continue
-        if session_id is None:
-            session_id = rec.session_id
+    if session_id is None:
+        session_id = _main_session(decoded)
+    by_seq: dict[int, Record] = {}
+    copies: dict[int, set[bytes]] = defaultdict(set)
+    mine = 0
+    for rec in decoded:
         if rec.session_id != session_id:
             problems.append(Problem(ProblemKind.OTHER_SESSION, rec.seq, str(rec.session_id)))
             continue
+        mine += 1
         key = trusted.get(rec.key_id)
         if key is None:
             problems.append(Problem(ProblemKind.UNKNOWN_KEY, rec.seq, f"key id {rec.key_id.hex()}"))
@@ -103,25 +110,44 @@ def verify_session(
         if seen is None:
             by_seq[rec.seq] = rec
         elif second_copy(seen.digest, digest) is Copy.CONFLICT:
-            # Both are validly signed: the first copy is kept, the clash is the finding.
-            problems.append(
-                Problem(
-                    ProblemKind.CONFLICT,
-                    rec.seq,
-                    f"digests {seen.digest.hex()[:16]} and {digest.hex()[:16]}",
-                )
-            )
-
+            # Both validly signed: the clash is the finding, and the copy kept is the one with
+            # the lower digest, whichever came first, so that the rest of the verdict is too.
+            copies[rec.seq] |= {seen.digest, digest}
+            if digest < seen.digest:
+                by_seq[rec.seq] = rec
+    for seq, digests in copies.items():
+        held = sorted(digests)
+        listed = " and ".join(d.hex()[:16] for d in held)
+        problems.append(Problem(ProblemKind.CONFLICT, seq,
+                                f"digests {listed}; {held[0].hex()[:16]} kept"))  # fmt: skip
+    if not mine and not problems:
+        problems.append(Problem(ProblemKind.EMPTY, None, "no record of the session"))
+    else:
+        chain = check_chain(by_seq.values())
+        problems += _chain_problems(chain, max(by_seq, default=None))
     chain = check_chain(by_seq.values())
-    problems += _chain_problems(chain, max(by_seq, default=None))
     return Verdict(
         session_id=session_id,
-        problems=tuple(problems),
+        problems=tuple(sorted(problems, key=_order)),
         chunks=len(by_seq),
         final_seq=chain.final_seq,
         head_digest=chain.head_digest,
         records=tuple(by_seq[s] for s in sorted(by_seq)),
     )
+
+
+_KINDS = {kind: i for i, kind in enumerate(ProblemKind)}
+
+
+def _order(problem: Problem) -> tuple[int, int, str]:
+    return (-1 if problem.seq is None else problem.seq, _KINDS[problem.kind], problem.detail)
+
+
+def _main_session(decoded: list[Record]) -> uuid.UUID | None:
+    counts = Counter(rec.session_id for rec in decoded)
+    if not counts:
+        return None
+    return min(counts, key=lambda sid: (-counts[sid], sid.bytes))
 
 
 def _chain_problems(chain: Chain, last_seq: int | None) -> list[Problem]:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
@@ -71,11 +72,77 @@ def record() -> list[bytes]:
     return out
 
 
-def resign(raw: bytes, seed: bytes) -> bytes:
+def resign(raw: bytes, seed: bytes, **fields: bytes) -> bytes:
+    """The record with header fields replaced (offset ranges as in docs/FORMAT.md), signed
+    again: what someone holding that key could write."""
     signer = SigningKey(seed)
     body = bytearray(raw[:-SIGNATURE_LEN])
+    for name, value in fields.items():
+        start, end = _FIELDS[name]
+        assert len(value) == end - start, name
+        body[start:end] = value
     body[76:84] = key_id(bytes(signer.verify_key))
     return bytes(body) + sign_digest(signer, hashlib.sha256(body).digest())
+
+
+_FIELDS = {"version": (4, 6), "session_id": (12, 28), "seq": (28, 36), "sealed_ns": (36, 44),
+           "prev_digest": (44, 76)}  # fmt: skip
+
+
+def problem_cases(records: list[bytes]) -> dict[str, tuple[list[bytes], str, list[Any]]]:
+    """A case for every kind of finding, derived from the intact session's records (so they
+    can be added without regenerating, and changing, the intact session)."""
+    r = records
+    digest = [decode_record(x).digest for x in r]
+    final = len(r) - 1
+    later = resign(
+        r[1], SIGNING_SEED, sealed_ns=(decode_record(r[1]).sealed_ns + 1).to_bytes(8, "big")
+    )
+    # Of two validly signed copies of one seq, the verdict keeps the one with the lower digest,
+    # whichever comes first: so both orders give one verdict.
+    kept_is_later = decode_record(later).digest < digest[1]
+    fork = [["conflict", 1]] + ([["broken_link", 2]] if kept_is_later else [])
+    beyond = resign(r[1], SIGNING_SEED, seq=(final + 1).to_bytes(8, "big"),
+                    prev_digest=digest[final])  # fmt: skip
+    other = resign(r[1], SIGNING_SEED, session_id=uuid.UUID(int=SESSION_ID.int + 1).bytes)
+    bad_version = resign(r[1], SIGNING_SEED, version=(9).to_bytes(2, "big"))
+    relinked = resign(r[2], SIGNING_SEED, prev_digest=bytes(32))
+    grown = bytearray(r[1])
+    grown[8:12] = (len(r[1]) + len(r[2])).to_bytes(4, "big")  # swallows chunk 2
+    other_session, prev = [], bytes(32)  # the session again under another id, re-chained
+    for x in r:
+        second = uuid.UUID(int=SESSION_ID.int + 2).bytes
+        other_session.append(resign(x, SIGNING_SEED, prev_digest=prev, session_id=second))
+        prev = decode_record(other_session[-1]).digest
+    return {
+        "conflict-copy-first": ([r[0], r[1], later, *r[2:]], "broken", fork),
+        "conflict-copy-second": ([r[0], later, r[1], *r[2:]], "broken", fork),
+        "broken-link-2": (
+            [*r[:2], relinked, *r[3:]],
+            "broken",
+            [["broken_link", 2], ["broken_link", 3]],
+        ),
+        "after-final": ([*r, beyond], "broken", [["after_final", final + 1]]),
+        "other-session-mixed-in": ([*r[:2], other, *r[2:]], "broken", [["other_session", 1]]),
+        "undecodable-version": (
+            [r[0], bad_version, *r[2:]],
+            "broken",
+            [["undecodable", None], ["missing", 1]],
+        ),
+        "set-aside-chunk-0": (
+            [resign(r[0], UNTRUSTED_SEED), *r[1:]],
+            "broken",
+            [["unknown_key", 0], ["missing", 0]],
+        ),
+        "set-aside-final": (
+            [*r[:-1], resign(r[-1], UNTRUSTED_SEED)],
+            "broken",
+            [["unknown_key", final], ["no_final", None]],
+        ),
+        "two-sessions-in-one-object": ([*other_session[:2], *r, *other_session[2:]], "intact", []),
+        "grown-record-len": ([r[0], bytes(grown), *r[2:]], "broken", [["missing", 1]]),
+        "empty": ([], "broken", [["empty", None]]),
+    }
 
 
 def main() -> None:
@@ -97,13 +164,11 @@ def main() -> None:
             "broken",
             [["unknown_key", 1], ["missing", 1]],
         ),
+        **problem_cases(records),
     }
     listing = []
     for name, (recs, status, problems) in cases.items():
-        (HERE / f"{name}.bin").write_bytes(b"".join(recs))
-        listing.append(
-            {"name": name, "file": f"{name}.bin", "status": status, "problems": problems}
-        )
+        listing.append(_write_case(name, recs, status, problems, records))
     decoded = [decode_record(r) for r in records]
     auditor = PrivateKey(AUDITOR_SECRET)
     doc = {
@@ -135,5 +200,35 @@ def main() -> None:
     (HERE / "vectors.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
+def _write_case(
+    name: str, recs: list[bytes], status: str, problems: list[Any], intact: list[bytes]
+) -> dict[str, Any]:
+    (HERE / f"{name}.bin").write_bytes(b"".join(recs))
+    entry = {"name": name, "file": f"{name}.bin", "status": status, "problems": problems}
+    if name == "grown-record-len":  # the splitter reports it where chunk 1 starts
+        entry["damage"] = [len(intact[0])]
+    if name == "two-sessions-in-one-object":  # split, group by session id, judge each
+        entry["sessions"] = {str(SESSION_ID): "intact",
+                             str(uuid.UUID(int=SESSION_ID.int + 2)): "intact"}  # fmt: skip
+    return entry
+
+
+def add_problem_cases() -> None:
+    """Write the problem cases from the committed intact session, and list them (no other
+    vector changes): `python -m tests.vectors.generate --problem-cases`."""
+    from tapegate.tape import split_records
+
+    records, _ = split_records((HERE / "intact.bin").read_bytes())
+    doc = json.loads((HERE / "vectors.json").read_text())
+    names = set()
+    for name, (recs, status, problems) in problem_cases(records).items():
+        names.add(name)
+        entry = _write_case(name, recs, status, problems, records)
+        doc["cases"] = [c for c in doc["cases"] if c["name"] != name] + [entry]
+    (HERE / "vectors.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    add_problem_cases() if "--problem-cases" in sys.argv else main()
