@@ -1,7 +1,9 @@
 """The tape's vocabulary that more than one protocol shares: why a session ended.
 
-The final chunk's `end.reason` is one of these (docs/FORMAT.md lists them); tables, replay and
-the docs read them from here. A StrEnum, so a reason is written to the tape as its plain value.
+The final chunk's `end.reason` is one of these; tables, replay and the docs read them from here.
+docs/FORMAT.md's table of reasons is generated from `END_REASONS` (`end_reason_table`), and a
+test keeps the two the same, so a reason cannot be added without its line there. A StrEnum, so a
+reason is written to the tape as its plain value.
 """
 
 from __future__ import annotations
@@ -10,19 +12,50 @@ from enum import StrEnum
 
 
 class EndReason(StrEnum):
-    CLIENT_TERMINATE = "client_terminate"  # the client said goodbye (PostgreSQL Terminate)
-    CLIENT_CLOSED = "client_closed"  # the client's connection or channel closed
-    CLOSED = "closed"  # the target closed the channel (SSH: after the command's exit)
-    UPSTREAM_CLOSED = "upstream_closed"  # the target closed the connection
-    UPSTREAM_UNAVAILABLE = "upstream_unavailable"  # the gateway could not reach or log in
-    CONNECTION_LOST = "connection_lost"  # a socket broke mid-session
-    TARGET_CHANGED = "target_changed"  # HTTP: the next request on the connection went elsewhere
-    BLOCKED = "blocked"  # a guardrail denied the SSH exec request or a PostgreSQL startup
-    REFUSED = "refused"  # admission refused the login or request
-    GATEWAY_SHUTDOWN = "gateway_shutdown"  # the gateway stopped (SIGTERM)
-    RECORDING_FAILED = "recording_failed"  # the archive could not take the recording
-    TOKEN_EXPIRED = "token_expired"  # identity.on_token_expiry: end, and the token's exp passed
-    IDLE_TIMEOUT = "idle_timeout"  # limits.idle_timeout_s passed without a byte either way
-    PROTOCOL_ERROR = "protocol_error"  # the client broke its protocol
-    PROCESS_LIFETIME = "process_lifetime"  # MCP stdio: its server's process_lifetime_s passed
-    ERROR = "error"  # anything else (a bug): logged with its traceback
+    CLIENT_TERMINATE = "client_terminate"
+    CLIENT_CLOSED = "client_closed"
+    CLOSED = "closed"
+    UPSTREAM_CLOSED = "upstream_closed"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    CONNECTION_LOST = "connection_lost"
+    TARGET_CHANGED = "target_changed"
+    BLOCKED = "blocked"
+    REFUSED = "refused"
+    GATEWAY_SHUTDOWN = "gateway_shutdown"
+    RECORDING_FAILED = "recording_failed"
+    TOKEN_EXPIRED = "token_expired"
+    IDLE_TIMEOUT = "idle_timeout"
+    PROTOCOL_ERROR = "protocol_error"
+    PROCESS_LIFETIME = "process_lifetime"
+    ERROR = "error"
+
+
+# Why each reason is given: the one description, which docs/FORMAT.md shows.
+END_REASONS: dict[EndReason, str] = {
+    EndReason.CLIENT_TERMINATE: "the client said goodbye (PostgreSQL Terminate)",
+    EndReason.CLIENT_CLOSED: "the client's connection or channel closed",
+    EndReason.CLOSED: "the target closed the channel (SSH, after the command's exit)",
+    EndReason.UPSTREAM_CLOSED: "the target closed the connection",
+    EndReason.UPSTREAM_UNAVAILABLE: "the gateway could not reach the target or log in to it",
+    EndReason.CONNECTION_LOST: "a socket broke mid-session",
+    EndReason.TARGET_CHANGED: "HTTP: the next request on the connection went to another target "
+    "or subject",
+    EndReason.BLOCKED: "a guardrail denied the SSH exec request or the PostgreSQL startup's "
+    "settings",
+    EndReason.REFUSED: "admission refused the login or request (also a refusal summary's reason)",
+    EndReason.GATEWAY_SHUTDOWN: "the gateway stopped",
+    EndReason.RECORDING_FAILED: "the archive could not take the recording (the session failed "
+    "closed)",
+    EndReason.TOKEN_EXPIRED: "the token's `exp` passed and `identity.on_token_expiry` is `end`",
+    EndReason.IDLE_TIMEOUT: "no byte either way for `limits.idle_timeout_s`",
+    EndReason.PROTOCOL_ERROR: "the client broke its protocol",
+    EndReason.PROCESS_LIFETIME: "MCP stdio: the server process reached its `process_lifetime_s`",
+    EndReason.ERROR: "anything else (a gateway bug, logged with its traceback)",
+}
+
+
+def end_reason_table(indent: str = "  ") -> str:
+    """docs/FORMAT.md's table of end reasons, as Markdown."""
+    rows = ["| reason | the session ended because |", "|---|---|"]
+    rows += [f"| `{reason.value}` | {why} |" for reason, why in END_REASONS.items()]
+    return "\n".join(indent + row for row in rows) + "\n"

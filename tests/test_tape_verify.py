@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
@@ -186,3 +187,26 @@ def _resign(
         body[28:36] = seq.to_bytes(8, "big")
     body[76:84] = key_id(bytes(signer.verify_key))
     return bytes(body) + sign_digest(signer, hashlib.sha256(body).digest())
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        b'{"events":[],"events":[]}',
+        b'{"events":[{"ts":NaN}]}',
+        b'{"events":[]' + b',"x":' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ],
+)
+def test_loose_json_in_a_signed_record_is_undecodable(session: Session, meta: bytes) -> None:
+    """Duplicate names, NaN and runaway nesting: rejected by the reader, named, never raised."""
+    from tapegate.tape.codec import encode_fixed
+    from tapegate.tape.seal import sign_digest
+
+    head = encode_fixed(session_id=session.writer.session_id, seq=1, sealed_ns=1, final=False,
+                        prev_digest=bytes(32), key_id=key_id(bytes(session.signer.verify_key)),
+                        payload_len=0, meta_len=len(meta), index_len=0)  # fmt: skip
+    body = head + meta
+    record = body + sign_digest(session.signer, hashlib.sha256(body).digest())
+    verdict = verify_session([session.records[0], record, *session.records[2:]], session.trusted,
+                             session.writer.session_id)  # fmt: skip
+    assert ProblemKind.UNDECODABLE in verdict.kinds() and ProblemKind.MISSING in verdict.kinds()

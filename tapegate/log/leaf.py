@@ -26,7 +26,6 @@ with the gateway's public key, as they check a chunk's.
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 import uuid
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from typing import Any
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from tapegate.tape.codec import LEAF_MAGIC, MIN_LEAF_BYTES, SIGNATURE_LEN, dump_json
+from tapegate.tape.codec import LEAF_MAGIC, MIN_LEAF_BYTES, SIGNATURE_LEN, dump_json, load_json
 from tapegate.tape.model import SessionHeader
 from tapegate.tape.seal import key_id
 
@@ -138,7 +137,7 @@ def decode_leaf(raw: bytes) -> Leaf:
     if length != len(raw) or FIXED_LEN + body_len + SIGNATURE_LEN != length:
         raise LeafError("record_len does not match the leaf's parts")
     try:
-        body = json.loads(raw[FIXED_LEN : FIXED_LEN + body_len].decode("utf-8"))
+        body = load_json(raw[FIXED_LEN : FIXED_LEN + body_len])
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # nesting: RecursionError
         raise LeafError(f"body is not UTF-8 JSON: {str(exc)[:80]}") from None
     if not isinstance(body, dict) or not isinstance(body.get("kind"), str):

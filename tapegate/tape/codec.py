@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import uuid
 from dataclasses import dataclass
@@ -146,7 +147,38 @@ def dump_json(obj: Any) -> bytes:
         # realloc does not give back, so a chunk's pending events took 30 times their size.
         return bytes(memoryview(orjson.dumps(obj)))
     except TypeError:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(_strict(obj), separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode()  # fmt: skip
+
+
+def _strict(value: Any) -> Any:
+    """What the standard library would write loosely, made strict: names as strings (each
+    once), NaN and the infinities as null. orjson does the same on its own path."""
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def load_json(data: bytes) -> Any:
+    """Strict JSON as docs/FORMAT.md has it: UTF-8, no name twice in one object, no NaN or
+    Infinity (ValueError for either), integers exact at any size."""
+    return json.loads(data.decode("utf-8"), object_pairs_hook=_one_each,
+                      parse_constant=_no_constant)  # fmt: skip
+
+
+def _one_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("a name appears twice in one object")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def encode_index(frames: list[tuple[int, int, int]]) -> bytes:
@@ -236,7 +268,7 @@ def decode_record(raw: bytes, events: bool = True) -> Record:
             events_json = meta_bytes[len(_EVENTS_HEAD) : close]
             meta_bytes = b'{"events":[]' + meta_bytes[close + 2 :]
     try:
-        meta = json.loads(meta_bytes.decode("utf-8"))
+        meta = load_json(meta_bytes)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # nesting: RecursionError
         if events_json is not None:  # not the layout after all: parse it whole
             return decode_record(raw, events=True)
