@@ -89,7 +89,7 @@ def verify_session(
         except (TapeFormatError, ValueError, TypeError) as exc:
             problems.append(Problem(ProblemKind.UNDECODABLE, None, str(exc)))
     if session_id is None:
-        session_id = _main_session(decoded)
+        session_id = _main_session(decoded, trusted)
     by_seq: dict[int, Record] = {}
     copies: dict[int, set[bytes]] = defaultdict(set)
     mine = 0
@@ -136,15 +136,25 @@ def verify_session(
     )
 
 
-_KINDS = {kind: i for i, kind in enumerate(ProblemKind)}
+# Findings are listed by seq, then in the order of docs/FORMAT.md's rules.
+_RULES = [ProblemKind.UNDECODABLE, ProblemKind.OTHER_SESSION, ProblemKind.UNKNOWN_KEY,
+          ProblemKind.BAD_SIGNATURE, ProblemKind.CONFLICT, ProblemKind.MISSING,
+          ProblemKind.BROKEN_LINK, ProblemKind.NO_FINAL, ProblemKind.AFTER_FINAL,
+          ProblemKind.EMPTY]  # fmt: skip
+_KINDS = {kind: i for i, kind in enumerate(_RULES)}
 
 
 def _order(problem: Problem) -> tuple[int, int, str]:
     return (-1 if problem.seq is None else problem.seq, _KINDS[problem.kind], problem.detail)
 
 
-def _main_session(decoded: list[Record]) -> uuid.UUID | None:
-    counts = Counter(rec.session_id for rec in decoded)
+def _main_session(decoded: list[Record], trusted: Mapping[bytes, VerifyKey]) -> uuid.UUID | None:
+    """The session carried by the most distinct signed records, else by the most distinct
+    decodable ones; the lowest id on a tie (docs/FORMAT.md, rule 2)."""
+    distinct = {rec.digest: rec for rec in decoded}.values()
+    signed = [r for r in distinct if (key := trusted.get(r.key_id)) is not None
+              and check_signature(key, r.digest, r.signature)]  # fmt: skip
+    counts = Counter(rec.session_id for rec in (signed or distinct))
     if not counts:
         return None
     return min(counts, key=lambda sid: (-counts[sid], sid.bytes))

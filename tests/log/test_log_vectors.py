@@ -74,4 +74,6 @@ def test_the_proofs_check_and_a_forged_checkpoint_does_not() -> None:
     name, key = parse_verifier_key(DOC["log_verifier_key"])
     with pytest.raises(NoteError, match="no trusted key"):
         parse_checkpoint(_b64(DOC["forged_checkpoint"]), {name: key})
+    with pytest.raises(NoteError, match="does not match"):
+        parse_checkpoint(_b64(DOC["tampered_checkpoint"]), {name: key})
     assert (HERE / "checkpoint").read_bytes().startswith(DOC["checkpoint_text"].encode())

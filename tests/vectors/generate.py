@@ -95,13 +95,23 @@ def problem_cases(records: list[bytes]) -> dict[str, tuple[list[bytes], str, lis
     r = records
     digest = [decode_record(x).digest for x in r]
     final = len(r) - 1
-    later = resign(
-        r[1], SIGNING_SEED, sealed_ns=(decode_record(r[1]).sealed_ns + 1).to_bytes(8, "big")
-    )
+    sealed = decode_record(r[1]).sealed_ns
+
+    def copy(lower: bool) -> bytes:
+        """A second chunk 1 (sealed 1 ns later, or more) whose digest is below, or above, the
+        original's: which one the verdict keeps then shows."""
+        for later_ns in range(sealed + 1, sealed + 1000):
+            forged = resign(r[1], SIGNING_SEED, sealed_ns=later_ns.to_bytes(8, "big"))
+            if (decode_record(forged).digest < digest[1]) == lower:
+                return forged
+        raise AssertionError("no copy found")
+
     # Of two validly signed copies of one seq, the verdict keeps the one with the lower digest,
-    # whichever comes first: so both orders give one verdict.
-    kept_is_later = decode_record(later).digest < digest[1]
-    fork = [["conflict", 1]] + ([["broken_link", 2]] if kept_is_later else [])
+    # whichever comes first: both orders give one verdict. Kept, the forged copy does not link
+    # to chunk 2.
+    later, lower = copy(lower=False), copy(lower=True)
+    fork = [["conflict", 1]]
+    fork_lower = [["conflict", 1], ["broken_link", 2]]
     beyond = resign(r[1], SIGNING_SEED, seq=(final + 1).to_bytes(8, "big"),
                     prev_digest=digest[final])  # fmt: skip
     other = resign(r[1], SIGNING_SEED, session_id=uuid.UUID(int=SESSION_ID.int + 1).bytes)
@@ -117,6 +127,8 @@ def problem_cases(records: list[bytes]) -> dict[str, tuple[list[bytes], str, lis
     return {
         "conflict-copy-first": ([r[0], r[1], later, *r[2:]], "broken", fork),
         "conflict-copy-second": ([r[0], later, r[1], *r[2:]], "broken", fork),
+        "conflict-lower-copy-first": ([r[0], r[1], lower, *r[2:]], "broken", fork_lower),
+        "conflict-lower-copy-second": ([r[0], lower, r[1], *r[2:]], "broken", fork_lower),
         "broken-link-2": (
             [*r[:2], relinked, *r[3:]],
             "broken",
@@ -137,7 +149,7 @@ def problem_cases(records: list[bytes]) -> dict[str, tuple[list[bytes], str, lis
         "set-aside-final": (
             [*r[:-1], resign(r[-1], UNTRUSTED_SEED)],
             "broken",
-            [["unknown_key", final], ["no_final", None]],
+            [["no_final", None], ["unknown_key", final]],
         ),
         "two-sessions-in-one-object": ([*other_session[:2], *r, *other_session[2:]], "intact", []),
         "grown-record-len": ([r[0], bytes(grown), *r[2:]], "broken", [["missing", 1]]),

@@ -48,18 +48,20 @@ def leaves() -> list[bytes]:
     out = [writer.heartbeat("start", 60, 0, ts)]
     identity = Identity("dev", "agent-7", "agent7@example.com", ("agents",), "jti-1", None)
     n = 0
-    while len(out) < SIZE - 1:
+    while len(out) + 2 <= SIZE - 1:  # every session opened is closed before the stop
         ts += 7_000_000_000
         sid = uuid.UUID(int=(0x019B7A4C_0000_7000_8000 << 48) | n)
         header = SessionHeader(identity, "appdb", "postgres", "127.0.0.1:50000", "gw-vectors", ts)
         out.append(writer.session_open(sid, header, ts))
-        if len(out) < SIZE - 1:
-            final = hashlib.sha256(sid.bytes).digest() + bytes(64)  # stands in for a chunk
-            totals = {"bytes_c2s": 10 * n, "bytes_s2c": 100 * n}
-            out.append(writer.session_close(sid, final, 1, totals, "client_terminate", ts + 1))
+        final = hashlib.sha256(sid.bytes).digest() + bytes(64)  # stands in for a chunk
+        totals = {"bytes_c2s": 10 * n, "bytes_s2c": 100 * n}
+        out.append(writer.session_close(sid, final, 1, totals, "client_terminate", ts + 1))
         if n % 8 == 7 and len(out) < SIZE - 1:
             out.append(writer.heartbeat("running", 60, 0, ts + 2))
         n += 1
+    while len(out) < SIZE - 1:
+        ts += 60_000_000_000
+        out.append(writer.heartbeat("running", 60, 0, ts))
     out.append(writer.heartbeat("stop", 60, 0, ts + 3))
     assert len(out) == SIZE
     return out
@@ -85,8 +87,9 @@ def build(root: Path) -> dict[str, Any]:
     hashes = [merkle.leaf_hash(e) for e in entries]
     reference = merkle.list_nodes(hashes)
     return {
-        "comment": "Inputs and expected results for docs/LOG.md. Hex unless noted; proofs and "
-        "roots in standard base64, as in checkpoints.",
+        "comment": "Inputs and expected results for docs/LOG.md. Hex unless noted; proofs, "
+        "roots and whole notes in standard base64, as in checkpoints. entries_sha256: SHA-256 "
+        "of the entries concatenated (without the bundles' length prefixes).",
         "origin": ORIGIN,
         "gateway_seed": GATEWAY_SEED.hex(),
         "gateway_public_key": bytes(SigningKey(GATEWAY_SEED).verify_key).hex(),
@@ -115,8 +118,14 @@ def build(root: Path) -> dict[str, Any]:
             for m, n in CONSISTENCY
         ],
         "checkpoint_text": checkpoint.text().decode(),
-        # The same checkpoint signed by another key under the log's name: must not verify.
+        # Whole notes, base64. The same checkpoint signed by another key under the log's name
+        # (its key hash is not the log key's: no trusted signature), and the log's own
+        # signature over a text changed after signing (the log key's hash, a signature that
+        # fails): neither may verify.
         "forged_checkpoint": _b64(checkpoint.sign(ORIGIN, other)),
+        "tampered_checkpoint": _b64(
+            checkpoint.sign(ORIGIN, log_key).replace(b"\n300\n", b"\n299\n", 1)
+        ),
     }
 
 
