@@ -15,7 +15,7 @@ anchor that also checks the log against the archive.
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_scheduler as scheduler
@@ -87,23 +87,8 @@ class SessionLog(Construct):
                 self, "Anchors", settings.anchor_bucket_arn
             )
         else:
-            bucket = s3.Bucket(
-                self, "Anchors",
-                encryption=s3.BucketEncryption.KMS,
-                encryption_key=storage.key,
-                bucket_key_enabled=True,
-                block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-                enforce_ssl=True,
-                versioned=True,
-                object_lock_enabled=True,
-                object_lock_default_retention=s3.ObjectLockRetention.compliance(
-                    Duration.days(settings.anchor_retention_days)
-                ),
-                server_access_logs_bucket=storage.access_logs,
-                server_access_logs_prefix="anchors/",
-                removal_policy=RemovalPolicy.RETAIN,
-            )  # fmt: skip
-            storage.deny_destruction(bucket)
+            lock = s3.ObjectLockRetention.compliance(Duration.days(settings.anchor_retention_days))
+            bucket = storage.locked_bucket(self, "Anchors", "anchors/", lock)
             self.anchors = bucket
         self.anchor = python_function(
             self, "Anchor",

@@ -101,9 +101,10 @@ class Storage(Construct):
         *,
         object_lock: s3.ObjectLockRetention | None = None,
         expire: Duration | None = None,
+        scope: Construct | None = None,
     ) -> s3.Bucket:
         return s3.Bucket(
-            self, id,
+            scope or self, id,
             encryption=s3.BucketEncryption.KMS,
             encryption_key=self.key,
             bucket_key_enabled=True,
@@ -118,9 +119,14 @@ class Storage(Construct):
             removal_policy=RemovalPolicy.RETAIN,
         )  # fmt: skip
 
-    def deny_destruction(self, bucket: s3.Bucket) -> None:
-        """No principal but the break-glass role may delete from `bucket` or loosen its lock."""
+    def locked_bucket(
+        self, scope: Construct, id: str, log_prefix: str, lock: s3.ObjectLockRetention
+    ) -> s3.Bucket:
+        """A bucket of `scope`'s made like the evidence bucket: the stack's key, TLS only,
+        versioned, access-logged, Object Lock with `lock`, deletion denied but to break-glass."""
+        bucket = self._bucket(id, log_prefix, object_lock=lock, scope=scope)
         self._deny_destruction(bucket)
+        return bucket
 
     def _deny_destruction(self, bucket: s3.Bucket) -> None:
         bucket.add_to_resource_policy(iam.PolicyStatement(

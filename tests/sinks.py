@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,34 @@ class BreakingSink(LocalFolderSink):
             self.breaks -= 1
             raise RuntimeError("a bug in the writer")
         return super()._write(batch)
+
+
+class GatedAcks(LocalFolderSink):
+    """A folder sink whose acknowledgements wait for the test to open the gate: every ack, or
+    only those of puts that `holds` picks; `waiting` is set once one is held there."""
+
+    def __init__(self, root: Path, holds: Callable[[list[bytes]], bool] | None = None) -> None:
+        super().__init__(root, flush_ms=50)
+        self.gate = threading.Event()
+        self.waiting = threading.Event()
+        self.holds = holds
+
+    def put(
+        self, records: list[bytes], urgent: bool = False, ack: bool = False
+    ) -> Future[None] | None:
+        inner = super().put(records, urgent, ack)
+        if inner is None or (self.holds is not None and not self.holds(records)):
+            return inner
+        outer: Future[None] = Future()
+
+        def release() -> None:
+            inner.result()
+            self.waiting.set()
+            self.gate.wait()
+            outer.set_result(None)
+
+        threading.Thread(target=release, daemon=True).start()
+        return outer
 
 
 class GatedWrites(LocalFolderSink):

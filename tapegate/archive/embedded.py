@@ -87,6 +87,8 @@ class LocalArchive:
             if self._sequencer is None:
                 key = LogKey(self._log.origin, self._keys.log_key())
                 self._sequencer = Sequencer(self.index, self.log_store, key)
+            if not self.index.pending_leaves(1):  # the usual case: no write lock taken for it
+                return False
             try:
                 with self.index.transaction(abandon=self._stopping):
                     if not self.index.pending_leaves(1):

@@ -92,6 +92,10 @@ def cmd_log_verify(args: argparse.Namespace) -> int:
         verdict = verify_log(sources, now_ns=time.time_ns(), since_ns=since)
     except (KeyFileError, NoteError, OSError) as exc:
         raise UsageError(f"cannot verify the log: {exc}") from None
+    except Exception as exc:  # the AWS archive: botocore's errors name what failed
+        if not type(exc).__module__.startswith(("botocore", "boto3")):
+            raise
+        raise UsageError(f"cannot verify the log: {str(exc).splitlines()[0]}") from None
     print(format_log_verdict(verdict, config.log.origin))
     return 0 if verdict.consistent else 1
 

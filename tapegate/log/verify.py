@@ -555,7 +555,11 @@ class _Evidence:
         held = {}
         try:
             data = self.src.evidence.get(key)
-        except Exception:  # deleted (FileNotFoundError, S3's NoSuchKey): holds nothing
+        except FileNotFoundError:  # deleted: holds nothing
+            data = b""
+        except Exception as exc:  # S3's NoSuchKey is gone too; anything else is not an answer
+            if "NoSuchKey" not in str(exc) and "Not Found" not in str(exc):
+                raise
             data = b""
         records, _ = split_records(data)
         for raw in records:

@@ -4,46 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 
 import psycopg
 
-from gateway_task.recording.local import LocalFolderSink
 from tests.gateway_harness import RunningGateway, gateway_config
 from tests.pg import PgServer
-
-
-class GatedSink(LocalFolderSink):
-    """A folder sink whose acknowledgements wait for the test to open the gate."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root, flush_ms=50)
-        self.gate = threading.Event()
-        self.waiting = threading.Event()
-
-    def put(
-        self, records: list[bytes], urgent: bool = False, ack: bool = False
-    ) -> Future[None] | None:
-        inner = super().put(records, urgent, ack)
-        if inner is None:
-            return None
-        outer: Future[None] = Future()
-
-        def release() -> None:
-            inner.result()
-            self.waiting.set()
-            self.gate.wait()
-            outer.set_result(None)
-
-        threading.Thread(target=release, daemon=True).start()
-        return outer
+from tests.sinks import GatedAcks
 
 
 def test_acked_statement_waits_for_the_archive(pg: PgServer, tmp_path: Path) -> None:
     pg.psql("DROP TABLE IF EXISTS acked; CREATE TABLE acked (id int); GRANT ALL ON acked TO app")
     config = gateway_config(tmp_path / "d", pg, durability="acked")
-    sink = GatedSink(config.delivery_dir)
+    sink = GatedAcks(config.delivery_dir)
     sink.gate.set()  # let the login through
     gw = RunningGateway(config, sink=sink)
     try:

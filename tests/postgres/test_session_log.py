@@ -7,56 +7,28 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 
 import yaml
 
-from gateway_task.recording.local import LocalFolderSink
 from tapegate.cli import main as cli_main
 from tapegate.log.leaf import LeafKind, decode_leaf
 from tapegate.tape import decode_record
 from tapegate.tape.codec import LEAF_MAGIC
 from tests.gateway_harness import RunningGateway, gateway_config
 from tests.pg import PgServer
+from tests.sinks import GatedAcks
 
 
 def _is_open_leaf(raw: bytes) -> bool:
     return raw[:4] == LEAF_MAGIC and decode_leaf(raw).kind == LeafKind.SESSION_OPEN
 
 
-class OpenLeafGate(LocalFolderSink):
-    """A folder sink that holds back the acknowledgement of session_open leaves (only those)
-    until the test opens the gate."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root, flush_ms=50)
-        self.gate = threading.Event()
-        self.waiting = threading.Event()
-
-    def put(
-        self, records: list[bytes], urgent: bool = False, ack: bool = False
-    ) -> Future[None] | None:
-        inner = super().put(records, urgent, ack)
-        if inner is None or not any(map(_is_open_leaf, records)):
-            return inner
-        outer: Future[None] = Future()
-
-        def release() -> None:
-            inner.result()
-            self.waiting.set()
-            self.gate.wait()
-            outer.set_result(None)
-
-        threading.Thread(target=release, daemon=True).start()
-        return outer
-
-
 def test_acked_a_statement_waits_for_its_sessions_open_leaf(pg: PgServer, tmp_path: Path) -> None:
     pg.psql("DROP TABLE IF EXISTS leafgate; CREATE TABLE leafgate (id int);"
             " GRANT ALL ON leafgate TO app")  # fmt: skip
     config = gateway_config(tmp_path / "d", pg, durability="acked")
-    sink = OpenLeafGate(config.delivery_dir)
+    sink = GatedAcks(config.delivery_dir, holds=lambda records: any(map(_is_open_leaf, records)))
     gw = RunningGateway(config, sink=sink)
     try:
         done = threading.Event()
