@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from aws_cdk import Duration
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk.analytics import Analytics
@@ -27,9 +28,16 @@ class AuditorAccess(Construct):
         index: SessionIndex,
         analytics: Analytics,
         public_keys: list[KeyPair],
+        anchors: s3.IBucket | None = None,
     ) -> None:
         super().__init__(scope, id)
-        buckets = [storage.evidence, storage.curated, storage.exports]
+        # The session log's anchors too: `tapegate log verify` reads them (docs/LOG.md).
+        buckets = [
+            storage.evidence,
+            storage.curated,
+            storage.exports,
+            *([anchors] if anchors else []),
+        ]
         self.policy = iam.ManagedPolicy(
             self, "ReadPolicy",
             description="tapegate auditor: read evidence, tables, index; run Athena queries",

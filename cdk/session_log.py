@@ -70,7 +70,7 @@ class SessionLog(Construct):
         )  # fmt: skip
         self.key.grant_sign(self.sequencer.role)  # type: ignore[arg-type]
         storage.allow(self.sequencer, storage.evidence, read=True, write=True, list_keys=True,
-                      why="The log's tiles and checkpoints under log/.")  # fmt: skip
+                      prefix=LOG_PREFIX, why="The log's tiles and checkpoints.")  # fmt: skip
         self.sequencer.add_to_role_policy(iam.PolicyStatement(
             actions=["dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:PutItem"],
             resources=[index.table.table_arn, f"{index.table.table_arn}/index/pending_leaves"],

@@ -80,7 +80,8 @@ class TapegateStack(Stack):
         self.access = AuditorAccess(
             self, "Auditors",
             settings=settings, storage=self.storage, index=self.index,
-            analytics=self.analytics, public_keys=[self.gateway_key, self.export_key],
+            analytics=self.analytics, anchors=self.log.anchors,
+            public_keys=[self.gateway_key, self.export_key, self.log.key],
         )  # fmt: skip
         # Reads are denied to everyone else by the bucket policies, whatever IAM says.
         self.storage.restrict_reads(

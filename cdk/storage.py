@@ -163,6 +163,7 @@ class Storage(Construct):
         list_keys: bool = False,
         why: str,
         scope: IConstruct | None = None,
+        prefix: str = "",
     ) -> None:
         """Exactly these object actions on one bucket (and the key use they imply), instead of
         the grant_* helpers' wildcards (s3:GetObject*, s3:DeleteObject*, kms:ReEncrypt*)."""
@@ -171,11 +172,15 @@ class Storage(Construct):
         )
         principal = grantee.grant_principal
         principal.add_to_principal_policy(
-            iam.PolicyStatement(actions=actions, resources=[bucket.arn_for_objects("*")])
+            iam.PolicyStatement(actions=actions, resources=[bucket.arn_for_objects(prefix + "*")])
         )
         if list_keys:
             principal.add_to_principal_policy(iam.PolicyStatement(
-                actions=["s3:ListBucket", "s3:GetBucketLocation"], resources=[bucket.bucket_arn]
+                actions=["s3:ListBucket"], resources=[bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": f"{prefix}*"}} if prefix else None,
+            ))  # fmt: skip
+            principal.add_to_principal_policy(iam.PolicyStatement(
+                actions=["s3:GetBucketLocation"], resources=[bucket.bucket_arn]
             ))  # fmt: skip
         # Multipart uploads to an SSE-KMS bucket need Decrypt as well as GenerateDataKey.
         key_actions = ["kms:Decrypt"] + (["kms:GenerateDataKey"] if write else [])
@@ -183,4 +188,4 @@ class Storage(Construct):
             iam.PolicyStatement(actions=key_actions, resources=[self.key.key_arn])
         )
         # The finding is on the role's policy, which is where the acknowledgement must sit.
-        acknowledge(scope or principal, objects_of(bucket), why)  # type: ignore[arg-type]
+        acknowledge(scope or principal, objects_of(bucket, f"/{prefix}*"), why)  # type: ignore[arg-type]

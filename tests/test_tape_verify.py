@@ -210,3 +210,16 @@ def test_loose_json_in_a_signed_record_is_undecodable(session: Session, meta: by
     verdict = verify_session([session.records[0], record, *session.records[2:]], session.trusted,
                              session.writer.session_id)  # fmt: skip
     assert ProblemKind.UNDECODABLE in verdict.kinds() and ProblemKind.MISSING in verdict.kinds()
+
+
+def test_a_broken_copy_does_not_change_which_session_is_judged() -> None:
+    """From the second review: a copy with a broken signature, before or after its valid twin,
+    once changed the session judged when none is named."""
+    signer = SigningKey.generate()
+    a, b = record_session(signer=signer), record_session(signer=signer)
+    b_records = b.records[: len(a.records)]
+    bad = a.records[0][:-1] + bytes([a.records[0][-1] ^ 1])
+    ring = Keyring.of(signer.verify_key)
+    first = verify_session([bad, *a.records, *b_records], ring)
+    last = verify_session([*a.records, *b_records, bad], ring)
+    assert first.session_id == last.session_id and first.problems == last.problems

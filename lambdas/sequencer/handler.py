@@ -25,7 +25,11 @@ from tapegate.archive.aws import DynamoIndex, S3ObjectStore
 from tapegate.log.sequencer import LogKey, Sequencer
 
 LOG_PREFIX = "log/"
-SPARE_MS = 30_000  # stop starting batches this close to the function's timeout
+# A batch is appended, signed, then marked leaf by leaf in DynamoDB (two calls each): 1,000
+# leaves take well under a minute, so a batch started with this much time left finishes; one
+# cut off while marking would be appended again by the next run (harmless, but wasted).
+BATCH = 1_000
+SPARE_MS = 120_000
 
 logger = Logger(service="tapegate-sequencer")
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "tapegate"))
@@ -47,7 +51,7 @@ def run(sequencer: Sequencer, remaining_ms: Any) -> dict[str, int]:
     """Batches until nothing is pending or the time is nearly up; what was signed."""
     checkpoints, size = 0, None
     while remaining_ms() > SPARE_MS:
-        signed = sequencer.run(time.time_ns() // 1_000_000)
+        signed = sequencer.run(time.time_ns() // 1_000_000, limit=BATCH)
         if signed is None:
             break
         checkpoints, size = checkpoints + 1, signed.checkpoint.size

@@ -33,6 +33,7 @@ from nacl.signing import VerifyKey
 from tapegate.audit.evidence import SessionEvidence
 from tapegate.keys import Keyring
 from tapegate.tape import Verdict, split_records
+from tapegate.tape.codec import LEAF_MAGIC
 from tapegate.tape.verify import verify_session
 
 FORMAT = "tapegate evidence bundle v1"
@@ -178,7 +179,7 @@ def read_bundle(path: Path) -> Bundle:
     records: list[bytes] = []
     for name in sorted(n for n in contents if n.startswith("records/")):
         found, errors = split_records(contents[name])
-        records += found
+        records += [r for r in found if r[:4] != LEAF_MAGIC]  # a tape's records: chunks
         problems += [f"{name}: damaged bytes at offset {e.offset}: {e.reason}" for e in errors]
     keys = Keyring()
     log_keys: dict[str, VerifyKey] = {}

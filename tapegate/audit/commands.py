@@ -313,8 +313,13 @@ def _log_files(archive: Any, session_id: str) -> dict[str, bytes]:
 
     try:
         return bundle_files(archive.log_sources(), session_id)
-    except (KeyFileError, OSError, ValueError) as exc:
-        print(f"tapegate: the bundle goes without its log proofs: {exc}", file=sys.stderr)
+    except Exception as exc:  # a key, a file, an AWS call (botocore's errors name it)
+        if not isinstance(exc, KeyFileError | OSError | ValueError) and not type(
+            exc
+        ).__module__.startswith(("botocore", "boto3")):
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"tapegate: the bundle goes without its log proofs: {reason}", file=sys.stderr)
         return {}
 
 

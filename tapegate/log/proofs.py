@@ -5,7 +5,7 @@ The bundle holds, beside the session's records (tapegate/audit/bundle.py):
     log/checkpoint      the checkpoint that covers the session's leaves, as the log signed it
     log/proofs.json     its size, each of the session's leaves (the signed record, base64) with
                         its position and RFC 9162 inclusion proof, and consistency proofs from
-                        earlier checkpoints (the anchored ones and the most recent) to it
+                        earlier checkpoints (of the 512 most recent sizes) to it
     keys/log.vkey       the log's verifier key (name+hash+key), as `--trust-log` files
 
 `tapegate verify bundle.zip` then shows that the log, as of that checkpoint, says the session
@@ -35,7 +35,7 @@ from tapegate.log.note import (
 from tapegate.log.tiles import TileLog
 from tapegate.log.verify import LogSources, read_checkpoints
 
-MAX_CONSISTENCY = 512  # proofs from this many recent checkpoints (and every anchored one)
+MAX_CONSISTENCY = 512  # consistency proofs from this many of the latest earlier sizes
 
 
 def _b64(data: bytes) -> str:

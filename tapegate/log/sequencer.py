@@ -75,7 +75,7 @@ class Sequencer:
         except NoteError as exc:  # not ours, or damaged: refuse to build on it
             raise NoteError(f"the log's latest checkpoint does not check out: {exc}") from None
 
-    def run(self, now_ms: int) -> SignedCheckpoint | None:
+    def run(self, now_ms: int, limit: int = BATCH) -> SignedCheckpoint | None:
         """Append what is pending; the new checkpoint, or None when nothing was pending.
 
         Raises NoteError rather than build on a log that is not the one it signed: a latest
@@ -89,7 +89,7 @@ class Sequencer:
         if latest is not None and self.tiles.root(size) != latest.checkpoint.root:
             raise NoteError(f"the log's tiles do not hash to its latest checkpoint ({size} "
                             "leaves): not building on them")  # fmt: skip
-        pending = [p for p in self.index.pending_leaves(BATCH) if len(p.raw) <= MAX_ENTRY_BYTES]
+        pending = [p for p in self.index.pending_leaves(limit) if len(p.raw) <= MAX_ENTRY_BYTES]
         if not pending:
             return None
         # Claim order, which is delivery order: an instance's counters may arrive out of order

@@ -117,7 +117,7 @@ def verify_log(
 ) -> LogVerdict:
     verdict = LogVerdict()
     tiles = TileLog(src.log, src.log_prefix)
-    checkpoints = _checkpoints(src, verdict)
+    checkpoints = _checkpoints(src, verdict, since_ns)
     latest = checkpoints[-1] if checkpoints else None
     if latest is None:
         if src.index.sessions(since_ns=since_ns):
@@ -143,10 +143,17 @@ def verify_log(
 # -- checkpoints ------------------------------------------------------------------------------
 
 
-def stored_notes(src: LogSources) -> list[tuple[str, bytes]]:
-    """Every checkpoint note the log and its anchors hold, each once, with where it was."""
+def stored_notes(src: LogSources, since_ns: int | None = None) -> list[tuple[str, bytes]]:
+    """Every checkpoint note the log and its anchors hold, each once, with where it was. With
+    `since_ns`, of the log's history only those signed since then and the one before (their
+    names are their times): the rest were checked when they were recent."""
     notes: list[tuple[str, bytes]] = []
-    for key in sorted(src.log.list(src.log_prefix + HISTORY)):
+    keys = sorted(src.log.list(src.log_prefix + HISTORY))
+    if since_ns is not None:
+        since = f"{src.log_prefix}{HISTORY}{since_ns // 1_000_000:015d}"
+        first = max([i for i, k in enumerate(keys) if k < since], default=0)
+        keys = keys[first:]
+    for key in keys:
         note = read_note(src.log, key)
         if note is not None:
             notes.append((key, note))
@@ -160,12 +167,14 @@ def stored_notes(src: LogSources) -> list[tuple[str, bytes]]:
     return [(k, n) for k, n in notes if not (n in seen or seen.add(n))]
 
 
-def read_checkpoints(src: LogSources) -> tuple[list[SignedCheckpoint], list[LogProblem]]:
+def read_checkpoints(
+    src: LogSources, since_ns: int | None = None
+) -> tuple[list[SignedCheckpoint], list[LogProblem]]:
     """The stored checkpoints that a trusted key signed, oldest first, and a problem for each
     of the others."""
     good: list[SignedCheckpoint] = []
     bad: list[LogProblem] = []
-    for key, note in stored_notes(src):
+    for key, note in stored_notes(src, since_ns):
         try:
             signed = parse_checkpoint(note, dict(src.log_keys))
             if src.origin and signed.checkpoint.origin != src.origin:
@@ -179,8 +188,10 @@ def read_checkpoints(src: LogSources) -> tuple[list[SignedCheckpoint], list[LogP
     return good, bad
 
 
-def _checkpoints(src: LogSources, verdict: LogVerdict) -> list[SignedCheckpoint]:
-    good, bad = read_checkpoints(src)
+def _checkpoints(
+    src: LogSources, verdict: LogVerdict, since_ns: int | None = None
+) -> list[SignedCheckpoint]:
+    good, bad = read_checkpoints(src, since_ns)
     verdict.problems += bad + _tokens(src)
     verdict.checkpoints = len(good)
     return good

@@ -151,10 +151,12 @@ def _order(problem: Problem) -> tuple[int, int, str]:
 def _main_session(decoded: list[Record], trusted: Mapping[bytes, VerifyKey]) -> uuid.UUID | None:
     """The session carried by the most distinct signed records, else by the most distinct
     decodable ones; the lowest id on a tie (docs/FORMAT.md, rule 2)."""
-    distinct = {rec.digest: rec for rec in decoded}.values()
-    signed = [r for r in distinct if (key := trusted.get(r.key_id)) is not None
-              and check_signature(key, r.digest, r.signature)]  # fmt: skip
-    counts = Counter(rec.session_id for rec in (signed or distinct))
+    # A digest counts as signed when any of its copies carries a valid signature: a copy with
+    # a broken one, before or after it, must not change which session is judged.
+    signed = {r.digest: r for r in decoded if (key := trusted.get(r.key_id)) is not None
+              and check_signature(key, r.digest, r.signature)}  # fmt: skip
+    distinct = signed or {rec.digest: rec for rec in decoded}
+    counts = Counter(rec.session_id for rec in distinct.values())
     if not counts:
         return None
     return min(counts, key=lambda sid: (-counts[sid], sid.bytes))

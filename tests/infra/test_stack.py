@@ -518,7 +518,9 @@ def test_the_session_log_has_one_sequencer_a_daily_anchor_and_narrow_rights(temp
                                           "rate(1 minute)"]  # fmt: skip
     policy = policy_of(template, "LogSequencerRole")
     by_action = {a: st for st in policy for a in actions(st)}
-    assert "StorageEvidence" in flat(by_action["s3:PutObject"]["Resource"])
+    put = flat(by_action["s3:PutObject"]["Resource"])
+    assert "StorageEvidence" in put and "/log/*" in put  # the log's prefix, nothing else
+    assert "log/*" in flat(by_action["s3:ListBucket"]["Condition"])
     assert "/index/pending_leaves" in flat(by_action["dynamodb:Query"]["Resource"])
     assert not {"s3:DeleteObject", "dynamodb:DeleteItem", "dynamodb:Scan"} & by_action.keys()
     anchor_policy = {a for st in policy_of(template, "LogAnchorRole") for a in actions(st)}
@@ -529,6 +531,11 @@ def test_the_session_log_has_one_sequencer_a_daily_anchor_and_narrow_rights(temp
     ]  # fmt: skip
     readers = flat(evidence_policy["Properties"]["PolicyDocument"])
     assert "LogSequencerRole" in readers and "LogAnchorRole" in readers
+    # The auditor role can run `tapegate log verify`: the log key and the anchors.
+    (auditor,) = resources(template, "AWS::IAM::ManagedPolicy").values()
+    sts = {st["Sid"]: st for st in auditor["Properties"]["PolicyDocument"]["Statement"]}
+    assert "log-public-keys" in flat(sts["PublicKeys"]["Resource"])
+    assert "LogAnchors" in flat(sts["ReadEvidence"]["Resource"])
 
 
 def test_anchors_may_go_to_a_bucket_elsewhere(tmp_path) -> None:
