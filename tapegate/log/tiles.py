@@ -21,6 +21,7 @@ from tapegate.log import merkle
 TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT
 MAX_ENTRY_BYTES = 0xFFFF
+CACHE_TILES = 1024  # about 8 MiB of hash tiles, or a few tens of MiB of entry bundles
 
 
 class Store(Protocol):
@@ -81,6 +82,8 @@ class TileLog:
     def __init__(self, store: Store, prefix: str = "") -> None:
         self.store = store
         self.prefix = prefix
+        # Tiles read or written, by path: a proof or a root reads the same ones again. Bounded:
+        # the embedded sequencer lives as long as the gateway and the log only grows.
         self._tiles: dict[str, bytes] = {}
 
     # -- reading ---------------------------------------------------------------------------
@@ -149,9 +152,14 @@ class TileLog:
                 if "NoSuchKey" not in str(exc) and "404" not in str(exc):
                     raise
                 continue
-            self._tiles[path] = data
+            self._keep(path, data)
             return data
         raise TileError(f"tile {paths[0]} is missing")
+
+    def _keep(self, path: str, data: bytes) -> None:
+        if len(self._tiles) >= CACHE_TILES:
+            self._tiles.clear()  # what is still needed is read again, once
+        self._tiles[path] = data
 
     # -- writing (the sequencer's) ------------------------------------------------------------
 
@@ -189,7 +197,7 @@ class TileLog:
             path = tile_path(level, first + i // TILE_WIDTH, len(group))
             data = b"".join(group)
             self.store.put(self.prefix + path, data)
-            self._tiles[path] = data
+            self._keep(path, data)
             if len(group) == TILE_WIDTH and not bundle:
                 parents.append(merkle.root(merkle.list_nodes(group), TILE_WIDTH))
         return parents

@@ -127,3 +127,18 @@ def test_checkpoint_notes() -> None:
         parse_checkpoint(note.replace(b"\n42\n", b"\n43\n"), {"tapegate.test/log": key.verify_key})
     with pytest.raises(NoteError):
         parse_checkpoint(b"garbage", {"tapegate.test/log": key.verify_key})
+
+
+def test_the_tile_cache_stays_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded sequencer's TileLog lives as long as the gateway: its cache must not hold
+    the whole log, and what it dropped is read again."""
+    from tapegate.log import tiles
+
+    monkeypatch.setattr(tiles, "CACHE_TILES", 8)
+    log = TileLog(LocalObjectStore(tmp_path))
+    size = 0
+    for i in range(40):
+        size = log.append(size, [b"x%d" % i] * 300)
+        assert len(log._tiles) <= 8
+    reference = merkle.list_nodes([merkle.leaf_hash(b"x%d" % (n // 300)) for n in range(size)])
+    assert log.root(size) == merkle.root(reference, size)
