@@ -72,7 +72,13 @@ class S3ObjectStore:
         self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
 
     def get(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+        """The object's bytes; FileNotFoundError when there is none, as the folder store
+        says it, so that callers tell "missing" from "failing" in one way."""
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+        except self.client.exceptions.NoSuchKey:
+            raise FileNotFoundError(key) from None
+        return answer["Body"].read()
 
     def list(self, prefix: str = "") -> list[str]:
         keys: list[str] = []
@@ -136,26 +142,19 @@ class DynamoIndex(Index):
         return True
 
     def pending_leaves(self, limit: int = 10_000) -> list[LeafEntry]:
-        out: list[LeafEntry] = []
-        start: dict[str, Any] | None = None
-        while len(out) < limit:
-            page = self.client.query(
-                TableName=self.table, IndexName="pending_leaves",
-                KeyConditionExpression="pending = :p", ExpressionAttributeValues={":p": {"S": "P"}},
-                Limit=min(1000, limit - len(out)),
-                **({"ExclusiveStartKey": start} if start else {}),
-            )  # fmt: skip
-            for item in page.get("Items", []):
-                _, counter, digest = item["sk"]["S"].split("#")
-                out.append(LeafEntry(
-                    instance=item["pk"]["S"][2:], counter=int(counter), digest=digest,
-                    sealed_ns=int(item["sealed_ns"]["N"]), kind=item["kind"]["S"],
-                    session_id=item.get("session_id", {}).get("S"),
-                    object_key=item["object_key"]["S"], raw=bytes(item["raw"]["B"]),
-                ))  # fmt: skip
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                break
+        items = self._paged("query", {
+            "IndexName": "pending_leaves", "KeyConditionExpression": "pending = :p",
+            "ExpressionAttributeValues": {":p": {"S": "P"}},
+        }, limit=limit)  # fmt: skip
+        out = []
+        for item in items:
+            _, counter, digest = item["sk"]["S"].split("#")
+            out.append(LeafEntry(
+                instance=item["pk"]["S"][2:], counter=int(counter), digest=digest,
+                sealed_ns=int(item["sealed_ns"]["N"]), kind=item["kind"]["S"],
+                session_id=item.get("session_id", {}).get("S"),
+                object_key=item["object_key"]["S"], raw=bytes(item["raw"]["B"]),
+            ))  # fmt: skip
         return out
 
     def mark_sequenced(self, entries: Sequence[LeafEntry], first_index: int) -> None:
@@ -238,17 +237,23 @@ class DynamoIndex(Index):
     def _scan(self, **kwargs: Any) -> list[dict[str, Any]]:
         return self._paged("scan", kwargs)
 
-    def _paged(self, op: str, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    def _paged(
+        self, op: str, kwargs: dict[str, Any], limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Every item a query or scan returns, page after page (at most `limit` of them)."""
         items: list[dict[str, Any]] = []
         start: dict[str, Any] | None = None
-        while True:
+        while limit is None or len(items) < limit:
+            page_limit = {"Limit": min(1000, limit - len(items))} if limit is not None else {}
             page = getattr(self.client, op)(
-                TableName=self.table, **kwargs, **({"ExclusiveStartKey": start} if start else {})
-            )
+                TableName=self.table, **kwargs, **page_limit,
+                **({"ExclusiveStartKey": start} if start else {}),
+            )  # fmt: skip
             items += page.get("Items", [])
             start = page.get("LastEvaluatedKey")
             if not start:
-                return items
+                break
+        return items
 
 
 class AthenaQuery:

@@ -47,14 +47,8 @@ def read_note(store: Store, key: str) -> bytes | None:
     """A stored note, or None when there is none."""
     try:
         return store.get(key)
-    except FileNotFoundError:
+    except OSError:  # missing (FileNotFoundError), or a directory in its place: no note
         return None
-    except OSError:  # a directory in its place, unreadable: there is no note to read
-        return None
-    except Exception as exc:  # S3's NoSuchKey
-        if "NoSuchKey" in str(exc) or "404" in str(exc):
-            return None
-        raise
 
 
 class Sequencer:

@@ -144,14 +144,10 @@ class TileLog:
                 return self._tiles[path]
             try:
                 data = self.store.get(self.prefix + path)
-            except (FileNotFoundError, KeyError):
+            except FileNotFoundError:
                 continue
             except OSError as exc:  # not a file (a directory put in its place), unreadable
                 raise TileError(f"tile {path} cannot be read: {exc.strerror}") from None
-            except Exception as exc:  # an S3 NoSuchKey is botocore's ClientError
-                if "NoSuchKey" not in str(exc) and "404" not in str(exc):
-                    raise
-                continue
             self._keep(path, data)
             return data
         raise TileError(f"tile {paths[0]} is missing")

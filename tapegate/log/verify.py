@@ -566,11 +566,7 @@ class _Evidence:
         held = {}
         try:
             data = self.src.evidence.get(key)
-        except FileNotFoundError:  # deleted: holds nothing
-            data = b""
-        except Exception as exc:  # S3's NoSuchKey is gone too; anything else is not an answer
-            if "NoSuchKey" not in str(exc) and "Not Found" not in str(exc):
-                raise
+        except FileNotFoundError:  # deleted: holds nothing (a failing read is not an answer)
             data = b""
         records, _ = split_records(data)
         for raw in records:

@@ -103,6 +103,28 @@ def test_keep_lets_a_connection_outlive_its_token(contract: ContractGateway) -> 
     assert "token_expired" not in [reason for reason, _ in ends.values()]
 
 
+def test_every_session_is_in_the_session_log(contract: ContractGateway) -> None:
+    """One place opens and closes every protocol's tapes, and with them their log leaves: the
+    open leaf signed before the tape's chunk 0, the close leaf naming its final chunk."""
+    gw, peer = contract.start()
+    session = peer.open(gw.token())
+    peer.round_trip(session)
+    peer.close(session)
+    gw.stop()  # every tape closed, and the instance's stop heartbeat sent
+    sessions = gw.sessions()
+    assert sessions, "the sessions were recorded"
+    leaves = gw.leaves()
+    assert [leaf.counter for leaf in leaves] == list(range(len(leaves)))
+    assert leaves[-1].body["state"] == "stop"
+    for sid, records in sessions.items():
+        chunks = sorted((decode_record(r) for r in records), key=lambda r: r.seq)
+        (opened,) = [x for x in leaves if x.kind == "session_open" and x.session_id == sid]
+        (closed,) = [x for x in leaves if x.kind == "session_close" and x.session_id == sid]
+        assert opened.sealed_ns <= chunks[0].sealed_ns
+        assert closed.body["final_digest"] == chunks[-1].digest.hex()
+        assert closed.body["chunks"] == len(chunks) and chunks[-1].final
+
+
 def test_a_sink_worker_that_raises_once_is_restarted(contract: ContractGateway) -> None:
     gw, peer = contract.start(sink=lambda c: BreakingSink(c.delivery_dir, breaks=1))
     session = peer.open(gw.token())

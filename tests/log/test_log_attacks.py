@@ -8,6 +8,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from tapegate.archive.embedded import LocalArchive
 from tapegate.cli import main as cli_main
 from tapegate.keys import LocalKeyStore
 from tapegate.log.note import Checkpoint
@@ -97,7 +98,7 @@ def test_leaves_waiting_long_for_the_sequencer_are_a_stale_log(tmp_path: Path) -
     fleet.archive()
     fleet.heartbeat("start")
     fleet.deliver()
-    archive = LocalArchive_scan(fleet)  # held as pending, and no sequencer runs
+    archive = _scanned(fleet)  # held as pending, and no sequencer runs
     from tapegate.log.verify import verify_log
 
     later = time.time_ns() + 3600 * 10**9
@@ -134,15 +135,15 @@ def test_a_clock_stepped_back_does_not_stall_the_sequencer(tmp_path: Path) -> No
     (fleet.log_dir / "checkpoint").write_bytes(note)
     fleet.restart()
     a_day(fleet, sessions=1)
-    archive = LocalArchive_scan(fleet)
+    archive = _scanned(fleet)
     assert archive.sequence() is True
     newest = archive._sequencer.latest().checkpoint  # type: ignore[union-attr]
     assert newest.time_ms == ahead.time_ms + 1 and newest.size > ahead.size
     assert fleet.verify().consistent
 
 
-def LocalArchive_scan(fleet: Fleet):
-    from tapegate.archive.embedded import LocalArchive
+def _scanned(fleet: Fleet) -> LocalArchive:
+    """The archive after a scan, with no sequencer run."""
 
     archive = LocalArchive(fleet.config)
     archive.scan()
