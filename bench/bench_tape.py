@@ -85,7 +85,7 @@ def main() -> None:
     for size in SIZES:
         data = os.urandom(size)
         frames = [
-            (i, i % 2, data[off : off + FRAME]) for i, off in enumerate(range(0, size, FRAME))
+            (i, i % 2, 0, data[off : off + FRAME]) for i, off in enumerate(range(0, size, FRAME))
         ]
         events = [b'{"ts":1,"dir":"c2s","type":"query","attrs":{"sql":"SELECT 1"}}'] * 4
 

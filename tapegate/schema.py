@@ -73,6 +73,7 @@ FRAMES = (
     Column("ts_ns", pa.int64(), "bigint", "the same, in ns since the epoch"),
     Column("direction", pa.string(), "string", "c2s | s2c"),
     Column("length", pa.int64(), "bigint", "bytes (the bytes themselves stay sealed)"),
+    Column("stream", pa.string(), "string", "data | stderr (an SSH channel's extended data)"),
 )
 
 # The event types the `statements` column counts (the pipeline and `tapegate show` alike).

@@ -156,6 +156,7 @@ def frame_table(fresh: dict[str, list[Record]]) -> pa.Table:
     ts: list[int] = []
     dirs: list[int] = []
     lens: list[int] = []
+    streams: list[int] = []
     for sid, recs in fresh.items():
         for rec in recs:
             count = len(rec.frame_ts)
@@ -165,14 +166,16 @@ def frame_table(fresh: dict[str, list[Record]]) -> pa.Table:
             ts += rec.frame_ts
             dirs += rec.frame_dir
             lens += rec.frame_len
+            streams += rec.frame_stream
     schema = arrow_schema("frames")
     ts_ns = pa.array(ts, pa.int64())
     direction = pc.if_else(pc.equal(pa.array(dirs, pa.int8()), 0), "c2s", "s2c")
+    stream = pc.if_else(pc.equal(pa.array(streams, pa.int8()), 0), "data", "stderr")
     owner = _owners(counts)
     columns = [pc.take(pa.array(sids, pa.string()), owner),
                pc.take(pa.array(seqs, pa.int64()), owner),
                pc.divide(ts_ns, 1_000_000).cast(schema.field("ts").type), ts_ns,
-               direction, pa.array(lens, pa.int64())]  # fmt: skip
+               direction, pa.array(lens, pa.int64()), stream]  # fmt: skip
     return pa.table(columns, schema=schema)
 
 
@@ -233,8 +236,8 @@ def session_parquet(row: dict[str, Any]) -> bytes:
 
 
 # Columns with few distinct values; dictionary-encoding SQL text or whole events only costs time.
-_DICTIONARY = ["session_id", "direction", "type", "subject", "target", "protocol", "outcome",
-               "status", "issuer", "gateway", "end_reason"]  # fmt: skip
+_DICTIONARY = ["session_id", "direction", "stream", "type", "subject", "target", "protocol",
+               "outcome", "status", "issuer", "gateway", "end_reason"]  # fmt: skip
 
 
 # Min/max statistics where queries filter (Athena skips row groups with them); computing them for

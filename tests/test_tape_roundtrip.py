@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from nacl.public import PrivateKey
@@ -14,6 +15,7 @@ from tapegate.tape import (
     Direction,
     Event,
     PayloadError,
+    Stream,
     TapeWriter,
     codec,
     decode_record,
@@ -162,7 +164,7 @@ def test_copying_fallback_seals_the_same_bytes(monkeypatch) -> None:
         seq=3,
         sealed_ns=T0,
         prev_digest=bytes(32),
-        frames=[(T0, 0, b"abc"), (T0 + 1, 1, b"defg")],
+        frames=[(T0, 0, 0, b"abc"), (T0 + 1, 1, 1, b"defg")],
         event_json=[],
     )
     fast = seal_chunk(**kwargs)
@@ -201,3 +203,32 @@ def test_event_json_takes_its_own_size_in_memory() -> None:
     finally:
         tracemalloc.stop()
     assert used < 2000 * (len(kept[0]) + 200), used
+
+
+def _one_chunk(version: int, frames: list[tuple[int, int, int, bytes]]) -> bytes:
+    record, _ = seal_chunk(signer=SigningKey.generate(), session_key=bytes(32),
+                           session_id=new_session_id(T0), seq=1, sealed_ns=T0,
+                           prev_digest=bytes(32), frames=frames, event_json=[],
+                           version=version)  # fmt: skip
+    return record
+
+
+def test_streams_round_trip_in_version_2_and_version_1_reads_as_stream_0() -> None:
+    frames = [(T0, 1, 0, b"out"), (T0 + 1, 1, 1, b"err"), (T0 + 2, 0, 0, b"in")]
+    v2 = decode_record(_one_chunk(2, frames))
+    assert (v2.version, v2.frame_stream, v2.frame_dir) == (2, (0, 1, 0), (1, 1, 0))
+    opened = open_frames(v2, bytes(32))
+    assert [(int(f.stream), f.data) for f in opened] == [(0, b"out"), (1, b"err"), (0, b"in")]
+    assert opened[1].stream is Stream.STDERR
+    v1 = decode_record(_one_chunk(1, [(t, d, 0, data) for t, d, _, data in frames]))
+    assert v1.version == 1 and v1.frame_stream == (0, 0, 0) and len(v1.raw) == len(v2.raw) - 3
+    assert [f.data for f in open_frames(v1, bytes(32))] == [b"out", b"err", b"in"]
+
+
+def test_version_1_cannot_carry_a_stream_and_an_unknown_stream_is_undecodable() -> None:
+    with pytest.raises(codec.TapeFormatError, match="version 1 has no stream"):
+        _one_chunk(1, [(T0, 1, 1, b"err")])
+    raw = bytearray(_one_chunk(2, [(T0, 1, 1, b"err")]))
+    raw[-64 - 14 + 9] = 2  # the entry's stream byte (after ts_ns u64 and direction u8)
+    with pytest.raises(codec.TapeFormatError, match="frame stream 2"):
+        decode_record(bytes(raw))

@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from gateway_task.metrics import GatewayMetrics
 from gateway_task.recording.sink import Sink, SinkError
 from tapegate.log.leaf import LeafWriter
-from tapegate.tape import Direction, Event, TapeWriter
+from tapegate.tape import Direction, Event, Stream, TapeWriter
 
 COMMIT_TIMEOUT_S = 30.0
 
@@ -80,11 +80,13 @@ class Recorder:
     def session_id(self) -> str:
         return str(self.writer.session_id)
 
-    def frame(self, direction: Direction, data: bytes, ts: int) -> None:
+    def frame(
+        self, direction: Direction, data: bytes, ts: int, stream: Stream = Stream.DATA
+    ) -> None:
         if self.sink.failure is not None:
             raise RecordingUnavailable(self.sink.failure)
         self.last_frame_ns = ts
-        self._ship(self.writer.add_frame(ts, direction, data))
+        self._ship(self.writer.add_frame(ts, direction, data, stream))
 
     def events(self, events: Iterable[Event]) -> None:
         for event in events:

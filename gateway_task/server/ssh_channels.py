@@ -25,7 +25,7 @@ from gateway_task.recording.gate import ForwardGate
 from tapegate.protocols.ssh.scp import ScpObserver
 from tapegate.protocols.ssh.sftp import SftpObserver
 from tapegate.protocols.ssh.target import SshTarget
-from tapegate.tape import Direction, Event
+from tapegate.tape import Direction, Event, Stream
 from tapegate.vocab import EndReason
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class _Relay:
             farewell = f"tapegate: {message}\r\n".encode()
             if reason != EndReason.RECORDING_FAILED:  # what the client reads is recorded
                 with contextlib.suppress(RecordingUnavailable):
-                    self.recorder.frame(S2C, farewell, time.time_ns())
+                    self.recorder.frame(S2C, farewell, time.time_ns(), Stream.STDERR)
             with contextlib.suppress(Exception):
                 self.chan.write_stderr(farewell)
                 self.chan.exit(255)
@@ -98,9 +98,9 @@ class _Relay:
             if chan is not None:
                 chan.close()
 
-    def _record(self, direction: Direction, data: bytes) -> bool:
+    def _record(self, direction: Direction, data: bytes, stream: Stream = Stream.DATA) -> bool:
         try:
-            self.recorder.frame(direction, data, time.time_ns())
+            self.recorder.frame(direction, data, time.time_ns(), stream)
             return True
         except RecordingUnavailable as exc:
             self._unrecordable(exc)
@@ -329,7 +329,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
                 reason = f"no answer in {CHANNEL_OPEN_TIMEOUT_S:g} s"
             self._events([Event(time.time_ns(), "upstream_error", None, {"reason": reason})])
             said = f"tapegate: target {self.target.name!r} refused the channel: {reason}\r\n"
-            if not self._record(S2C, said.encode()):
+            if not self._record(S2C, said.encode(), Stream.STDERR):
                 return  # ended, failing closed, with its own message
             self.chan.write_stderr(said.encode())
             self.chan.exit(255)
@@ -404,9 +404,10 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
     # -- the target's side --------------------------------------------------------------------
 
     def from_upstream(self, data: bytes, datatype: int | None) -> None:
-        if not self._record(S2C, data):
+        stderr = datatype == asyncssh.EXTENDED_DATA_STDERR
+        if not self._record(S2C, data, Stream.STDERR if stderr else Stream.DATA):
             return
-        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+        if stderr:
             self.bytes_err += len(data)
             room = self.cap - len(self.stderr)
             if room > 0:

@@ -15,6 +15,7 @@ from tapegate.tape.model import (
     Identity,
     SessionEnd,
     SessionHeader,
+    Stream,
     new_session_id,
 )
 from tapegate.tape.seal import PayloadError, key_id, open_frames, open_session_key
@@ -34,6 +35,7 @@ __all__ = [
     "SessionEnd",
     "SessionHeader",
     "SplitError",
+    "Stream",
     "TapeFormatError",
     "TapeWriter",
     "Verdict",

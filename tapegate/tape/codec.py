@@ -5,7 +5,7 @@ cryptography beyond hashing: sealing and checking signatures live in `seal`.
 
     offset  size  field
     0       4     magic            b"TGCK"
-    4       2     version          u16 = 1
+    4       2     version          u16 = 2 (1 is still read)
     6       2     flags            u16, bit 0 = final chunk
     8       4     record_len       u32, whole record including the signature
     12      16    session_id       UUID bytes
@@ -15,10 +15,11 @@ cryptography beyond hashing: sealing and checking signatures live in `seal`.
     76      8     key_id           id of the Ed25519 signing key
     84      4     payload_len      u32
     88      4     meta_len         u32
-    92      4     index_len        u32, 13 bytes per frame
+    92      4     index_len        u32, 14 bytes per frame (13 in version 1)
     96      payload_len           payload: XChaCha20-Poly1305 ciphertext of the frame bytes
             meta_len              meta: UTF-8 JSON object (events, session header, end)
-            index_len             frame index: ts_ns u64, direction u8, length u32 per frame
+            index_len             frame index: ts_ns u64, direction u8, stream u8, length u32
+                                  per frame (version 1 has no stream: every frame is stream 0)
             64                    signature
 All integers are big-endian. The payload comes first so that the gateway can encrypt the frame
 bytes in place, in the buffer they were collected in, and append the rest.
@@ -38,13 +39,17 @@ import orjson
 
 MAGIC = b"TGCK"
 LEAF_MAGIC = b"TGLF"  # a log leaf (tapegate/log/leaf.py): same first 12 bytes, split alike
-VERSION = 1
+VERSION = 2  # what the writer writes: version 2 added the frame's stream (SSH stderr)
+VERSIONS = (1, 2)  # what a reader accepts
 FLAG_FINAL = 0x0001
 KNOWN_FLAGS = FLAG_FINAL
 
 FIXED = struct.Struct(">4sHHI16sQQ32s8sIII")
 FIXED_LEN = FIXED.size  # 96
-INDEX_ENTRY = struct.Struct(">QBI")
+INDEX_ENTRY = struct.Struct(">QBBI")  # ts_ns, direction, stream, length
+INDEX_ENTRY_V1 = struct.Struct(">QBI")  # ts_ns, direction, length
+INDEX_ENTRIES = {1: INDEX_ENTRY_V1, 2: INDEX_ENTRY}  # by version
+STREAMS = (0, 1)  # 0: the data (the only stream outside SSH); 1: SSH stderr (RFC 4254 §5.2)
 SIGNATURE_LEN = 64
 DIGEST_LEN = 32
 ZERO_DIGEST = bytes(DIGEST_LEN)
@@ -62,11 +67,13 @@ class TapeFormatError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class FrameRef:
-    """A frame as the index describes it: when, which way, how long. The bytes are sealed."""
+    """A frame as the index describes it: when, which way, which stream, how long. The bytes
+    are sealed."""
 
     ts_ns: int
     direction: int
     length: int
+    stream: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +92,11 @@ class Record:
     frame_ts: tuple[int, ...]
     frame_dir: tuple[int, ...]
     frame_len: tuple[int, ...]
+    frame_stream: tuple[int, ...]  # all 0 in a version 1 record
     payload_len: int
     meta_len: int
     digest: bytes  # SHA-256 of the body: what the next chunk's prev_digest must equal
+    version: int = VERSION
     # With decode_record(events=False) on the reference layout: the events' bytes, unparsed
     # (one event per line, lines joined by ",\n"); meta["events"] is then left empty.
     events_json: bytes | None = None
@@ -99,7 +108,8 @@ class Record:
 
     @property
     def frames(self) -> tuple[FrameRef, ...]:
-        return tuple(map(FrameRef, self.frame_ts, self.frame_dir, self.frame_len))
+        return tuple(map(FrameRef, self.frame_ts, self.frame_dir, self.frame_len,
+                         self.frame_stream))  # fmt: skip
 
     @property
     def meta_bytes(self) -> bytes:
@@ -181,9 +191,15 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def encode_index(frames: list[tuple[int, int, int]]) -> bytes:
+def encode_index(frames: list[tuple[int, int, int, int]], version: int = VERSION) -> bytes:
+    """The frame index from (ts_ns, direction, stream, length) entries."""
+    if version == 1:
+        if any(stream for _, _, stream, _ in frames):
+            raise TapeFormatError("format version 1 has no stream: every frame is stream 0")
+        pack1 = INDEX_ENTRY_V1.pack
+        return b"".join(pack1(ts, direction, length) for ts, direction, _, length in frames)
     pack = INDEX_ENTRY.pack
-    return b"".join(pack(ts, direction, length) for ts, direction, length in frames)
+    return b"".join(pack(ts, direction, stream, length) for ts, direction, stream, length in frames)
 
 
 def record_length(payload_len: int, meta_len: int, index_len: int) -> int:
@@ -201,6 +217,7 @@ def encode_fixed(
     payload_len: int,
     meta_len: int,
     index_len: int,
+    version: int = VERSION,
 ) -> bytes:
     """The 96-byte fixed header (also the AEAD's associated data)."""
     record_len = record_length(payload_len, meta_len, index_len)
@@ -208,7 +225,7 @@ def encode_fixed(
         raise TapeFormatError(f"record of {record_len} bytes exceeds {MAX_RECORD_BYTES}")
     return FIXED.pack(
         MAGIC,
-        VERSION,
+        version,
         FLAG_FINAL if final else 0,
         record_len,
         session_id.bytes,
@@ -248,7 +265,7 @@ def decode_record(raw: bytes, events: bool = True) -> Record:
     ) = FIXED.unpack_from(raw)
     if magic != MAGIC:
         raise TapeFormatError(f"bad magic {magic!r}")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise TapeFormatError(f"unsupported version {version}")
     if flags & ~KNOWN_FLAGS:
         raise TapeFormatError(f"unknown flags {flags:#06x}")
@@ -256,8 +273,9 @@ def decode_record(raw: bytes, events: bool = True) -> Record:
         raise TapeFormatError(f"record_len {record_len} but {len(raw)} bytes given")
     if record_length(payload_len, meta_len, index_len) != record_len:
         raise TapeFormatError("section lengths do not add up to record_len")
-    if index_len % INDEX_ENTRY.size:
-        raise TapeFormatError(f"index_len {index_len} is not a multiple of {INDEX_ENTRY.size}")
+    entry = INDEX_ENTRIES[version]
+    if index_len % entry.size:
+        raise TapeFormatError(f"index_len {index_len} is not a multiple of {entry.size}")
     meta_start = FIXED_LEN + payload_len
     meta_end = meta_start + meta_len
     meta_bytes = raw[meta_start:meta_end]
@@ -281,8 +299,20 @@ def decode_record(raw: bytes, events: bool = True) -> Record:
     if (seq == 0) != ("session" in meta):
         raise TapeFormatError("meta.session must be present in chunk 0 and only there")
     index_end = meta_end + index_len
-    entries = list(INDEX_ENTRY.iter_unpack(raw[meta_end:index_end]))
-    ts, dirs, lens = (tuple(col) for col in zip(*entries, strict=True)) if entries else ((), (), ())
+    entries = list(entry.iter_unpack(raw[meta_end:index_end]))
+    ts: tuple[int, ...]
+    dirs: tuple[int, ...]
+    streams: tuple[int, ...]
+    lens: tuple[int, ...]
+    if not entries:
+        ts = dirs = streams = lens = ()
+    elif version == 1:
+        ts, dirs, lens = zip(*entries, strict=True)
+        streams = (0,) * len(entries)
+    else:
+        ts, dirs, streams, lens = zip(*entries, strict=True)
+        if not set(streams) <= set(STREAMS):
+            raise TapeFormatError(f"frame stream {max(streams)} is neither 0 nor 1")
     if dirs and not set(dirs) <= {0, 1}:
         raise TapeFormatError(f"frame direction {max(dirs)} is neither 0 nor 1")
     plain_len = sum(lens)
@@ -304,10 +334,12 @@ def decode_record(raw: bytes, events: bool = True) -> Record:
         frame_ts=ts,
         frame_dir=dirs,
         frame_len=lens,
+        frame_stream=streams,
         payload_len=payload_len,
         meta_len=meta_len,
         events_json=events_json,
         digest=hashlib.sha256(memoryview(raw)[:-SIGNATURE_LEN]).digest(),
+        version=version,
     )
 
 

@@ -31,6 +31,15 @@ class Direction(IntEnum):
         return {"c2s": cls.CLIENT_TO_SERVER, "s2c": cls.SERVER_TO_CLIENT}[text]
 
 
+class Stream(IntEnum):
+    """Which of a direction's streams the bytes belong to (format version 2). Outside SSH there
+    is only `DATA`; an SSH channel's server side also has `STDERR`, its extended data of type 1
+    (RFC 4254 section 5.2). The integer values are part of the wire format."""
+
+    DATA = 0
+    STDERR = 1
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     """Bytes seen on the wire in one direction, stamped when the gateway read them."""
@@ -38,6 +47,7 @@ class Frame:
     ts_ns: int
     direction: Direction
     data: bytes
+    stream: Stream = Stream.DATA
 
 
 @dataclass(frozen=True, slots=True)

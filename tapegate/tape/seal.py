@@ -27,7 +27,7 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
 from tapegate.tape.codec import Record
-from tapegate.tape.model import Direction, Frame
+from tapegate.tape.model import Direction, Frame, Stream
 
 SIGN_CONTEXT = b"tapegate chunk v1\x00"
 SESSION_KEY_LEN = bindings.crypto_aead_xchacha20poly1305_ietf_KEYBYTES  # 32
@@ -115,7 +115,8 @@ def open_frames(record: Record, session_key: bytes) -> list[Frame]:
     plaintext = decrypt_payload(record, session_key)
     frames, pos = [], 0
     for ref in record.frames:
-        frames.append(Frame(ref.ts_ns, Direction(ref.direction), plaintext[pos : pos + ref.length]))
+        data = plaintext[pos : pos + ref.length]
+        frames.append(Frame(ref.ts_ns, Direction(ref.direction), data, Stream(ref.stream)))
         pos += ref.length
     return frames
 

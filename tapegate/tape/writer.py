@@ -18,7 +18,14 @@ from nacl.public import PublicKey
 from nacl.signing import SigningKey
 
 from tapegate.tape import codec
-from tapegate.tape.model import Direction, Event, SessionEnd, SessionHeader, new_session_id
+from tapegate.tape.model import (
+    Direction,
+    Event,
+    SessionEnd,
+    SessionHeader,
+    Stream,
+    new_session_id,
+)
 from tapegate.tape.seal import (
     SESSION_KEY_LEN,
     encrypt_in_place,
@@ -42,14 +49,16 @@ def seal_chunk(
     seq: int,
     sealed_ns: int,
     prev_digest: bytes,
-    frames: Sequence[tuple[int, int, bytes]],
+    frames: Sequence[tuple[int, int, int, bytes]],
     event_json: list[bytes],
     session: dict[str, Any] | None = None,
     end: dict[str, Any] | None = None,
+    version: int = codec.VERSION,
 ) -> tuple[bytes, bytes]:
-    """Encode, encrypt and sign one chunk. Returns (record, digest)."""
+    """Encode, encrypt and sign one chunk from (ts_ns, direction, stream, bytes) frames.
+    Returns (record, digest)."""
     buf = bytearray(codec.FIXED_LEN)
-    for _, _, data in frames:
+    for *_, data in frames:
         buf += data
     return seal_buffer(
         buf,
@@ -59,10 +68,11 @@ def seal_chunk(
         seq=seq,
         sealed_ns=sealed_ns,
         prev_digest=prev_digest,
-        index=[(ts, d, len(data)) for ts, d, data in frames],
+        index=[(ts, d, stream, len(data)) for ts, d, stream, data in frames],
         event_json=event_json,
         session=session,
         end=end,
+        version=version,
     )
 
 
@@ -75,10 +85,11 @@ def seal_buffer(
     seq: int,
     sealed_ns: int,
     prev_digest: bytes,
-    index: list[tuple[int, int, int]],
+    index: list[tuple[int, int, int, int]],
     event_json: list[bytes],
     session: dict[str, Any] | None = None,
     end: dict[str, Any] | None = None,
+    version: int = codec.VERSION,
 ) -> tuple[bytes, bytes]:
     """Seal a chunk whose frame bytes already sit in `buf`, after FIXED_LEN reserved bytes.
 
@@ -88,7 +99,7 @@ def seal_buffer(
     plain_len = len(buf) - codec.FIXED_LEN
     payload_len = plain_len + codec.AEAD_TAG_LEN if index else 0
     meta = codec.encode_meta(event_json, session=session, end=end)
-    index_bytes = codec.encode_index(index)
+    index_bytes = codec.encode_index(index, version)
     buf[: codec.FIXED_LEN] = codec.encode_fixed(
         session_id=session_id,
         seq=seq,
@@ -99,6 +110,7 @@ def seal_buffer(
         payload_len=payload_len,
         meta_len=len(meta),
         index_len=len(index_bytes),
+        version=version,
     )
     if index:
         buf += bytes(codec.AEAD_TAG_LEN)
@@ -128,7 +140,6 @@ def trim_event(obj: dict[str, Any], limit: int = MAX_EVENT_BYTES) -> bytes:
     return codec.dump_json({**obj, "attrs": {"trimmed": True, "original_bytes": len(encoded)}})
 
 
-_INDEX_SIZE = codec.INDEX_ENTRY.size
 _BYTES_KEY = {Direction.CLIENT_TO_SERVER: "bytes_c2s", Direction.SERVER_TO_CLIENT: "bytes_s2c"}
 
 
@@ -149,7 +160,9 @@ class TapeWriter:
         max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
         max_age_ns: int = DEFAULT_MAX_AGE_NS,
         session_key: bytes | None = None,
+        version: int = codec.VERSION,
     ) -> None:
+        # `version` 1 only reproduces the committed v1 vectors (tests/vectors/generate.py).
         if not auditors:
             raise ValueError("at least one auditor public key is needed to seal payloads")
         if not 1024 <= max_chunk_bytes <= MAX_CHUNK_BYTES_LIMIT:
@@ -161,9 +174,11 @@ class TapeWriter:
         self._sealed_keys = seal_session_key(self._session_key, auditors)
         self._max_bytes = max_chunk_bytes
         self._max_age_ns = max_age_ns
+        self._version = version
+        self._entry_size = codec.INDEX_ENTRIES[version].size
         self._seq = 0
         self._prev = codec.ZERO_DIGEST
-        self._index: list[tuple[int, int, int]] = []
+        self._index: list[tuple[int, int, int, int]] = []
         self._buf = bytearray(codec.FIXED_LEN)
         self._events: list[bytes] = []
         self._pending_bytes = 0
@@ -176,14 +191,17 @@ class TapeWriter:
         """The seq the next sealed chunk will carry."""
         return self._seq
 
-    def add_frame(self, ts_ns: int, direction: Direction, data: bytes) -> list[bytes]:
+    def add_frame(
+        self, ts_ns: int, direction: Direction, data: bytes, stream: Stream = Stream.DATA
+    ) -> list[bytes]:
         self._check_open()
         size = len(data)
+        entry = self._entry_size
         if size <= self._max_bytes:  # one piece: most frames, kept short (one per request)
-            out = self._make_room(ts_ns, _INDEX_SIZE + size)
-            self._index.append((ts_ns, int(direction), size))
+            out = self._make_room(ts_ns, entry + size)
+            self._index.append((ts_ns, int(direction), int(stream), size))
             self._buf += data
-            self._pending_bytes += _INDEX_SIZE + size
+            self._pending_bytes += entry + size
             totals = self.totals
             totals["frames"] += 1
             totals[_BYTES_KEY[direction]] += size
@@ -195,10 +213,10 @@ class TapeWriter:
         step = self._max_bytes
         for start in range(0, len(view), step):
             piece = view[start : start + step]
-            out += self._make_room(ts_ns, codec.INDEX_ENTRY.size + len(piece))
-            self._index.append((ts_ns, int(direction), len(piece)))
+            out += self._make_room(ts_ns, entry + len(piece))
+            self._index.append((ts_ns, int(direction), int(stream), len(piece)))
             self._buf += piece
-            self._pending_bytes += codec.INDEX_ENTRY.size + len(piece)
+            self._pending_bytes += entry + len(piece)
             self.totals["frames"] += 1
             key = "bytes_c2s" if direction is Direction.CLIENT_TO_SERVER else "bytes_s2c"
             self.totals[key] += len(piece)
@@ -282,6 +300,7 @@ class TapeWriter:
             event_json=self._events,
             session=session,
             end=end,
+            version=self._version,
         )
         self._seq += 1
         self._prev = digest

@@ -17,7 +17,7 @@ from asyncssh.packet import String, UInt32
 from gateway_task.devtools.throwaway_sshd import SshServer
 from tapegate.archive.embedded import LocalArchive
 from tapegate.cli import main
-from tapegate.tape import decode_record
+from tapegate.tape import Stream, decode_record
 from tests.gateway_harness import RunningGateway
 from tests.pg import free_port
 from tests.ssh.conftest import openssh, ssh_config
@@ -56,6 +56,10 @@ def test_exec_with_stdin_stdout_stderr_and_exit_status(sgw: RunningGateway) -> N
     assert _of(events2, "eof") == [{}], "the end of the piped input is recorded"
     frames = sgw.frames(first)
     assert b"".join(f.data for f in frames if f.direction.short == "s2c") == b"out\nerr\n"
+    # Told apart on the tape as the client got them: stdout as data, stderr as stream 1.
+    s2c = [f for f in frames if f.direction.short == "s2c"]
+    assert b"".join(f.data for f in s2c if f.stream is Stream.DATA) == b"out\n"
+    assert b"".join(f.data for f in s2c if f.stream is Stream.STDERR) == b"err\n"
     auth = _of(events1, "auth")[0]
     assert auth["subject"] == "agent-7" and auth["method"] in ("password", "keyboard-interactive")
     assert all(v.intact for v in sgw.verdicts().values())

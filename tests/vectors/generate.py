@@ -1,7 +1,10 @@
 """Regenerate the tape test vectors: `python -m tests.vectors.generate`.
 
 The vectors are committed; regenerating changes chunk 0 (SealedBox uses a fresh ephemeral key)
-and therefore every digest after it. Only regenerate when the format version changes.
+and therefore every digest after it. The PostgreSQL session and its problem cases are format
+version 1 records (a verifier must still accept them), written by the writer in its version 1
+mode; `--v2` writes only the version 2 vector, an SSH exec whose stdout and stderr are told
+apart (`python -m tests.vectors.generate --v2`), and `--problem-cases` only the problem cases.
 """
 
 from __future__ import annotations
@@ -15,7 +18,15 @@ from typing import Any
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from tapegate.tape import Direction, Event, Identity, SessionHeader, TapeWriter, decode_record
+from tapegate.tape import (
+    Direction,
+    Event,
+    Identity,
+    SessionHeader,
+    Stream,
+    TapeWriter,
+    decode_record,
+)
 from tapegate.tape.codec import FIXED_LEN, SIGNATURE_LEN
 from tapegate.tape.seal import key_id, sign_digest
 
@@ -57,6 +68,7 @@ def record() -> list[bytes]:
         session_id=SESSION_ID,
         session_key=SESSION_KEY,
         max_chunk_bytes=1024,
+        version=1,
     )
     out: list[bytes] = []
     ts = T0
@@ -240,7 +252,78 @@ def add_problem_cases() -> None:
     (HERE / "vectors.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
+V2_SESSION_ID = uuid.UUID("019b7a4c-0000-7000-8000-000000000002")
+V2_SESSION_KEY = hashlib.sha256(b"tapegate test vector v2 session key").digest()
+OUT, ERR = Stream.DATA, Stream.STDERR
+V2_FRAMES = [  # an exec of `ls /etc/missing /tmp`: both directions' streams, interleaved
+    (Direction.CLIENT_TO_SERVER, Stream.DATA, b"y\n"),
+    (Direction.SERVER_TO_CLIENT, ERR, b"ls: cannot access '/etc/missing': No such file\n"),
+    (Direction.SERVER_TO_CLIENT, OUT, b"/tmp:\nsystemd-private\n"),
+    (Direction.SERVER_TO_CLIENT, ERR, "é\n".encode()),
+]
+
+
+def record_v2() -> list[bytes]:
+    """A format version 2 session: SSH, so its frames carry a stream."""
+    header = SessionHeader(
+        identity=Identity("dev", "agent-7", "agent7@example.com", ("agents",), "jti-2", 1767229200),
+        target="bastion",
+        protocol="ssh",
+        client_addr="127.0.0.1:50001",
+        gateway="gw-vectors",
+        started_ns=T0,
+    )
+    writer = TapeWriter(header, SigningKey(SIGNING_SEED), [PrivateKey(AUDITOR_SECRET).public_key],
+                        session_id=V2_SESSION_ID, session_key=V2_SESSION_KEY,
+                        max_chunk_bytes=1024)  # fmt: skip
+    ts = T0 + 1_000_000
+    out = writer.add_event(Event(ts, "exec", Direction.CLIENT_TO_SERVER,
+                                 {"command": "ls /etc/missing /tmp"}))  # fmt: skip
+    for direction, stream, data in V2_FRAMES:
+        ts += 1_000_000
+        out += writer.add_frame(ts, direction, data, stream)
+    out += writer.flush(ts)  # the frames in chunk 0, the exit in the final chunk
+    ts += 1_000_000
+    out += writer.add_event(Event(ts, "exit", Direction.SERVER_TO_CLIENT, {"status": 2}))
+    out.append(writer.close(ts, "closed"))
+    return out
+
+
+def add_v2() -> None:
+    """Write tests/vectors/ssh-streams-v2.bin and its "v2" entry in vectors.json."""
+    records = record_v2()
+    (HERE / "ssh-streams-v2.bin").write_bytes(b"".join(records))
+    doc = json.loads((HERE / "vectors.json").read_text())
+    doc["v2"] = {
+        "comment": "Format version 2: the frame index entry has a stream byte. Same keys.",
+        "file": "ssh-streams-v2.bin",
+        "session_id": str(V2_SESSION_ID),
+        "session_key": V2_SESSION_KEY.hex(),
+        "status": "intact",
+        "chunks": [
+            {
+                "seq": d.seq,
+                "version": d.version,
+                "length": len(d.raw),
+                "digest": d.digest.hex(),
+                "final": d.final,
+            }
+            for d in map(decode_record, records)
+        ],
+        "frames": [
+            {"direction": int(d), "stream": int(s), "data": data.hex()} for d, s, data in V2_FRAMES
+        ],
+    }
+    (HERE / "vectors.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
 if __name__ == "__main__":
     import sys
 
-    add_problem_cases() if "--problem-cases" in sys.argv else main()
+    if "--problem-cases" in sys.argv:
+        add_problem_cases()
+    elif "--v2" in sys.argv:
+        add_v2()
+    else:
+        main()
+        add_v2()
