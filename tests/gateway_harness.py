@@ -15,9 +15,10 @@ from gateway_task.dev_issuer import mint_token
 from gateway_task.server import Gateway
 from tapegate.config import Config, parse_config
 from tapegate.keys import LocalKeyStore
-from tapegate.tape import split_records, verify_session
+from tapegate.tape import decode_record, split_records, verify_session
 from tapegate.tape.codec import LEAF_MAGIC
 from tests.pg import APP_PASSWORD, PgServer, free_port
+from tests.vocab_check import assert_registered
 
 PASSWORD_ENV = "TAPEGATE_TEST_APPDB_PASSWORD"
 
@@ -117,6 +118,8 @@ class RunningGateway:
             found, errors = split_records(path.read_bytes())
             assert not errors, errors
             records += [r for r in found if (r[:4] == LEAF_MAGIC) == leaves]
+        if not leaves:  # every test that reads its tapes checks them against the registry
+            assert_registered(decode_record(r) for r in records)
         return records
 
     def leaves(self, wait: bool = True) -> list[Any]:

@@ -9,7 +9,15 @@ from pathlib import Path
 from tapegate.log.leaf import LeafKind
 from tapegate.log.verify import LogProblemKind
 from tapegate.tape import ProblemKind
-from tapegate.vocab import END_REASONS, EndReason, end_reason_table
+from tapegate.vocab import (
+    END_REASONS,
+    EVENT_TYPES,
+    EndReason,
+    EventType,
+    end_reason_table,
+    event_type_list,
+)
+from tapegate.vocab.docs import BLOCKS, blocks_in, regenerated
 
 DOCS = Path(__file__).parent.parent / "docs"
 FORMAT = (DOCS / "FORMAT.md").read_text()
@@ -20,11 +28,19 @@ def test_every_end_reason_has_its_description() -> None:
     assert set(END_REASONS) == set(EndReason)
 
 
-def test_formats_table_of_end_reasons_is_the_generated_one() -> None:
-    block = re.search(r"<!-- generated from tapegate/vocab.py.*?-->\n(.*?)  <!-- end of generated",
-                      FORMAT, re.S)  # fmt: skip
-    assert block is not None, "FORMAT.md lost its generated table of end reasons"
-    assert block.group(1) == end_reason_table()
+def test_formats_vocabulary_is_the_generated_one() -> None:
+    """The end reasons' table and the event types' list; `python -m tapegate.vocab.docs`
+    rewrites them."""
+    assert blocks_in(FORMAT) == set(BLOCKS), "FORMAT.md lost a generated block"
+    assert regenerated(FORMAT) == FORMAT, "run python -m tapegate.vocab.docs"
+    assert end_reason_table() in FORMAT and event_type_list() in FORMAT
+
+
+def test_every_event_type_has_its_entry_and_its_line() -> None:
+    assert set(EVENT_TYPES) == set(EventType)
+    for kind, spec in EVENT_TYPES.items():
+        assert spec.protocols and spec.dirs and spec.summary, kind
+        assert re.search(rf"^- `{kind.value}` \(", FORMAT, re.M), kind
 
 
 def test_every_problem_kind_is_specified() -> None:

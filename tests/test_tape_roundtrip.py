@@ -133,6 +133,15 @@ def test_oversized_event_is_trimmed_and_says_so() -> None:
     assert 0 < len(event["attrs"]["sql"]) < 100_000
 
 
+def test_an_event_that_cutting_strings_cannot_shrink_says_its_original_size() -> None:
+    from tapegate.tape.writer import trim_event
+
+    whole = {"ts": T0, "dir": None, "type": "bind", "attrs": {"params": list(range(10_000))}}
+    event = json.loads(trim_event(whole))
+    original = len(json.dumps(whole, separators=(",", ":")))
+    assert event["attrs"] == {"trimmed": True, "original_bytes": original}
+
+
 def test_empty_session_still_has_header_and_final() -> None:
     s = record_session(exchanges=0)
     assert len(s.records) == 1

@@ -32,6 +32,7 @@ from tapegate.tape import (
     split_records,
 )
 from tapegate.tape.codec import FIXED_LEN
+from tapegate.vocab import EventType
 
 
 def _pg(tag: bytes, body: bytes) -> bytes:
@@ -306,7 +307,7 @@ def run_tape_demo(data_dir: Path) -> int:
         ts += 2_000_000
         records += writer.add_frame(ts, direction, data)
         if sql:
-            records += writer.add_event(Event(ts, "query", direction, {"sql": sql}))
+            records += writer.add_event(Event(ts, EventType.QUERY, direction, {"sql": sql}))
         records += writer.tick(ts + 1_000_000_000)  # as if a second passed: one chunk each
     records.append(writer.close(ts + 3_000_000, "client_terminate"))
 

@@ -35,7 +35,7 @@ from tapegate.config import Config
 from tapegate.keys import LocalKeyStore, load_signing_key
 from tapegate.log.leaf import LeafWriter
 from tapegate.tape import Event, Identity, SessionHeader, TapeWriter
-from tapegate.vocab import EndReason
+from tapegate.vocab import EndReason, EventType
 
 log = logging.getLogger("tapegate.gateway")
 
@@ -259,7 +259,7 @@ class Gateway:
             recorder = self.open_recorder(who, target, protocol, client_addr, started_ns or now)
             if first is not None:
                 recorder.event(first)
-            recorder.event(Event(now, "auth", None, {"result": "refused", **attrs}))
+            recorder.event(Event(now, EventType.AUTH, None, {"result": "refused", **attrs}))
             recorder.close("refused")
         except RecordingUnavailable:
             log.error("could not record a refused %s connection from %s", protocol, client_addr)
@@ -272,7 +272,9 @@ class Gateway:
             try:
                 recorder = self.open_recorder(who, "(refusals)", protocol,
                                               f"{summary.source}:0", summary.first_ns)  # fmt: skip
-                recorder.event(Event(time.time_ns(), "refusal_summary", None, summary.attrs()))
+                recorder.event(
+                    Event(time.time_ns(), EventType.REFUSAL_SUMMARY, None, summary.attrs())
+                )
                 recorder.close(EndReason.REFUSED)
                 with contextlib.suppress(SinkError):
                     self.sink.put([self.leaves.refusals(summary.source, summary.count,

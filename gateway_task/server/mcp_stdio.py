@@ -49,7 +49,7 @@ from tapegate.protocols.mcp.stdio import (
 )
 from tapegate.protocols.mcp.target import McpTarget
 from tapegate.tape import Direction, Event
-from tapegate.vocab import EndReason
+from tapegate.vocab import EndReason, EventType
 
 if TYPE_CHECKING:
     from gateway_task.server.gateway import Gateway
@@ -139,7 +139,7 @@ class StdioServer:
         for link in list(self._links.values()):
             link.close()
         if self._proc is not None and self._proc.returncode is None:
-            self._note("mcp_server_stop", {"reason": "its tape ended"})
+            self._note(EventType.MCP_SERVER_STOP, {"reason": "its tape ended"})
         self._terminate()
 
     def _terminate(self) -> None:
@@ -156,7 +156,7 @@ class StdioServer:
         """Its lifetime is up: stopped as if it had exited (what awaits it is answered)."""
         self._expired = True
         life = self.target.process_lifetime_s
-        self._note("mcp_server_stop", {"reason": f"process_lifetime_s ({life:g} s) passed"})
+        self._note(EventType.MCP_SERVER_STOP, {"reason": f"process_lifetime_s ({life:g} s) passed"})
         self._terminate()
 
     def _note(
@@ -223,13 +223,13 @@ class StdioServer:
                 start_new_session=True, limit=MAX_LINE)  # fmt: skip
         except OSError as exc:
             why = f"could not start {target.command[0]!r}: {exc.strerror or exc}"
-            self._note("upstream_error", {"reason": why})
+            self._note(EventType.UPSTREAM_ERROR, {"reason": why})
             self._ended(why)
             return
         self._proc = proc
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         # The environment's names, never its values.
-        self._note("mcp_server_start", {"command": list(target.command), "pid": proc.pid,
+        self._note(EventType.MCP_SERVER_START, {"command": list(target.command), "pid": proc.pid,
                                         "env": sorted(self._env)})  # fmt: skip
         loop = asyncio.get_running_loop()
         self._lifetime = loop.call_later(target.process_lifetime_s, self._too_old)
@@ -253,7 +253,7 @@ class StdioServer:
         why = _status(status)
         if self._expired:
             why = f"its process_lifetime_s ({target.process_lifetime_s:g} s) passed: {why}"
-        self._note("mcp_server_exit", {"status": status, "reason": why,
+        self._note(EventType.MCP_SERVER_EXIT, {"status": status, "reason": why,
                                        "stopped": self._stopping or self._expired,
                                        "stderr_bytes": self._stderr_bytes})  # fmt: skip
         self._ended(why)
@@ -279,7 +279,7 @@ class StdioServer:
                     self.run(self.bridge.line(exc.partial))
                 return
             except asyncio.LimitOverrunError:
-                self._note("protocol_error", {"message": f"MCP stdio: the server wrote a "
+                self._note(EventType.PROTOCOL_ERROR, {"message": f"MCP stdio: the server wrote a "
                            f"message over {MAX_LINE} bytes: it was stopped"}, S2C)  # fmt: skip
                 _signal(proc, signal.SIGKILL)
                 return
@@ -290,7 +290,7 @@ class StdioServer:
             await self._stderr_lines(stream)
         finally:  # what the mask held back, in case it was not a credential's start after all
             if (tail := self._stderr_mask.flush()) and self._stderr_bytes <= STDERR_CAP:
-                self._note("mcp_stderr", {"text": tail.decode("utf-8", "replace")}, S2C)
+                self._note(EventType.MCP_STDERR, {"text": tail.decode("utf-8", "replace")}, S2C)
 
     async def _stderr_lines(self, stream: asyncio.StreamReader) -> None:
         while data := await stream.read(65536):
@@ -298,12 +298,12 @@ class StdioServer:
             self._stderr_bytes += len(data)
             if kept:
                 text = self._stderr_mask.feed(kept)  # a credential split across reads, too
-                self._note("mcp_stderr", {"text": text.decode("utf-8", "replace")}, S2C)
+                self._note(EventType.MCP_STDERR, {"text": text.decode("utf-8", "replace")}, S2C)
             if len(kept) < len(data) and self._stderr_bytes - len(data) <= STDERR_CAP:
                 if tail := self._stderr_mask.flush():
-                    self._note("mcp_stderr", {"text": tail.decode("utf-8", "replace")}, S2C)
-                self._note("mcp_stderr", {"text": "", "truncated": f"stderr past {STDERR_CAP} "
-                                          "bytes is not kept"}, S2C)  # fmt: skip
+                    self._note(EventType.MCP_STDERR, {"text": tail.decode("utf-8", "replace")}, S2C)
+                cut = f"stderr past {STDERR_CAP} bytes is not kept"
+                self._note(EventType.MCP_STDERR, {"text": "", "truncated": cut}, S2C)
 
 
 class _Link(asyncio.Protocol):

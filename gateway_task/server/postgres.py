@@ -39,7 +39,7 @@ from tapegate.proxy.admission import (
     precheck,
 )
 from tapegate.tape import Direction, Event, Identity
-from tapegate.vocab import EndReason
+from tapegate.vocab import EndReason, EventType
 
 if TYPE_CHECKING:
     from gateway_task.server.admission import Slot
@@ -196,7 +196,7 @@ class PgConnection:
             return  # like PostgreSQL: an unknown key gets no answer
         try:
             session.recorder.event(
-                Event(time.time_ns(), "cancel_request", C2S, {"from": self.client_addr})
+                Event(time.time_ns(), EventType.CANCEL_REQUEST, C2S, {"from": self.client_addr})
             )
             await session.recorder.forwarding()  # never forwarded unrecorded, as any byte
         except RecordingUnavailable:
@@ -245,7 +245,7 @@ class PgConnection:
         recorder = self.gw.open_recorder(
             identity, target_name, "postgres", self.client_addr, self.started_ns
         )
-        recorder.event(Event(self.started_ns, "startup", C2S, self._startup_attrs()))
+        recorder.event(Event(self.started_ns, EventType.STARTUP, C2S, self._startup_attrs()))
         return recorder
 
     def _startup_attrs(self) -> dict[str, object]:
@@ -274,7 +274,7 @@ class PgConnection:
             self.client_addr,
             attrs,
             started_ns=self.started_ns,
-            first=Event(self.started_ns, "startup", C2S, self._startup_attrs()),
+            first=Event(self.started_ns, EventType.STARTUP, C2S, self._startup_attrs()),
         )
 
     # -- the session ------------------------------------------------------------------------
@@ -283,7 +283,7 @@ class PgConnection:
         identity, target = admitted.identity, admitted.target
         recorder = self._new_recorder(identity, target.name)
         now = time.time_ns()
-        recorder.event(Event(now, "auth", None, auth_attrs(admitted, "oidc", tls=self.tls)))
+        recorder.event(Event(now, EventType.AUTH, None, auth_attrs(admitted, "oidc", tls=self.tls)))
         session = PgSession(recorder, target, (target.upstream.host, target.upstream.port), None)
         self.gw.metrics.inc("sessions_started")
         gw = self.gw
@@ -294,7 +294,7 @@ class PgConnection:
             denied = _startup_denied(guard, self.params)
             if denied is not None:
                 # The startup's settings are statements too: `options=-c role=...` is SET ROLE.
-                recorder.event(Event(now, "blocked", C2S, {"startup": True, "rule": denied,
+                recorder.event(Event(now, EventType.BLOCKED, C2S, {"startup": True, "rule": denied,
                                                            "kinds": ["SET"]}))  # fmt: skip
                 await self._send_recorded(recorder, _denied_startup(denied))
                 session.end_reason = EndReason.BLOCKED
@@ -307,14 +307,16 @@ class PgConnection:
                 )
             except _Refused as refusal:
                 recorder.event(
-                    Event(time.time_ns(), "upstream_error", None, {"reason": refusal.message})
+                    Event(
+                        time.time_ns(), EventType.UPSTREAM_ERROR, None, {"reason": refusal.message}
+                    )
                 )
                 await self._send_recorded(
                     recorder, m.error_response(refusal.code, refusal.message, hint=refusal.hint)
                 )
                 session.end_reason = "upstream_unavailable"
                 return
-            recorder.event(Event(time.time_ns(), "upstream", None, {
+            recorder.event(Event(time.time_ns(), EventType.UPSTREAM, None, {
                 "method": login.method, "tls": login.server_cert is not None,
                 "channel_binding": (login.method or "").endswith("-plus")}))  # fmt: skip
             session.upstream_key = login.backend_key

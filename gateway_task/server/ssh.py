@@ -31,6 +31,7 @@ from tapegate.keys import load_ssh_host_seed
 from tapegate.protocols.ssh.target import SshTarget
 from tapegate.proxy.admission import Admitted, Login, Refusal, RefusalKind, Words, admit, auth_attrs
 from tapegate.tape import Event, Identity
+from tapegate.vocab import EventType
 
 if TYPE_CHECKING:
     from gateway_task.server.admission import Slot
@@ -270,10 +271,10 @@ class SshClientLink(asyncssh.SSHServer):
         if expires_at + cfg.leeway_s >= time.time():
             return False
         reason = "your OIDC token has expired: log in again with a fresh one"
-        self.gw.record_refusal(
-            self.identity, self.target.name if self.target else "(none)", "ssh",
-            self.client_addr, {"method": self.method, "reason": reason, "channel": channel},
-        )  # fmt: skip
+        attrs = {"method": self.method, "refusal": RefusalKind.BAD_TOKEN, "reason": reason,
+                 "channel": channel}  # fmt: skip
+        target = self.target.name if self.target else "(none)"
+        self.gw.record_refusal(self.identity, target, "ssh", self.client_addr, attrs)
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
 
     def session_requested(self) -> SessionRelay:
@@ -309,7 +310,7 @@ class SshClientLink(asyncssh.SSHServer):
             {"method": self.method, "refusal": "port_forward", "reason": reason,
              "connection": self.connection_id},
             started_ns=now,
-            first=Event(now, "port_forward", None,
+            first=Event(now, EventType.PORT_FORWARD, None,
                         {**attrs, "result": "refused", "reason": reason}),
         )  # fmt: skip
 
@@ -324,7 +325,9 @@ class SshClientLink(asyncssh.SSHServer):
         if self.upstream is None:
             self._fail_channel(recorder)
         assert self.upstream is not None
-        recorder.event(Event(time.time_ns(), "port_forward", None, {**attrs, "result": "allowed"}))
+        recorder.event(
+            Event(time.time_ns(), EventType.PORT_FORWARD, None, {**attrs, "result": "allowed"})
+        )
         relay = ForwardRelay(self.gw, recorder, self.upstream, attrs)
         self.gw.sessions.add(relay)
         return relay.open()
@@ -343,14 +346,14 @@ class SshClientLink(asyncssh.SSHServer):
         recorder = self.gw.open_recorder(self.identity, self.target.name, "ssh",
                                          self.client_addr, now)  # fmt: skip
         admitted = Admitted(self.target, self.identity)
-        recorder.event(Event(now, "auth", None, auth_attrs(
+        recorder.event(Event(now, EventType.AUTH, None, auth_attrs(
             admitted, self.method, connection=self.connection_id, channel=channel)))  # fmt: skip
         self.gw.metrics.inc("sessions_started")
         return recorder
 
     def _fail_channel(self, recorder: Recorder) -> None:
         reason = self.upstream_error or "no upstream connection"
-        recorder.event(Event(time.time_ns(), "upstream_error", None, {"reason": reason}))
+        recorder.event(Event(time.time_ns(), EventType.UPSTREAM_ERROR, None, {"reason": reason}))
         recorder.close("upstream_unavailable")
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason)
 

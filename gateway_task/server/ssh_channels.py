@@ -26,7 +26,7 @@ from tapegate.protocols.ssh.scp import ScpObserver
 from tapegate.protocols.ssh.sftp import SftpObserver
 from tapegate.protocols.ssh.target import SshTarget
 from tapegate.tape import Direction, Event, Stream
-from tapegate.vocab import EndReason
+from tapegate.vocab import EndReason, EventType
 
 if TYPE_CHECKING:
     from gateway_task.server.gateway import Gateway
@@ -201,19 +201,19 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
     def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
                       term_modes: dict[int, int]) -> bool:  # fmt: skip
         if self._started:  # RFC 4254 §6.2: before the shell or command; refused, recorded
-            self._events([Event(time.time_ns(), "blocked", C2S, {
+            self._events([Event(time.time_ns(), EventType.BLOCKED, C2S, {
                 "term": term_type, "rule": "pty after the session started"})])  # fmt: skip
             return False
         self.term = (term_type, term_size, term_modes)
         cols, rows = term_size[0], term_size[1]
-        self._events([Event(time.time_ns(), "pty", None,
+        self._events([Event(time.time_ns(), EventType.PTY, None,
                             {"term": term_type, "cols": cols, "rows": rows})])  # fmt: skip
         return True
 
     def shell_requested(self) -> bool:
         self.request = ("shell", None)
         self._start()
-        self._events([Event(time.time_ns(), "shell", C2S, self._env())])
+        self._events([Event(time.time_ns(), EventType.SHELL, C2S, self._env())])
         return True
 
     def exec_requested(self, command: str | bytes) -> bool:
@@ -222,12 +222,16 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         now = time.time_ns()
         if rule is not None:
             self.blocked = True
-            self._events([Event(now, "blocked", C2S, {"command": text[: self.cap], "rule": rule})])
+            self._events(
+                [Event(now, EventType.BLOCKED, C2S, {"command": text[: self.cap], "rule": rule})]
+            )
             return False  # the client sees the exec request fail
         self.request = ("exec", text)
         self.files = ScpObserver.for_command(text, time.time_ns)  # legacy scp (`scp -O`)
         self._start()
-        self._events([Event(now, "exec", C2S, {"command": text[: self.cap], **self._env()})])
+        self._events(
+            [Event(now, EventType.EXEC, C2S, {"command": text[: self.cap], **self._env()})]
+        )
         return True
 
     def subsystem_requested(self, subsystem: str | bytes) -> bool:
@@ -236,7 +240,9 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         if name == "sftp":
             self.files = SftpObserver(time.time_ns)
         self._start()
-        self._events([Event(time.time_ns(), "subsystem", C2S, {"name": name, **self._env()})])
+        self._events(
+            [Event(time.time_ns(), EventType.SUBSYSTEM, C2S, {"name": name, **self._env()})]
+        )
         return True
 
     def _requested_env(self) -> dict[str, str]:
@@ -264,7 +270,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
             if self._seen_env.get(name) == value:
                 continue
             self._seen_env[name] = value
-            events.append(Event(now, "blocked", C2S, {
+            events.append(Event(now, EventType.BLOCKED, C2S, {
                 "name": name[:256], "value": value[: self.cap],
                 "rule": "env after the session started"}))  # fmt: skip
         self._events(events)
@@ -285,9 +291,9 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         for name, value in self._requested_env().items():
             attrs = {"name": name[:256], "value": value[: self.cap]}
             if env_allowed(name, self.target.allow_env):
-                events.append(Event(now, "env", C2S, attrs))
+                events.append(Event(now, EventType.ENV, C2S, attrs))
             else:
-                events.append(Event(now, "blocked", C2S, {**attrs, "rule": "allow_env"}))
+                events.append(Event(now, EventType.BLOCKED, C2S, {**attrs, "rule": "allow_env"}))
         self._events(events)
 
     def session_started(self) -> None:
@@ -327,7 +333,9 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
             reason = getattr(exc, "reason", None) or str(exc)
             if isinstance(exc, TimeoutError):
                 reason = f"no answer in {CHANNEL_OPEN_TIMEOUT_S:g} s"
-            self._events([Event(time.time_ns(), "upstream_error", None, {"reason": reason})])
+            self._events(
+                [Event(time.time_ns(), EventType.UPSTREAM_ERROR, None, {"reason": reason})]
+            )
             said = f"tapegate: target {self.target.name!r} refused the channel: {reason}\r\n"
             if not self._record(S2C, said.encode(), Stream.STDERR):
                 return  # ended, failing closed, with its own message
@@ -359,7 +367,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
             self.to_target.send(lambda: self.up_chan.write(data))
 
     def eof_received(self) -> bool:
-        self._events([Event(time.time_ns(), "eof", C2S, {})])  # the client's input ended
+        self._events([Event(time.time_ns(), EventType.EOF, C2S, {})])  # the client's input ended
         if self.up_chan is None:
             self._early_eof = True
         else:
@@ -367,18 +375,20 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
         return True  # half-close: the target's answer may still come
 
     def break_received(self, msec: int) -> bool:
-        self._events([Event(time.time_ns(), "break", C2S, {"ms": msec})])
+        self._events([Event(time.time_ns(), EventType.BREAK, C2S, {"ms": msec})])
         if self.up_chan is not None:
             self.to_target.send(lambda: self.up_chan.send_break(msec))
         return True
 
     def signal_received(self, signal: str) -> None:
-        self._events([Event(time.time_ns(), "signal", C2S, {"name": signal})])
+        self._events([Event(time.time_ns(), EventType.SIGNAL, C2S, {"name": signal})])
         if self.up_chan is not None:
             self.to_target.send(lambda: self.up_chan.send_signal(signal))
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
-        self._events([Event(time.time_ns(), "resize", C2S, {"cols": width, "rows": height})])
+        self._events(
+            [Event(time.time_ns(), EventType.RESIZE, C2S, {"cols": width, "rows": height})]
+        )
         if self.up_chan is None:  # applied once the target's channel is open
             self._early_resize = (width, height, pixwidth, pixheight)
         else:
@@ -449,7 +459,7 @@ class SessionRelay(_Relay, asyncssh.SSHServerSession):  # type: ignore[misc]
             attrs["signal"] = self.exit_signal[0]
         if self.stderr:
             attrs["stderr"] = self.stderr.decode("utf-8", "replace")
-        events.append(Event(time.time_ns(), "exit", S2C, attrs))
+        events.append(Event(time.time_ns(), EventType.EXIT, S2C, attrs))
         return events
 
 
@@ -506,7 +516,9 @@ class ForwardRelay(_Relay, asyncssh.SSHTCPSession):  # type: ignore[misc]
                 self.attrs["orig_host"], self.attrs["orig_port"],
             )  # fmt: skip
         except asyncssh.ChannelOpenError as exc:
-            self._events([Event(time.time_ns(), "upstream_error", None, {"reason": exc.reason})])
+            self._events(
+                [Event(time.time_ns(), EventType.UPSTREAM_ERROR, None, {"reason": exc.reason})]
+            )
             self.finish("upstream_unavailable")
             raise
         return self
@@ -538,7 +550,7 @@ class ForwardRelay(_Relay, asyncssh.SSHTCPSession):  # type: ignore[misc]
             self.to_client.send(lambda: self.chan.write(data))
 
     def _totals(self) -> Event:
-        return Event(time.time_ns(), "forward_closed", None,
+        return Event(time.time_ns(), EventType.FORWARD_CLOSED, None,
                      {"bytes_in": self.bytes_in, "bytes_out": self.bytes_out})  # fmt: skip
 
 

@@ -128,16 +128,16 @@ def trim_event(obj: dict[str, Any], limit: int = MAX_EVENT_BYTES) -> bytes:
     A trimmed event says so (`"trimmed": true`) so no one mistakes it for the full text; the
     bytes themselves are in the sealed frames regardless.
     """
-    encoded = codec.dump_json(obj)
-    if len(encoded) <= limit:
-        return encoded
+    whole = codec.dump_json(obj)
+    if len(whole) <= limit:
+        return whole
     cap = limit // 4
     attrs = {k: (v[:cap] if isinstance(v, str) else v) for k, v in obj["attrs"].items()}
     attrs["trimmed"] = True
     encoded = codec.dump_json({**obj, "attrs": attrs})
     if len(encoded) <= limit:
         return encoded
-    return codec.dump_json({**obj, "attrs": {"trimmed": True, "original_bytes": len(encoded)}})
+    return codec.dump_json({**obj, "attrs": {"trimmed": True, "original_bytes": len(whole)}})
 
 
 _BYTES_KEY = {Direction.CLIENT_TO_SERVER: "bytes_c2s", Direction.SERVER_TO_CLIENT: "bytes_s2c"}

@@ -60,7 +60,7 @@ from tapegate.proxy.relay import (
     Wake,
 )
 from tapegate.tape import Direction, Event
-from tapegate.vocab import EndReason
+from tapegate.vocab import EndReason, EventType
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 
@@ -369,7 +369,7 @@ class HttpRelay(McpPath):
         self.session = (admitted.target.name, admitted.identity.subject, question.boundary)
         self._ledger = answer if isinstance(answer, Ledger) else Ledger()
         attrs = auth_attrs(admitted, "oidc", tls=self.tls)
-        out.append(Record([Event(self._now_ns(), "auth", None, attrs)]))
+        out.append(Record([Event(self._now_ns(), EventType.AUTH, None, attrs)]))
         if self._x is not None and self._x.mcp is not None:
             self._mcp_judge(out)
         else:
@@ -470,7 +470,7 @@ class HttpRelay(McpPath):
     def _request_event(self, ex: _Exchange) -> Event:
         request = ex.request
         assert ex.inject is not None and ex.body is not None
-        return Event(ex.started_ns, "request", C2S, {
+        return Event(ex.started_ns, EventType.REQUEST, C2S, {
             "method": request.method.decode("latin-1"),
             "url": x.strip_access_token(request.target.decode("latin-1")),
             "upstream_path": ex.path,
@@ -628,7 +628,7 @@ class HttpRelay(McpPath):
         assert ex.headers is not None and responses is not None
         if not complete and not by_client:  # the upstream dropped mid-body: the client sees it
             name = ex.admitted.target.name if ex.admitted else "?"
-            out.append(Record([Event(self._now_ns(), "upstream_error", S2C, {
+            out.append(Record([Event(self._now_ns(), EventType.UPSTREAM_ERROR, S2C, {
                 "reason": f"target {name!r} closed mid-response"})]))  # fmt: skip
         attrs: dict[str, object] = {
             "status": ex.response.status,
@@ -646,7 +646,7 @@ class HttpRelay(McpPath):
             attrs["credential_masked"] = ex.masker.masked
         if not ex.maskable and ex.body.length:
             attrs["unmasked"] = "content-encoded body: not checked for the credential"
-        out.append(Record([Event(self._now_ns(), "response", S2C, attrs)]))
+        out.append(Record([Event(self._now_ns(), EventType.RESPONSE, S2C, attrs)]))
         if (ex.mcp is not None and complete and ex.request.method == b"DELETE"
                 and ex.response.status < 300 and self.session is not None):  # fmt: skip
             out.append(Ask(CloseSession(EndReason.CLIENT_CLOSED, final=True)))  # the session's end
@@ -688,7 +688,7 @@ class HttpRelay(McpPath):
         self._send(wire.response_head(101, reason, x.client_response_headers(
             headers, websocket=True), wire.NO_BODY), out)  # fmt: skip
         self._flush_client(out)
-        out.append(Record([Event(self._now_ns(), "response", S2C, {
+        out.append(Record([Event(self._now_ns(), EventType.RESPONSE, S2C, {
             "status": 101, "reason": reason.decode("latin-1"), "http_version": "HTTP/1.1",
             "headers": x.recorded_headers(headers),
             "duration_ns": self._now_ns() - ex.started_ns,
@@ -732,7 +732,7 @@ class HttpRelay(McpPath):
             {"method": "oidc", "refusal": refused.kind, "status": refused.status,
              "reason": refused.message, "tls": self.tls},
             started_ns=ex.started_ns,
-            first=Event(ex.started_ns, "request", C2S, {
+            first=Event(ex.started_ns, EventType.REQUEST, C2S, {
                 "method": request.method.decode("latin-1"),
                 "url": x.strip_access_token(request.target.decode("latin-1")),
                 "http_version": x.http_version(request.version),
@@ -746,7 +746,7 @@ class HttpRelay(McpPath):
         flood is folded like any other. Its bytes are not kept: they may hold a token."""
         message = f"malformed HTTP request: {exc}"
         if self.session is not None:
-            out.append(Record([Event(self._now_ns(), "protocol_error", C2S,
+            out.append(Record([Event(self._now_ns(), EventType.PROTOCOL_ERROR, C2S,
                                      {"message": message})]))  # fmt: skip
         else:
             out.append(Ask(RecordRefusal(None, "(none)", {
@@ -756,7 +756,9 @@ class HttpRelay(McpPath):
         self._done(EndReason.PROTOCOL_ERROR, out)
 
     def _upstream_failed(self, status: int, message: str, out: list[Command]) -> None:
-        out.append(Record([Event(self._now_ns(), "upstream_error", None, {"reason": message})]))
+        out.append(
+            Record([Event(self._now_ns(), EventType.UPSTREAM_ERROR, None, {"reason": message})])
+        )
         self._drop_upstream(out)
         self._error(status, message, out)
         self.state = State.DONE

@@ -15,7 +15,7 @@ from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 from tapegate.protocols.http.exchange import Masker
 from tapegate.proxy.relay import CloseWrite, Command, End, Record, Side, ToClient, ToServer
 from tapegate.tape import Direction, Event
-from tapegate.vocab import EndReason
+from tapegate.vocab import EndReason, EventType
 
 
 class WebSocketObserver:
@@ -56,14 +56,14 @@ class WebSocketObserver:
                     events.append(event)
         except ParseFailed as exc:
             self.failed = True  # the endpoints see the same bytes and deal with them
-            events.append(Event(self._clock(), "ws_protocol_error", self.direction,
+            events.append(Event(self._clock(), EventType.WS_PROTOCOL_ERROR, self.direction,
                                 {"message": str(exc)}))  # fmt: skip
         return events
 
     def _frame(self, opcode: Opcode, payload: object, finished: bool) -> Event | None:
         if opcode is Opcode.CLOSE:
             code, reason = payload  # type: ignore[misc]
-            return Event(self._clock(), "ws_close", self.direction,
+            return Event(self._clock(), EventType.WS_CLOSE, self.direction,
                          {"code": int(code), "reason": str(reason)})  # fmt: skip
         if opcode in (Opcode.PING, Opcode.PONG):
             return None
@@ -88,7 +88,7 @@ class WebSocketObserver:
         if len(kept) < self._length:
             attrs["truncated"] = True
         self._parts, self._kept, self._length = [], 0, 0
-        return Event(self._clock(), "ws_message", self.direction, attrs)
+        return Event(self._clock(), EventType.WS_MESSAGE, self.direction, attrs)
 
 
 class WebSocketRelay:

@@ -27,6 +27,7 @@ from tapegate.protocols.mcp import messages as jr
 from tapegate.protocols.mcp.sse import SseEvent, SseReader, with_data
 from tapegate.protocols.mcp.target import McpTarget
 from tapegate.tape import Direction, Event
+from tapegate.vocab import EventType
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 MAX_JSON_ANSWER_BYTES = 8 * 1024 * 1024  # a JSON answer is read whole; a larger one goes unread
@@ -145,19 +146,19 @@ class McpExchange:
             # Streamable HTTP has these three, and only POST carries messages: a body on
             # another method would reach the server unjudged.
             message = "MCP over HTTP is POST (messages), GET (the server's stream), DELETE"
-            self._event("protocol_error", C2S, {"message": f"MCP: {message}"})
+            self._event(EventType.PROTOCOL_ERROR, C2S, {"message": f"MCP: {message}"})
             return Answer(405, jr.dumps(jr.error(None, jr.INVALID_REQUEST, message)))
         if method != b"POST":
             if method == b"DELETE":
-                self._event("mcp_notification", C2S, {"method": "(session end: DELETE)"})
+                self._event(EventType.MCP_NOTIFICATION, C2S, {"method": "(session end: DELETE)"})
             return None  # GET opens the server's stream; its events are read as they come
         if self._bad is not None:
             exc = self._bad
-            self._event("protocol_error", C2S, {"message": f"MCP: {exc.message}"})
+            self._event(EventType.PROTOCOL_ERROR, C2S, {"message": f"MCP: {exc.message}"})
             return Answer(exc.status, jr.dumps(jr.error(None, exc.code, exc.message)))
         mismatch = self._header_mismatch(headers, items)
         if mismatch is not None:
-            self._event("protocol_error", C2S, {"message": f"MCP: {mismatch[1]}"})
+            self._event(EventType.PROTOCOL_ERROR, C2S, {"message": f"MCP: {mismatch[1]}"})
             return Answer(400, jr.dumps(jr.error(mismatch[0], jr.HEADER_MISMATCH, mismatch[1])))
         blocked: dict[int, str] = {}  # by position: ids may repeat
         for i, msg in enumerate(items):
@@ -224,8 +225,8 @@ class McpExchange:
                 if call is not None:  # the call it gives up on, and how long it had waited
                     attrs.update(id=params["requestId"], call=call.method, tool=call.tool,
                                  duration_ns=self._now_ns() - call.started_ns)  # fmt: skip
-            self._event("mcp_cancel" if method == "notifications/cancelled" else
-                        "mcp_notification", C2S, attrs)  # fmt: skip
+            self._event(EventType.MCP_CANCEL if method == "notifications/cancelled" else
+                        EventType.MCP_NOTIFICATION, C2S, attrs)  # fmt: skip
             if method in jr.NAME_BEARING:  # a call without an id would go unjudged
                 return f"tapegate: {method} is a request: it needs an id"
             return None
@@ -255,7 +256,7 @@ class McpExchange:
             attrs["protocol_version"] = self.ledger.protocol_version
         if self.ledger.session_id:
             attrs["mcp_session"] = self.ledger.session_id
-        self._event("mcp_request", C2S, attrs)
+        self._event(EventType.MCP_REQUEST, C2S, attrs)
         pending = self.ledger.pending
         if len(pending) >= MAX_PENDING:  # answers that never came (or a client that floods)
             del pending[next(iter(pending))]
@@ -310,7 +311,7 @@ class McpExchange:
             self._json += data
             if len(self._json) > MAX_JSON_ANSWER_BYTES:
                 held, self._json = bytes(self._json), None
-                self._event("mcp_response", S2C, {"unread": "a JSON answer over 8 MiB"})
+                self._event(EventType.MCP_RESPONSE, S2C, {"unread": "a JSON answer over 8 MiB"})
                 return held
             return b""
         return data
@@ -328,7 +329,7 @@ class McpExchange:
             if call is not None and not call.interrupted:
                 # Kept: a client may resume the stream (GET with Last-Event-ID) and get it.
                 call.interrupted = True
-                self._event("mcp_cancel", S2C, {
+                self._event(EventType.MCP_CANCEL, S2C, {
                     "id_key": sent, "method": call.method, "tool": call.tool,
                     "reason": "the answer's stream closed before the response",
                     "duration_ns": self._now_ns() - call.started_ns})  # fmt: skip
@@ -341,7 +342,7 @@ class McpExchange:
         try:
             items = jr.parse(raw)
         except jr.McpError as exc:
-            self._event("protocol_error", S2C, {"message": f"MCP answer: {exc.message}"})
+            self._event(EventType.PROTOCOL_ERROR, S2C, {"message": f"MCP answer: {exc.message}"})
             return raw
         changed = [self._server_message(m) for m in items]
         if not any(c is not None for c in changed):
@@ -375,7 +376,9 @@ class McpExchange:
         params = msg.get("params")
         if params:
             attrs["params"], _ = jr.capped(params, self.cap)
-        self._event("mcp_request" if kind == "request" else "mcp_notification", S2C, attrs)
+        self._event(
+            EventType.MCP_REQUEST if kind == "request" else EventType.MCP_NOTIFICATION, S2C, attrs
+        )
         return None
 
     def _response(self, msg: jr.Message, direction: Direction) -> jr.Message | None:
@@ -390,7 +393,7 @@ class McpExchange:
                 if "action" in answer:  # an elicitation: accepted, declined or cancelled
                     attrs["action"] = str(answer["action"])
                 attrs["result"], _ = jr.capped(answer, self.cap)
-            self._event("mcp_response", C2S, attrs)
+            self._event(EventType.MCP_RESPONSE, C2S, attrs)
             return None
         sent = jr.key(msg_id)
         call = self.ledger.pending.pop(sent, None)
@@ -446,9 +449,11 @@ class McpExchange:
         if sent is not None:
             attrs["id_key"] = sent
         attrs.update(extra)
-        self._event("mcp_response", S2C if outcome != "blocked" else None, attrs)
+        self._event(EventType.MCP_RESPONSE, S2C if outcome != "blocked" else None, attrs)
         if outcome == "blocked":
-            self._event("blocked", C2S, {"tool": attrs.get("tool"), "rule": extra.get("reason")})
+            self._event(
+                EventType.BLOCKED, C2S, {"tool": attrs.get("tool"), "rule": extra.get("reason")}
+            )
 
     def _catalogue(self, msg: jr.Message, result: dict[str, Any]) -> jr.Message | None:
         """`tools/list` (or `server/discover`) as a catalogue; denied tools taken out."""
@@ -469,7 +474,7 @@ class McpExchange:
         attrs: dict[str, Any] = {"tools": entries, "hidden": hidden}
         if changed:
             attrs["tool_changed"] = changed
-        self._event("mcp_tools", S2C, attrs)
+        self._event(EventType.MCP_TOOLS, S2C, attrs)
         if not hidden:
             return None
         return {**msg, "result": {**result, "tools": shown}}

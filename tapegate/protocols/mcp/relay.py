@@ -18,7 +18,7 @@ from tapegate.protocols.mcp.target import McpTarget
 from tapegate.proxy.questions import CloseSession, OpenSession, RecordRefusal
 from tapegate.proxy.relay import Ask, Command, Record, ToClient
 from tapegate.tape import Direction, Event
-from tapegate.vocab import EndReason
+from tapegate.vocab import EndReason, EventType
 
 if TYPE_CHECKING:
     from tapegate.protocols.http.relay import HttpRelay
@@ -132,7 +132,7 @@ class McpPath:
         self.answered = True
         body = x.Body(self.body_cap)
         body.add(answer.body)
-        out.append(Record([Event(self._now_ns(), "response", S2C, {
+        out.append(Record([Event(self._now_ns(), EventType.RESPONSE, S2C, {
             "status": answer.status, "reason": reason.decode(), "http_version": "HTTP/1.1",
             "headers": x.recorded_headers(headers), "gateway": True,
             "duration_ns": self._now_ns() - ex.started_ns,
@@ -144,7 +144,7 @@ class McpPath:
         message = (f"the request body is over this target's max_body_bytes ({limit}): an MCP "
                    "request is read whole before it is forwarded")  # fmt: skip
         if self.session is not None:
-            out.append(Record([Event(self._now_ns(), "protocol_error", C2S,
+            out.append(Record([Event(self._now_ns(), EventType.PROTOCOL_ERROR, C2S,
                                      {"message": message})]))  # fmt: skip
         else:  # its tape session is chosen once the body is in: recorded as refused instead
             assert self._x is not None

@@ -34,6 +34,7 @@ import orjson
 
 from tapegate.protocols.http import wire
 from tapegate.protocols.mcp import messages as jr
+from tapegate.vocab import EventType
 
 SERVER_GONE = -32003  # the gateway's: the stdio server exited before it answered
 MAX_WAITING = 256  # server messages held for a stream to carry them ...
@@ -423,7 +424,7 @@ class StdioBridge:
             return []
         if self._notes == MAX_NOTES:
             message += f" (the last of {MAX_NOTES} such notes for this process)"
-        return [Note("protocol_error", {"message": message})]
+        return [Note(EventType.PROTOCOL_ERROR, {"message": message})]
 
     def _refuse(self, stream: int, status: int, code: int, message: str) -> list[Output]:
         body = orjson.dumps(jr.error(None, code, message))

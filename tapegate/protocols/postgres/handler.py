@@ -8,7 +8,7 @@ from tapegate.protocols.postgres import messages as m
 from tapegate.protocols.postgres.relay import PgRelay
 from tapegate.proxy.relay import Command, End, Record, Side, ToClient, ToServer
 from tapegate.tape import Direction, Event
-from tapegate.vocab import EndReason
+from tapegate.vocab import EndReason, EventType
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 OFF_LOOP_BYTES = 1 << 20  # a client message this large is named for the guardrails on a thread
@@ -30,7 +30,7 @@ class PgRelayHandler:
             forward, events = self.relay.from_client(data, ts)
         except m.ProtocolError as exc:
             return [
-                Record([Event(ts, "protocol_error", C2S, {"message": str(exc)})]),
+                Record([Event(ts, EventType.PROTOCOL_ERROR, C2S, {"message": str(exc)})]),
                 ToClient(m.error_response("08P01", f"protocol violation: {exc}")),
                 End(EndReason.PROTOCOL_ERROR),
             ]
@@ -47,7 +47,7 @@ class PgRelayHandler:
             segments, events = self.relay.from_server(data, ts)
         except m.ProtocolError as exc:
             return [
-                Record([Event(ts, "protocol_error", S2C, {"message": str(exc)})]),
+                Record([Event(ts, EventType.PROTOCOL_ERROR, S2C, {"message": str(exc)})]),
                 End(EndReason.ERROR),
             ]
         out = segments[0] if len(segments) == 1 else b"".join(segments)

@@ -28,6 +28,7 @@ from tapegate.protocols.postgres.sql import (
     unsettles_text,
 )
 from tapegate.tape import Direction, Event
+from tapegate.vocab import EventType
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 _U32 = struct.Struct(">I")
@@ -163,7 +164,7 @@ class PgRelay:
                 events.append(self._blocked(ts, sql, kinds, denied, problem=problem))
                 self._sync_sent(ts, "sync", inject=_denied_error(denied, problem))
                 return m.SYNC
-            events.append(Event(ts, "query", C2S, self._sql_attrs(sql, kinds, problem)))
+            events.append(Event(ts, EventType.QUERY, C2S, self._sql_attrs(sql, kinds, problem)))
             self._unsettle_if(kinds)
             self._sync_sent(ts, "query", sql)
             return whole
@@ -179,19 +180,19 @@ class PgRelay:
             self._unsettle_if(kinds)
             self._remember(self._statements, parse.statement, sql)
             attrs = {"statement": parse.statement, **self._sql_attrs(sql, kinds, problem)}
-            events.append(Event(ts, "parse", C2S, attrs))
+            events.append(Event(ts, EventType.PARSE, C2S, attrs))
             return whole
         if tag == ord("B"):
             bind = m.decode_bind(body)
             self._remember(self._portals, bind.portal, bind.statement)
-            events.append(Event(ts, "bind", C2S, self._bind_attrs(bind)))
+            events.append(Event(ts, EventType.BIND, C2S, self._bind_attrs(bind)))
             return whole
         if tag == ord("E"):
             portal, max_rows = m.decode_execute(body)
             sql = self._statements.get(self._portals.get(portal, ""), None)
-            events.append(
-                Event(ts, "execute", C2S, {"portal": portal, "max_rows": max_rows, "sql": sql})
-            )
+            shown = sql[: self.limits.sql_cap] if sql else sql
+            attrs = {"portal": portal, "max_rows": max_rows, "sql": shown}
+            events.append(Event(ts, EventType.EXECUTE, C2S, attrs))
             self._requests.append(_Request("execute", ts, sql))
             return whole
         if tag == ord("S"):
@@ -202,20 +203,23 @@ class PgRelay:
             attrs = self._call_attrs(call)
             if self._deny_function_call:
                 rule = "deny_function_call"
-                events.append(Event(ts, "blocked", C2S, {**attrs, "rule": rule}))
+                events.append(Event(ts, EventType.BLOCKED, C2S, {**attrs, "rule": rule}))
                 self._sync_sent(ts, "sync", inject=_denied_error(rule, None))
                 return m.SYNC
-            events.append(Event(ts, "function_call", C2S, attrs))
+            events.append(Event(ts, EventType.FUNCTION_CALL, C2S, attrs))
             self._sync_sent(ts, "query", f"<function call {call.oid}>")
             return whole
         if tag == ord("X"):
             self.terminated = True
-            events.append(Event(ts, "terminate", C2S, {}))
+            events.append(Event(ts, EventType.TERMINATE, C2S, {}))
             return whole
         if tag == ord("f"):
             events.append(
                 Event(
-                    ts, "copy_fail", C2S, {"message": body.rstrip(b"\0").decode("utf-8", "replace")}
+                    ts,
+                    EventType.COPY_FAIL,
+                    C2S,
+                    {"message": body.rstrip(b"\0").decode("utf-8", "replace")},
                 )
             )
         return whole
@@ -263,7 +267,7 @@ class PgRelay:
         attrs = {**self._sql_attrs(sql, kinds, problem), "rule": rule}
         if statement is not None:
             attrs["statement"] = statement
-        return Event(ts, "blocked", C2S, attrs)
+        return Event(ts, EventType.BLOCKED, C2S, attrs)
 
     def _sql_attrs(self, sql: str, kinds: list[str] | None, problem: str | None) -> dict[str, Any]:
         cap = self.limits.sql_cap
@@ -380,7 +384,7 @@ class PgRelay:
                 else:
                     head.rows, head.columns, head.started_ns = 0, [], ts
             else:
-                events.append(Event(ts, "result", S2C, {"tag": tag_text}))
+                events.append(Event(ts, EventType.RESULT, S2C, {"tag": tag_text}))
         elif tag == ord("E"):
             fields = _safe(m.decode_fields, body, {})
             attrs = {
@@ -390,21 +394,23 @@ class PgRelay:
             }
             if head is not None:
                 attrs["duration_ns"] = ts - head.started_ns
-                attrs["sql"] = head.sql
-            events.append(Event(ts, "error", S2C, attrs))
+                attrs["sql"] = head.sql[: self.limits.sql_cap] if head.sql else head.sql
+            events.append(Event(ts, EventType.ERROR, S2C, attrs))
             # Extended protocol: after an error the server skips to the next Sync.
             while self._requests and self._requests[0].kind == "execute":
                 self._requests.popleft()
         elif tag == ord("N"):
             fields = _safe(m.decode_fields, body, {})
             events.append(
-                Event(ts, "notice", S2C, {"severity": fields.get("V") or fields.get("S"),
+                Event(ts, EventType.NOTICE, S2C, {"severity": fields.get("V") or fields.get("S"),
                                           "sqlstate": fields.get("C"), "message": fields.get("M")})
             )  # fmt: skip
         elif tag == ord("A"):
             _pid, channel, payload = _safe(m.decode_notification, body, (0, "", ""))
             events.append(
-                Event(ts, "notification", S2C, {"channel": channel, "payload": payload[:1024]})
+                Event(
+                    ts, EventType.NOTIFICATION, S2C, {"channel": channel, "payload": payload[:1024]}
+                )
             )
         elif tag == ord("S"):
             name, value = _safe(m.decode_parameter_status, body, ("", ""))
@@ -417,7 +423,7 @@ class PgRelay:
                     break
         elif tag in (ord("G"), ord("H"), ord("W")):
             direction = {ord("G"): "in", ord("H"): "out", ord("W"): "both"}[tag]
-            events.append(Event(ts, "copy", S2C, {"direction": direction}))
+            events.append(Event(ts, EventType.COPY, S2C, {"direction": direction}))
 
     def _head(self) -> _Request | None:
         for req in self._requests:
@@ -429,7 +435,7 @@ class PgRelay:
     def _result(self, ts: int, req: _Request, tag: str) -> Event:
         return Event(
             ts,
-            "result",
+            EventType.RESULT,
             S2C,
             {
                 "tag": tag,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from tapegate.tape import Event
+from tapegate.vocab import EventType
 
 MAX_LINE = 64 * 1024  # longer than any real control line: beyond it the stream is not scp
 _FILE_LINE = re.compile(rb"C([0-7]{3,4}) (\d+) ([^\n]+)")
@@ -110,7 +111,7 @@ class ScpObserver:
             return self._parse_source()
         except ScpParseError as exc:
             self.failed = str(exc)  # relaying goes on; the endpoints judge their own bytes
-            return [Event(self._clock(), "scp_protocol_error", None, {"message": str(exc)})]
+            return [Event(self._clock(), EventType.SCP_PROTOCOL_ERROR, None, {"message": str(exc)})]
 
     def _parse_source(self) -> list[Event]:
         events: list[Event] = []
@@ -175,7 +176,7 @@ class ScpObserver:
         elif kind == b"T":
             self._waiting.append(_Awaiting("line"))
         elif kind in (b"\x01", b"\x02"):  # the source could not read something; no answer
-            return [Event(self._clock(), "scp", None, {
+            return [Event(self._clock(), EventType.SCP, None, {
                 "op": "error", "target": self.target, "result": _text(line[1:])})]  # fmt: skip
         else:
             raise ScpParseError(f"unknown scp message {line[:80]!r}")
@@ -211,7 +212,7 @@ class ScpObserver:
                 assert item.file is not None
                 events.append(self._event(item.file, answer))
             elif not ok:  # refused a directory, or failed before the first line
-                events.append(Event(self._clock(), "scp", None, {
+                events.append(Event(self._clock(), EventType.SCP, None, {
                     "op": "error", "target": self.target, "result": answer}))  # fmt: skip
         return events
 
@@ -237,7 +238,7 @@ class ScpObserver:
             "sha256": f.digest.hexdigest() if f.remaining == 0 else None,
             "result": result,
         }
-        return Event(self._clock(), "scp", None, attrs)
+        return Event(self._clock(), EventType.SCP, None, attrs)
 
 
 def _text(raw: bytes) -> str:

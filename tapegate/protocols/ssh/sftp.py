@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tapegate.tape import Direction, Event
+from tapegate.vocab import EventType
 
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 
@@ -144,7 +145,9 @@ class SftpObserver:
             return parse()
         except SftpParseError as exc:
             self.failed = str(exc)  # relaying goes on; the endpoints judge their own bytes
-            return [Event(self._clock(), "sftp_protocol_error", None, {"message": str(exc)})]
+            return [
+                Event(self._clock(), EventType.SFTP_PROTOCOL_ERROR, None, {"message": str(exc)})
+            ]
 
     def _request(self, packet: bytes) -> list[Event]:
         r = _Reader(packet)
@@ -211,16 +214,16 @@ class SftpObserver:
         now = self._clock()
         if op == OPEN:
             path, flags = details  # type: ignore[misc]
-            return [Event(now, "sftp", None, {"op": "open", "path": path,
+            return [Event(now, EventType.SFTP, None, {"op": "open", "path": path,
                                               "mode": _mode(flags), "result": result})]  # fmt: skip
         if op in (RENAME, SYMLINK):
             first, second = details  # type: ignore[misc]
             name = "rename" if op == RENAME else "symlink"
-            return [Event(now, "sftp", None, {"op": name, "path": first, "to": second,
+            return [Event(now, EventType.SFTP, None, {"op": name, "path": first, "to": second,
                                               "result": result})]  # fmt: skip
         if op == OPENDIR and code == 0:
-            return [Event(now, "sftp", None, {"op": "list", "path": details})]
-        return [Event(now, "sftp", None, {"op": _PATH_OPS.get(op, str(op)), "path": details,
+            return [Event(now, EventType.SFTP, None, {"op": "list", "path": details})]
+        return [Event(now, EventType.SFTP, None, {"op": _PATH_OPS.get(op, str(op)), "path": details,
                                           "result": result})]  # fmt: skip
 
     def _file_event(self, f: _File, result: str) -> Event:
@@ -237,7 +240,7 @@ class SftpObserver:
             attrs["sha256"] = f.digest.hexdigest() if whole else None
             if not whole:
                 attrs["sha256_note"] = "offsets were not sequential; no digest of the whole file"
-        return Event(self._clock(), "sftp", None, attrs)
+        return Event(self._clock(), EventType.SFTP, None, attrs)
 
 
 def _mode(flags: int) -> str:

@@ -1,4 +1,4 @@
-"""The tape's vocabulary that more than one protocol shares: why a session ended.
+"""The tape's vocabulary: why a session ended (here) and every event type (`events`).
 
 The final chunk's `end.reason` is one of these; tables, replay and the docs read them from here.
 docs/FORMAT.md's table of reasons is generated from `END_REASONS` (`end_reason_table`), and a
@@ -9,6 +9,11 @@ reason is written to the tape as its plain value.
 from __future__ import annotations
 
 from enum import StrEnum
+
+from tapegate.vocab.events import EVENT_TYPES, TRIM_ATTRS, EventSpec, EventType, event_type_list
+
+__all__ = ["END_REASONS", "EVENT_TYPES", "TRIM_ATTRS", "EndReason", "EventSpec", "EventType",
+           "end_reason_table", "event_type_list"]  # fmt: skip
 
 
 class EndReason(StrEnum):
